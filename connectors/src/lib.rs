@@ -1,0 +1,1 @@
+//! Provider clients, sync runner and webhook parsing.

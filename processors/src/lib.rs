@@ -1,0 +1,1 @@
+//! Validation, normalization, dedup state and the exactly-once processor loop.

@@ -1,0 +1,15 @@
+//! Shared plumbing of callsync's stages: the Kafka client factory, the topic
+//! catalogue, graceful shutdown, metrics names and secrets.
+
+pub mod kafka;
+pub mod metrics;
+pub mod secret;
+pub mod shutdown;
+pub mod topics;
+
+pub use kafka::{ClientError, Isolation, KafkaClientFactory, KafkaSettings};
+pub use secret::Secret;
+pub use shutdown::Shutdown;
+pub use topics::{
+    ensure_topics, names, CatalogueOptions, EnsureReport, TopicCatalogue, TopicSpec, TopicStatus,
+};

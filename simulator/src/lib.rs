@@ -1,0 +1,1 @@
+//! A faithful fake of the five providers' list-calls APIs.

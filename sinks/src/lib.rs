@@ -1,0 +1,1 @@
+//! Postgres and SQLite stores, batching and offsets for the calls sink.

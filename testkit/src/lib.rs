@@ -1,0 +1,1 @@
+//! Test harness: throwaway Postgres, rdkafka MockCluster, the real Kafka broker.
