@@ -130,7 +130,11 @@ pub enum RecordSource {
 }
 
 impl RecordSource {
-    pub const ALL: [RecordSource; 3] = [RecordSource::Poll, RecordSource::Webhook, RecordSource::Backfill];
+    pub const ALL: [RecordSource; 3] = [
+        RecordSource::Poll,
+        RecordSource::Webhook,
+        RecordSource::Backfill,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
