@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use callsync_processors::ProcessorConfig;
 use callsync_runtime::{CatalogueOptions, KafkaSettings, Secret};
+use callsync_sinks::SinkConfig;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::Deserialize;
@@ -22,8 +24,12 @@ pub struct CallsyncConfig {
     pub topics: TopicsConfig,
     #[serde(default)]
     pub schema_registry: Option<SchemaRegistryConfig>,
+    /// `[processor]`: validate + dedup (every key has a default).
     #[serde(default)]
-    pub postgres: Option<PostgresConfig>,
+    pub processor: ProcessorConfig,
+    /// `[sink]`: the database the calls land in; required by the sink role.
+    #[serde(default)]
+    pub sink: Option<SinkConfig>,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -73,19 +79,6 @@ pub struct SchemaRegistryConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<Secret>,
-}
-
-/// `[postgres]`: the sink's database.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresConfig {
-    pub url: Secret,
-    #[serde(default = "default_max_connections")]
-    pub max_connections: u32,
-}
-
-fn default_max_connections() -> u32 {
-    8
 }
 
 /// `[log]`: tracing output.
@@ -153,13 +146,18 @@ impl CallsyncConfig {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(env);
-        figment.extract().map_err(|e| ConfigError::Invalid(describe(e)))
+        figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))
     }
 
     /// Built-in defaults for `callsync demo`: a broker at `bootstrap_servers`.
     pub fn embedded(bootstrap_servers: &str) -> Result<Self, ConfigError> {
         Figment::new()
-            .merge(Serialized::default("kafka.bootstrap_servers", bootstrap_servers))
+            .merge(Serialized::default(
+                "kafka.bootstrap_servers",
+                bootstrap_servers,
+            ))
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))
     }
@@ -180,11 +178,11 @@ fn describe(error: figment::Error) -> String {
                 Some(md) => match &md.source {
                     Some(figment::Source::File(file)) => format!(" (in {})", file.display()),
                     Some(src) => format!(" (from {src})"),
-                    None => {
-                        let profile = e.profile.clone().unwrap_or_default();
-                        let keys: Vec<&str> = e.path.iter().map(String::as_str).collect();
-                        format!(" (from {} {})", md.name, md.interpolate(&profile, &keys))
-                    }
+                    // our only source without a file: the CALLSYNC__ environment
+                    None => format!(
+                        " (from environment variable {ENV_PREFIX}{})",
+                        e.path.join("__").to_uppercase()
+                    ),
                 },
                 None => String::new(),
             };
@@ -229,7 +227,8 @@ mod tests {
 
     #[test]
     fn a_wrong_type_and_an_unknown_key_are_named() {
-        let f = write("[kafka]\nbootstrap_servers = \"b:1\"\n[topics]\ncall_partitions = \"many\"\n");
+        let f =
+            write("[kafka]\nbootstrap_servers = \"b:1\"\n[topics]\ncall_partitions = \"many\"\n");
         let msg = CallsyncConfig::load_with_env(Some(f.path()), no_env())
             .unwrap_err()
             .to_string();
@@ -257,16 +256,17 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_named() {
-        let msg = CallsyncConfig::load_with_env(Some(Path::new("/nonexistent/callsync.toml")), no_env())
-            .unwrap_err()
-            .to_string();
+        let msg =
+            CallsyncConfig::load_with_env(Some(Path::new("/nonexistent/callsync.toml")), no_env())
+                .unwrap_err()
+                .to_string();
         assert!(msg.contains("/nonexistent/callsync.toml"), "{msg}");
     }
 
     #[test]
     fn secrets_are_redacted_in_debug() {
         let f = write(
-            "[kafka]\nbootstrap_servers = \"b:1\"\nsasl_password = \"kafka-pw\"\n[postgres]\nurl = \"postgres://u:pg-pw@h/db\"\n",
+            "[kafka]\nbootstrap_servers = \"b:1\"\nsasl_password = \"kafka-pw\"\n[sink]\ndatabase_url = \"postgres://u:pg-pw@h/db\"\n",
         );
         let cfg = CallsyncConfig::load_with_env(Some(f.path()), no_env()).unwrap();
         let dbg = format!("{cfg:?}");

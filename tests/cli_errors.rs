@@ -39,7 +39,8 @@ fn a_missing_config_key_names_the_key() {
 
 #[test]
 fn an_unknown_config_key_is_refused_by_name() {
-    let cfg = config_file("[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[topcs]\ncall_partitions = 3\n");
+    let cfg =
+        config_file("[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\n[topcs]\ncall_partitions = 3\n");
     let out = callsync()
         .arg("--config")
         .arg(cfg.path())
@@ -61,8 +62,14 @@ fn an_env_override_with_a_wrong_type_names_the_variable_and_key() {
         .expect("run callsync");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("topics.call_partitions"), "stderr: {stderr}");
-    assert!(stderr.contains("CALLSYNC__TOPICS__CALL_PARTITIONS"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("topics.call_partitions"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("CALLSYNC__TOPICS__CALL_PARTITIONS"),
+        "stderr: {stderr}"
+    );
 }
 
 #[test]
@@ -77,7 +84,9 @@ fn an_unreachable_broker_is_named_in_the_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Kafka at 127.0.0.1:1"), "stderr: {stderr}");
     assert!(
-        stderr.contains("cannot reach") || stderr.contains("Timed out") || stderr.contains("transport"),
+        stderr.contains("cannot reach")
+            || stderr.contains("Timed out")
+            || stderr.contains("transport"),
         "stderr: {stderr}"
     );
 }

@@ -203,7 +203,7 @@ impl fmt::Display for EnsureReport {
 /// `topics ensure` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
-    #[error("reading cluster metadata: {0}")]
+    #[error("cannot reach the cluster to read its metadata: {0}")]
     Metadata(#[source] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {source}")]
     Create {
@@ -216,6 +216,8 @@ pub enum TopicError {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    #[error("topic {topic} was created but did not show in the metadata with all partitions within {timeout:?}")]
+    NotVisible { topic: String, timeout: Duration },
     #[error("describing configs of topic {topic}: {message}")]
     Describe { topic: String, message: String },
 }
@@ -286,7 +288,47 @@ pub async fn ensure_topics(
             }
         }
     }
+    let created: Vec<&TopicSpec> = catalogue
+        .topics()
+        .iter()
+        .filter(|spec| report.iter().any(|(name, s)| *name == spec.name && *s == TopicStatus::Created))
+        .collect();
+    wait_until_visible(admin, &created, timeout).await?;
     Ok(EnsureReport { topics: report })
+}
+
+/// Wait until every created topic shows in the cluster metadata with all its
+/// partitions, so that stages started right after `ensure` find them.
+async fn wait_until_visible(
+    admin: &AdminClient<DefaultClientContext>,
+    created: &[&TopicSpec],
+    timeout: Duration,
+) -> Result<(), TopicError> {
+    let deadline = std::time::Instant::now() + timeout;
+    for spec in created {
+        loop {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(&spec.name), timeout)
+                .map_err(TopicError::Metadata)?;
+            let ready = metadata.topics().iter().any(|t| {
+                t.error().is_none()
+                    && t.partitions().len() as i32 == spec.partitions
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            });
+            if ready {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(TopicError::NotVisible {
+                    topic: spec.name.clone(),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn config_differences(
