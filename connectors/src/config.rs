@@ -1,0 +1,233 @@
+//! `ConnectorsConfig`: the `[connectors]` section of callsync's TOML config.
+//!
+//! ```toml
+//! [connectors.sync]
+//! lookback_secs = 3600
+//! [[connectors.retreaver]]
+//! account = "1234"           # callsync's account id (Retreaver company id)
+//! api_key = "..."            # a callsync_runtime::Secret
+//! company_id = "1234"
+//! base_url = "http://127.0.0.1:8080"   # tests point this at the simulator
+//! [connectors.retreaver.rate_limit]
+//! per_minute = 100
+//! ```
+//! Every table denies unknown fields, so a typo is an error at start-up.
+
+use std::time::Duration;
+
+use callsync_schemas::Provider;
+use serde::Deserialize;
+
+use crate::providers::callrail::CallRailAccount;
+use crate::providers::invoca::InvocaAccount;
+use crate::providers::retreaver::RetreaverAccount;
+use crate::providers::ringba::RingbaAccount;
+use crate::providers::trackdrive::TrackDriveAccount;
+use crate::ratelimit::RatePolicy;
+
+/// Everything the connectors need to know.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorsConfig {
+    #[serde(default)]
+    pub sync: SyncSettings,
+    #[serde(default)]
+    pub retry: RetrySettings,
+    #[serde(default)]
+    pub circuit: CircuitSettings,
+    #[serde(default)]
+    pub retreaver: Vec<RetreaverAccount>,
+    #[serde(default)]
+    pub ringba: Vec<RingbaAccount>,
+    #[serde(default)]
+    pub invoca: Vec<InvocaAccount>,
+    #[serde(default)]
+    pub callrail: Vec<CallRailAccount>,
+    #[serde(default)]
+    pub trackdrive: Vec<TrackDriveAccount>,
+}
+
+/// How syncs run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    /// Incremental syncs re-read this much before the stored watermark (late changes).
+    pub lookback_secs: u64,
+    /// The lookback of incremental syncs of providers with no update filter (Ringba,
+    /// CallRail, TrackDrive scan by call time): it must cover how long after a call its
+    /// data still changes, or only the nightly `full` sync sees those changes.
+    pub created_scan_lookback_secs: u64,
+    /// The first incremental sync of an account reads this far back.
+    pub initial_incremental_secs: u64,
+    /// `full` re-reads this trailing window.
+    pub full_window_days: u32,
+    /// A backfill range is split into windows this long, each resumable on its own.
+    pub backfill_window_secs: u64,
+    /// Backfill windows fetched at once (all inside the account's rate limit).
+    pub backfill_concurrency: usize,
+    /// A progress event every this many records.
+    pub progress_every: u64,
+    /// Timeout of one HTTP request.
+    pub request_timeout_secs: u64,
+    /// Kafka `transactional.id` prefix; the id is `{prefix}-{provider}-{account}-{mode}`.
+    pub transactional_id_prefix: String,
+    /// Timeout for Kafka transaction calls and for reading the cursor topic to its end.
+    pub kafka_timeout_secs: u64,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            lookback_secs: 3600,
+            created_scan_lookback_secs: 2 * 86_400,
+            initial_incremental_secs: 24 * 3600,
+            full_window_days: 7,
+            backfill_window_secs: 24 * 3600,
+            backfill_concurrency: 4,
+            progress_every: 1000,
+            request_timeout_secs: 30,
+            transactional_id_prefix: "callsync-connector".to_string(),
+            kafka_timeout_secs: 30,
+        }
+    }
+}
+
+/// Retries of failed requests.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Attempts for 5xx, timeouts, connection errors and malformed pages.
+    pub max_attempts: u32,
+    /// Retries after 429 (these do not use up `max_attempts`).
+    pub max_rate_limited: u32,
+    /// First backoff ceiling; it doubles per attempt (full jitter below it).
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_attempts: 6,
+            max_rate_limited: 20,
+            base_delay_ms: 250,
+            max_delay_ms: 30_000,
+        }
+    }
+}
+
+/// The circuit breaker per provider account.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitSettings {
+    /// Failed requests in a row that open the circuit.
+    pub failure_threshold: u32,
+    /// How long it stays open before a probe.
+    pub open_secs: f64,
+}
+
+impl Default for CircuitSettings {
+    fn default() -> Self {
+        CircuitSettings {
+            failure_threshold: 8,
+            open_secs: 30.0,
+        }
+    }
+}
+
+impl CircuitSettings {
+    pub fn open_for(&self) -> Duration {
+        Duration::from_secs_f64(self.open_secs.max(0.0))
+    }
+}
+
+/// Rate-limit overrides of one account; unset fields take the provider's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitOverride {
+    /// Requests per minute (the provider's ceiling).
+    pub per_minute: Option<f64>,
+    /// Requests per hour, for providers that count per hour (CallRail); converted to per minute.
+    pub per_hour: Option<f64>,
+    /// Share of the ceiling aimed at (default 0.97).
+    pub headroom: Option<f64>,
+    /// Adapt to 429s (default: on where the provider publishes no limit).
+    pub adaptive: Option<bool>,
+    /// Requests in flight at once.
+    pub max_concurrency: Option<u32>,
+    /// Minimum seconds between incremental syncs (Invoca: 300).
+    pub min_incremental_interval_secs: Option<u64>,
+}
+
+/// A provider's published (or chosen) defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderDefaults {
+    pub per_minute: f64,
+    pub adaptive: bool,
+    pub max_concurrency: u32,
+    pub min_incremental_interval: Duration,
+}
+
+/// Defaults per provider, from shared/providers.md.
+pub fn provider_defaults(provider: Provider) -> ProviderDefaults {
+    match provider {
+        // nothing published; the team default is 100/min, adapted on 429; docs suggest 4 threads
+        Provider::Retreaver => ProviderDefaults {
+            per_minute: 100.0,
+            adaptive: true,
+            max_concurrency: 4,
+            min_incremental_interval: Duration::ZERO,
+        },
+        // 5/s and 80/min for reporting, per account
+        Provider::Ringba => ProviderDefaults {
+            per_minute: 80.0,
+            adaptive: false,
+            max_concurrency: 4,
+            min_incremental_interval: Duration::ZERO,
+        },
+        // no numbers; poll incrementally at intervals over 5 minutes
+        Provider::Invoca => ProviderDefaults {
+            per_minute: 60.0,
+            adaptive: true,
+            max_concurrency: 2,
+            min_incremental_interval: Duration::from_secs(300),
+        },
+        // 1000/hour per account
+        Provider::CallRail => ProviderDefaults {
+            per_minute: 1000.0 / 60.0,
+            adaptive: false,
+            max_concurrency: 4,
+            min_incremental_interval: Duration::ZERO,
+        },
+        // nothing published: configurable, adaptive
+        Provider::TrackDrive => ProviderDefaults {
+            per_minute: 60.0,
+            adaptive: true,
+            max_concurrency: 4,
+            min_incremental_interval: Duration::ZERO,
+        },
+    }
+}
+
+impl RateLimitOverride {
+    /// The pacing policy of an account of `provider` with these overrides.
+    pub fn policy(&self, provider: Provider) -> RatePolicy {
+        let d = provider_defaults(provider);
+        let per_minute = self
+            .per_minute
+            .or(self.per_hour.map(|h| h / 60.0))
+            .unwrap_or(d.per_minute);
+        RatePolicy {
+            per_minute,
+            headroom: self.headroom.unwrap_or(0.97).clamp(0.05, 1.0),
+            adaptive: self.adaptive.unwrap_or(d.adaptive),
+            max_concurrency: self.max_concurrency.unwrap_or(d.max_concurrency).max(1),
+        }
+    }
+
+    pub fn min_incremental_interval(&self, provider: Provider) -> Duration {
+        self.min_incremental_interval_secs
+            .map(Duration::from_secs)
+            .unwrap_or(provider_defaults(provider).min_incremental_interval)
+    }
+}

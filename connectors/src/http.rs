@@ -1,0 +1,426 @@
+//! The request loop every provider client goes through: circuit breaker, rate limiter,
+//! one tracing span and metrics per request, and the retry rules:
+//! - 401/403 fail at once ([`ClientError::Auth`]);
+//! - 429 honours `Retry-After` (seconds or an HTTP date), else backs off exponentially;
+//! - 5xx, timeouts, connection errors and malformed bodies retry with exponential backoff and
+//!   full jitter, up to `max_attempts`;
+//! - other 4xx fail at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callsync_runtime::metrics::{
+    PROVIDER_RATE_LIMITED_TOTAL, PROVIDER_REQUESTS_TOTAL, PROVIDER_REQUEST_SECONDS,
+};
+use callsync_runtime::Shutdown;
+use callsync_schemas::Provider;
+use rand::Rng;
+use reqwest::header::HeaderMap;
+use tracing::Instrument;
+
+use crate::circuit::CircuitBreaker;
+use crate::config::RetrySettings;
+use crate::error::ClientError;
+use crate::ratelimit::AccountRateLimiter;
+
+/// A response that came back 2xx, with its body read.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: bytes::Bytes,
+    /// The URL it came from, secrets redacted (for error messages).
+    pub url: String,
+}
+
+/// Counters a test or the benchmark can read.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub rate_limited: std::sync::atomic::AtomicU64,
+    pub retried: std::sync::atomic::AtomicU64,
+}
+
+impl RequestStats {
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn retried(&self) -> u64 {
+        self.retried.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The HTTP side of one provider account: client, pacing, health and retry policy.
+#[derive(Debug, Clone)]
+pub struct ProviderHttp {
+    pub provider: Provider,
+    pub account: String,
+    pub client: reqwest::Client,
+    pub limiter: Arc<AccountRateLimiter>,
+    pub breaker: Arc<CircuitBreaker>,
+    pub retry: RetrySettings,
+    pub stats: Arc<RequestStats>,
+    pub shutdown: Shutdown,
+}
+
+enum Outcome<T> {
+    Done(T),
+    Retry {
+        after: Option<Duration>,
+        error: ClientError,
+    },
+    Fail(ClientError),
+}
+
+/// Query parameters whose values never reach an error message or a log line.
+const SECRET_PARAMS: [&str; 5] = ["api_key", "oauth_token", "auth_token", "token", "apikey"];
+
+/// The URL with secret query values replaced by `[redacted]`.
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if SECRET_PARAMS.contains(&k.as_ref()) {
+                    "[redacted]".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs.min(3600.0)));
+        }
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(
+        delta
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(3600)),
+    )
+}
+
+fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s = s.trim();
+    if s.len() > 300 {
+        let mut end = 300;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    } else {
+        s.to_string()
+    }
+}
+
+impl ProviderHttp {
+    /// Full-jitter exponential backoff for attempt `n` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.retry.base_delay_ms as f64;
+        let cap = self.retry.max_delay_ms as f64;
+        let exp = (base * 2f64.powi(attempt.saturating_sub(1).min(30) as i32)).min(cap);
+        Duration::from_millis(rand::thread_rng().gen_range(0.0..=exp.max(1.0)) as u64)
+    }
+
+    /// Sends the request `build` makes (called again for each attempt) and hands a 2xx
+    /// response to `parse`; a parse error counts as a malformed page and is retried.
+    pub async fn execute<T>(
+        &self,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        parse: impl Fn(&HttpResponse) -> Result<T, String>,
+    ) -> Result<T, ClientError> {
+        let mut attempt: u32 = 0;
+        let mut rate_limited: u32 = 0;
+        loop {
+            attempt += 1;
+            if self.shutdown.is_triggered() {
+                return Err(ClientError::Cancelled {
+                    provider: self.provider,
+                    account: self.account.clone(),
+                });
+            }
+            match self.breaker.try_acquire() {
+                Ok(()) => {}
+                Err(denied) if denied.probing => {
+                    // another request is probing a half-open circuit: wait for its outcome
+                    attempt -= 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(denied.retry_in) => continue,
+                        _ = self.shutdown.wait() => {
+                            return Err(ClientError::Cancelled { provider: self.provider, account: self.account.clone() });
+                        }
+                    }
+                }
+                Err(denied) => {
+                    return Err(ClientError::CircuitOpen {
+                        provider: self.provider,
+                        account: self.account.clone(),
+                        retry_in: denied.retry_in,
+                    });
+                }
+            }
+            let permit = tokio::select! {
+                p = self.limiter.acquire() => p,
+                _ = self.shutdown.wait() => {
+                    self.breaker.record_neutral();
+                    return Err(ClientError::Cancelled { provider: self.provider, account: self.account.clone() });
+                }
+            };
+            let request = match build(&self.client).build() {
+                Ok(r) => r,
+                Err(e) => {
+                    self.breaker.record_neutral();
+                    return Err(ClientError::Rejected {
+                        provider: self.provider,
+                        account: self.account.clone(),
+                        url: String::from("(request could not be built)"),
+                        status: 0,
+                        body: e.to_string(),
+                    });
+                }
+            };
+            let url = redact_url(request.url());
+            let span = tracing::debug_span!("provider_request", provider = %self.provider, account = %self.account, what, url = %url, attempt);
+            let outcome = self
+                .attempt(request, &url, attempt, &parse)
+                .instrument(span)
+                .await;
+            drop(permit);
+            match outcome {
+                Outcome::Done(v) => return Ok(v),
+                Outcome::Fail(e) => return Err(e),
+                Outcome::Retry { after, error } => {
+                    let is_429 = matches!(error, ClientError::RateLimited { .. });
+                    let limit = if is_429 {
+                        self.retry.max_rate_limited
+                    } else {
+                        self.retry.max_attempts
+                    };
+                    let count = if is_429 {
+                        rate_limited += 1;
+                        attempt -= 1; // a 429 does not use up an error attempt
+                        rate_limited
+                    } else {
+                        attempt
+                    };
+                    if count >= limit {
+                        return Err(error);
+                    }
+                    self.stats
+                        .retried
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let wait = after.unwrap_or_else(|| self.backoff(count));
+                    tracing::debug!(provider = %self.provider, account = %self.account, ?wait, error = %error, "retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.shutdown.wait() => {
+                            return Err(ClientError::Cancelled { provider: self.provider, account: self.account.clone() });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attempt<T>(
+        &self,
+        request: reqwest::Request,
+        url: &str,
+        attempt: u32,
+        parse: &impl Fn(&HttpResponse) -> Result<T, String>,
+    ) -> Outcome<T> {
+        let provider = self.provider;
+        let account = self.account.clone();
+        let started = Instant::now();
+        self.stats
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = self.client.execute(request).await;
+        let (status_label, outcome) = match result {
+            Err(e) => {
+                self.breaker.record_failure();
+                let label = if e.is_timeout() { "timeout" } else { "error" };
+                (
+                    label.to_string(),
+                    Outcome::Retry {
+                        after: None,
+                        error: ClientError::Transport {
+                            provider,
+                            account,
+                            url: url.to_string(),
+                            attempts: attempt,
+                            message: e.to_string(),
+                        },
+                    },
+                )
+            }
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let body = match resp.bytes().await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.breaker.record_failure();
+                        let outcome = Outcome::Retry {
+                            after: None,
+                            error: ClientError::Transport {
+                                provider,
+                                account,
+                                url: url.to_string(),
+                                attempts: attempt,
+                                message: format!("reading body: {e}"),
+                            },
+                        };
+                        self.observe(started, "body_error");
+                        return outcome;
+                    }
+                };
+                let outcome = match status {
+                    200..=299 => {
+                        let response = HttpResponse {
+                            status,
+                            headers,
+                            body,
+                            url: url.to_string(),
+                        };
+                        match parse(&response) {
+                            Ok(v) => {
+                                self.breaker.record_success();
+                                self.limiter.on_success();
+                                Outcome::Done(v)
+                            }
+                            Err(detail) => {
+                                self.breaker.record_failure();
+                                Outcome::Retry {
+                                    after: None,
+                                    error: ClientError::Malformed {
+                                        provider,
+                                        account,
+                                        url: url.to_string(),
+                                        attempts: attempt,
+                                        detail,
+                                    },
+                                }
+                            }
+                        }
+                    }
+                    401 | 403 => {
+                        self.breaker.record_neutral();
+                        Outcome::Fail(ClientError::Auth {
+                            provider,
+                            account,
+                            url: url.to_string(),
+                            status,
+                            body: snippet(&body),
+                        })
+                    }
+                    429 => {
+                        self.breaker.record_neutral();
+                        let after = retry_after(&headers);
+                        self.stats
+                            .rate_limited
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        metrics::counter!(PROVIDER_RATE_LIMITED_TOTAL, "provider" => provider.as_str(), "account" => account.clone())
+                            .increment(1);
+                        self.limiter.on_rate_limited(after);
+                        tracing::warn!(provider = %provider, account = %account, ?after, "rate limited (429)");
+                        Outcome::Retry {
+                            after,
+                            error: ClientError::RateLimited {
+                                provider,
+                                account,
+                                url: url.to_string(),
+                                attempts: attempt,
+                            },
+                        }
+                    }
+                    500..=599 => {
+                        self.breaker.record_failure();
+                        Outcome::Retry {
+                            after: None,
+                            error: ClientError::Server {
+                                provider,
+                                account,
+                                url: url.to_string(),
+                                status,
+                                attempts: attempt,
+                                body: snippet(&body),
+                            },
+                        }
+                    }
+                    _ => {
+                        self.breaker.record_neutral();
+                        Outcome::Fail(ClientError::Rejected {
+                            provider,
+                            account,
+                            url: url.to_string(),
+                            status,
+                            body: snippet(&body),
+                        })
+                    }
+                };
+                (status.to_string(), outcome)
+            }
+        };
+        self.observe(started, &status_label);
+        outcome
+    }
+
+    fn observe(&self, started: Instant, status: &str) {
+        metrics::counter!(PROVIDER_REQUESTS_TOTAL, "provider" => self.provider.as_str(), "status" => status.to_string())
+            .increment(1);
+        metrics::histogram!(PROVIDER_REQUEST_SECONDS, "provider" => self.provider.as_str())
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_from_urls() {
+        let u = reqwest::Url::parse(
+            "https://api.retreaver.com/api/v2/calls.json?api_key=s3cret&page=2",
+        )
+        .unwrap();
+        let r = redact_url(&u);
+        assert!(!r.contains("s3cret"), "{r}");
+        assert!(r.contains("page=2"));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+    }
+}
