@@ -1,0 +1,174 @@
+//! `[sink]` configuration.
+
+use std::time::Duration;
+
+use callsync_runtime::Secret;
+use serde::Deserialize;
+
+use crate::pg_store::DEFAULT_COPY_THRESHOLD;
+
+/// How the sink runs. Every field but the database URL has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `postgres://...` for Postgres, `sqlite://path` (or `sqlite::memory:`) for
+    /// the embedded store.
+    pub database_url: Secret,
+    /// Consumer group of the sink instances.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Full name of the topic to read; default: the prefixed `calls`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Full name of the dead-letter topic; default: the prefixed `calls.dlq`.
+    #[serde(default)]
+    pub dlq_topic: Option<String>,
+    /// Kafka records per batch, before collapsing by key.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Milliseconds after which a non-empty batch is committed.
+    #[serde(default = "default_batch_max_ms")]
+    pub batch_max_ms: u64,
+    /// Batches with at least this many rows use binary COPY; smaller ones UNNEST.
+    #[serde(default = "default_copy_threshold")]
+    pub copy_threshold: usize,
+    /// Postgres connections of the pool.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Run migrations at start.
+    #[serde(default = "default_true")]
+    pub migrate_on_start: bool,
+    /// Enable the reader policy on `calls` at start (multi-tenant BI).
+    #[serde(default)]
+    pub row_level_security: bool,
+    /// Kafka static membership (`group.instance.id`): a restarted instance
+    /// takes its partitions back without a rebalance.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
+    /// Retries of transient database and DLQ errors.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// Exponential backoff with jitter. Transient errors are retried until the
+/// sink is shut down (Postgres down for an hour is still recovered from);
+/// `max_attempts` bounds it if set.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            max_attempts: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `attempt` (1-based): doubling from the
+    /// initial backoff up to the maximum, with up to 25% jitter.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial_backoff_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+        let base = exp.min(self.max_backoff_ms).max(1);
+        let jitter = rand::random::<u64>() % (base / 4 + 1);
+        Duration::from_millis(base - base / 8 + jitter)
+    }
+
+    /// Whether retry number `attempt` may still happen.
+    pub fn allows(&self, attempt: u32) -> bool {
+        self.max_attempts.is_none_or(|max| attempt <= max)
+    }
+}
+
+fn default_group() -> String {
+    "callsync-sink".to_string()
+}
+fn default_batch_rows() -> usize {
+    10_000
+}
+fn default_batch_max_ms() -> u64 {
+    500
+}
+fn default_copy_threshold() -> usize {
+    DEFAULT_COPY_THRESHOLD
+}
+fn default_max_connections() -> u32 {
+    4
+}
+fn default_true() -> bool {
+    true
+}
+fn default_initial_backoff_ms() -> u64 {
+    100
+}
+fn default_max_backoff_ms() -> u64 {
+    10_000
+}
+
+impl SinkConfig {
+    /// A config with every default and this database URL.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        SinkConfig {
+            database_url: Secret::new(database_url),
+            group: default_group(),
+            topic: None,
+            dlq_topic: None,
+            batch_rows: default_batch_rows(),
+            batch_max_ms: default_batch_max_ms(),
+            copy_threshold: default_copy_threshold(),
+            max_connections: default_max_connections(),
+            migrate_on_start: true,
+            row_level_security: false,
+            group_instance_id: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn batch_max_age(&self) -> Duration {
+        Duration::from_millis(self.batch_max_ms.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_in_and_unknown_keys_are_refused() {
+        let cfg: SinkConfig =
+            serde_json::from_str(r#"{"database_url": "postgres://u:pw@h/db"}"#).unwrap();
+        assert_eq!(cfg.group, "callsync-sink");
+        assert_eq!(cfg.batch_rows, 10_000);
+        assert_eq!(cfg.copy_threshold, DEFAULT_COPY_THRESHOLD);
+        assert!(cfg.migrate_on_start);
+        assert!(!format!("{cfg:?}").contains("pw"));
+        let err = serde_json::from_str::<SinkConfig>(r#"{"database_url": "x", "batch_size": 5}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1000,
+            max_attempts: Some(3),
+        };
+        assert!(p.backoff(1) <= Duration::from_millis(125));
+        assert!(p.backoff(3) >= Duration::from_millis(350));
+        assert!(p.backoff(30) <= Duration::from_millis(1125));
+        assert!(p.allows(3) && !p.allows(4));
+    }
+}

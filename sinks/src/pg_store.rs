@@ -1,0 +1,670 @@
+//! The Postgres store: binary COPY into a temporary staging table and one
+//! `INSERT ... ON CONFLICT` for large batches, `UNNEST` arrays for small ones;
+//! rows and offsets in one transaction; rejected rows found by bisecting.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use callsync_schemas::CallRecord;
+use futures::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Row};
+use std::str::FromStr;
+
+use crate::batch::{SinkBatch, SinkRow};
+use crate::columns::{self, CALL_COLUMNS};
+use crate::pg_copy::BinaryCopyWriter;
+use crate::store::{
+    is_row_error, AppliedCounts, ApplyOutcome, CallStore, OffsetCommit, OffsetConflict,
+    RejectedRow, StoreError, StoredCall,
+};
+
+/// Postgres migrations (`callsync db migrate`).
+pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Batches with at least this many rows go through binary COPY by default.
+pub const DEFAULT_COPY_THRESHOLD: usize = 1000;
+
+/// Bytes of COPY data sent per message.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    copy_threshold: usize,
+}
+
+impl PgStore {
+    /// Connect a pool to `url` (a `postgres://` URL).
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        copy_threshold: usize,
+    ) -> Result<Self, StoreError> {
+        let target = redacted_target(url);
+        let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::Connect {
+            store: "postgres",
+            target: target.clone(),
+            source,
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(true)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Connect {
+                store: "postgres",
+                target,
+                source,
+            })?;
+        Ok(PgStore {
+            pool,
+            copy_threshold,
+        })
+    }
+
+    pub fn from_pool(pool: PgPool, copy_threshold: usize) -> Self {
+        PgStore {
+            pool,
+            copy_threshold,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Turn the reader policy on: roles other than the owner see only the
+    /// accounts granted to them in `callsync_account_grants`.
+    pub async fn enable_row_level_security(&self) -> Result<(), StoreError> {
+        sqlx::query("ALTER TABLE calls ENABLE ROW LEVEL SECURITY")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx("enabling row-level security on calls", e))?;
+        Ok(())
+    }
+
+    /// Grant `role_name` the calls of one provider account.
+    pub async fn grant_account(
+        &self,
+        role_name: &str,
+        provider: &str,
+        account_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO callsync_account_grants (role_name, provider, account_id) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(role_name)
+        .bind(provider)
+        .bind(account_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("granting an account", e))?;
+        Ok(())
+    }
+
+    async fn try_apply(
+        &self,
+        batch: &SinkBatch,
+        offsets: &OffsetCommit,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| StoreError::from_sqlx("beginning the batch transaction", e))?;
+        let conflicts = advance_offsets(&mut tx, offsets).await?;
+        if !conflicts.is_empty() {
+            let _ = tx.rollback().await;
+            return Ok(ApplyOutcome::OffsetConflict(conflicts));
+        }
+        let rows: Vec<&SinkRow> = batch.rows().map(|(_, r)| r).collect();
+        let mut counts = AppliedCounts::default();
+        if !rows.is_empty() {
+            let result = if rows.len() >= self.copy_threshold {
+                upsert_by_copy(&mut tx, batch.topic(), &rows).await
+            } else {
+                upsert_by_unnest(&mut tx, batch.topic(), &rows).await
+            };
+            match result {
+                Ok(written) => {
+                    counts.written = written;
+                    counts.stale = rows.len() as u64 - written;
+                }
+                Err(e) if is_row_error(&e) => {
+                    let _ = tx.rollback().await;
+                    return self.bisect(batch, offsets).await;
+                }
+                Err(e) => return Err(StoreError::from_sqlx("upserting the batch into calls", e)),
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::from_sqlx("committing the batch transaction", e))?;
+        Ok(ApplyOutcome::Committed(counts))
+    }
+
+    /// Find the rows Postgres refuses: halve the batch under savepoints until
+    /// each failing half is one row. Nothing is committed when a row is refused.
+    async fn bisect(
+        &self,
+        batch: &SinkBatch,
+        offsets: &OffsetCommit,
+    ) -> Result<ApplyOutcome, StoreError> {
+        let span = tracing::info_span!("bisect", rows = batch.row_count());
+        let _guard = span.enter();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| StoreError::from_sqlx("beginning the bisect transaction", e))?;
+        let conflicts = advance_offsets(&mut tx, offsets).await?;
+        if !conflicts.is_empty() {
+            let _ = tx.rollback().await;
+            return Ok(ApplyOutcome::OffsetConflict(conflicts));
+        }
+        let rows: Vec<&SinkRow> = batch.rows().map(|(_, r)| r).collect();
+        let mut rejected = Vec::new();
+        let mut written = 0;
+        let mut ranges = vec![(0usize, rows.len())];
+        while let Some((lo, hi)) = ranges.pop() {
+            exec(&mut tx, "SAVEPOINT callsync_bisect").await?;
+            match upsert_by_unnest(&mut tx, batch.topic(), &rows[lo..hi]).await {
+                Ok(n) => {
+                    written += n;
+                    exec(&mut tx, "RELEASE SAVEPOINT callsync_bisect").await?;
+                }
+                Err(e) if is_row_error(&e) => {
+                    exec(&mut tx, "ROLLBACK TO SAVEPOINT callsync_bisect").await?;
+                    exec(&mut tx, "RELEASE SAVEPOINT callsync_bisect").await?;
+                    if hi - lo == 1 {
+                        rejected.push(RejectedRow {
+                            key: crate::batch::RowKey::of(&rows[lo].record),
+                            reason: database_message(&e),
+                        });
+                    } else {
+                        let mid = lo + (hi - lo) / 2;
+                        ranges.push((mid, hi));
+                        ranges.push((lo, mid));
+                    }
+                }
+                Err(e) => {
+                    return Err(StoreError::from_sqlx(
+                        "upserting while bisecting the batch",
+                        e,
+                    ))
+                }
+            }
+        }
+        if !rejected.is_empty() {
+            let _ = tx.rollback().await;
+            return Ok(ApplyOutcome::Rejected(rejected));
+        }
+        tx.commit()
+            .await
+            .map_err(|e| StoreError::from_sqlx("committing the bisected batch", e))?;
+        Ok(ApplyOutcome::Committed(AppliedCounts {
+            written,
+            stale: rows.len() as u64 - written,
+        }))
+    }
+}
+
+fn exec<'a>(
+    conn: &'a mut PgConnection,
+    sql: &'static str,
+) -> BoxFuture<'a, Result<(), StoreError>> {
+    Box::pin(async move {
+        sqlx::Executor::execute(conn, sql)
+            .await
+            .map_err(|e| StoreError::from_sqlx(sql, e))?;
+        Ok(())
+    })
+}
+
+/// The database's own message for a refused row.
+fn database_message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// `postgres://user@host:port/db` without the password.
+fn redacted_target(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(unparseable database url)".to_string(),
+    }
+}
+
+/// Compare-and-set every partition's offset, in partition order (so two
+/// instances lock offsets in one order and never deadlock). Returns the
+/// partitions whose stored offset was not the expected one.
+fn advance_offsets<'a>(
+    conn: &'a mut PgConnection,
+    offsets: &'a OffsetCommit,
+) -> BoxFuture<'a, Result<Vec<OffsetConflict>, StoreError>> {
+    Box::pin(async move {
+        let mut conflicts = Vec::new();
+        let mut advances = offsets.advances.clone();
+        advances.sort_by_key(|a| a.partition);
+        for a in &advances {
+            let moved = match a.expected {
+                Some(expected) => sqlx::query(
+                    "UPDATE callsync_offsets SET next_offset = $4, updated_at = now() \
+                 WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $5",
+                )
+                .bind(offsets.consumer_group.clone())
+                .bind(offsets.topic.clone())
+                .bind(a.partition)
+                .bind(a.next_offset)
+                .bind(expected)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| StoreError::from_sqlx("advancing callsync_offsets", e))?,
+                None => sqlx::query(
+                    "INSERT INTO callsync_offsets (consumer_group, topic, partition, next_offset) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(offsets.consumer_group.clone())
+                .bind(offsets.topic.clone())
+                .bind(a.partition)
+                .bind(a.next_offset)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| StoreError::from_sqlx("inserting into callsync_offsets", e))?,
+            };
+            if moved.rows_affected() != 1 {
+                let stored: Option<i64> = sqlx::query_scalar(
+                "SELECT next_offset FROM callsync_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+            )
+            .bind(offsets.consumer_group.clone())
+            .bind(offsets.topic.clone())
+            .bind(a.partition)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| StoreError::from_sqlx("reading callsync_offsets", e))?;
+                conflicts.push(OffsetConflict {
+                    partition: a.partition,
+                    expected: a.expected,
+                    stored,
+                });
+            }
+        }
+        Ok(conflicts)
+    })
+}
+
+fn upsert_sql(select: &str) -> String {
+    format!(
+        "INSERT INTO calls ({}, synced_at) {select} {}",
+        CALL_COLUMNS.join(", "),
+        columns::upsert_conflict_clause()
+    )
+}
+
+const STAGING_DDL: &str = "SET LOCAL client_min_messages = warning; \
+CREATE TEMP TABLE IF NOT EXISTS callsync_staging (\
+provider text, account_id text, call_id text, version int8, started_at timestamptz, \
+answered_at timestamptz, ended_at timestamptz, duration_secs int4, billable_secs int4, \
+caller_number text, tracking_number text, destination_number text, campaign_id text, \
+campaign_name text, publisher_id text, publisher_name text, buyer_id text, buyer_name text, \
+status text, provider_status text, converted bool, revenue numeric, payout numeric, \
+currency text, recording_url text, tags jsonb, source text, observed_at timestamptz, \
+provider_updated_at timestamptz, raw bytea, kafka_topic text, kafka_partition int4, \
+kafka_offset int8) ON COMMIT DELETE ROWS";
+
+/// Binary COPY into the staging table, then one INSERT ... ON CONFLICT.
+fn upsert_by_copy<'a>(
+    conn: &'a mut PgConnection,
+    topic: &'a str,
+    rows: &'a [&'a SinkRow],
+) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+    Box::pin(async move {
+        sqlx::Executor::execute(&mut *conn, STAGING_DDL).await?;
+        let copy_sql = format!(
+            "COPY callsync_staging ({}) FROM STDIN (FORMAT binary)",
+            CALL_COLUMNS.join(", ")
+        );
+        let mut copy = conn.copy_in_raw(&copy_sql).await?;
+        let mut writer = BinaryCopyWriter::with_capacity(COPY_CHUNK_BYTES + 64 * 1024);
+        for row in rows {
+            write_copy_row(&mut writer, topic, row);
+            if writer.len() >= COPY_CHUNK_BYTES {
+                if let Err(e) = copy.send(writer.take_chunk()).await {
+                    let _ = copy.abort("callsync: sending COPY data failed").await;
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = copy.send(writer.finish()).await {
+            let _ = copy.abort("callsync: sending COPY data failed").await;
+            return Err(e);
+        }
+        copy.finish().await?;
+        let result = sqlx::query(&upsert_sql(&format!(
+            "SELECT {}, now() FROM callsync_staging",
+            CALL_COLUMNS.join(", ")
+        )))
+        .execute(&mut *conn)
+        .await?;
+        // staging rows go on commit; clear now too, in case of bisect on the same tx
+        sqlx::Executor::execute(&mut *conn, "TRUNCATE callsync_staging").await?;
+        Ok(result.rows_affected())
+    })
+}
+
+fn write_copy_row(w: &mut BinaryCopyWriter, topic: &str, row: &SinkRow) {
+    let r = &row.record;
+    w.tuple(CALL_COLUMNS.len() as i16);
+    w.text(r.provider.as_str());
+    w.text(&r.account_id);
+    w.text(&r.call_id);
+    w.int8(r.version);
+    w.timestamptz(&r.started_at);
+    w.opt_timestamptz(r.answered_at.as_ref());
+    w.opt_timestamptz(r.ended_at.as_ref());
+    w.opt_int4(r.duration_secs);
+    w.opt_int4(r.billable_secs);
+    w.opt_text(r.caller_number.as_deref());
+    w.opt_text(r.tracking_number.as_deref());
+    w.opt_text(r.destination_number.as_deref());
+    w.opt_text(r.campaign_id.as_deref());
+    w.opt_text(r.campaign_name.as_deref());
+    w.opt_text(r.publisher_id.as_deref());
+    w.opt_text(r.publisher_name.as_deref());
+    w.opt_text(r.buyer_id.as_deref());
+    w.opt_text(r.buyer_name.as_deref());
+    w.text(r.status.as_str());
+    w.opt_text(r.provider_status.as_deref());
+    w.opt_bool(r.converted);
+    w.opt_numeric(r.revenue.as_ref());
+    w.opt_numeric(r.payout.as_ref());
+    w.opt_text(r.currency.as_deref());
+    w.opt_text(r.recording_url.as_deref());
+    w.jsonb(&columns::tags_json(&r.tags));
+    w.text(r.source.as_str());
+    w.timestamptz(&r.observed_at);
+    w.opt_timestamptz(r.provider_updated_at.as_ref());
+    w.opt_bytes(r.raw.as_deref());
+    w.text(topic);
+    w.int4(row.source.partition);
+    w.int8(row.source.offset);
+}
+
+/// One INSERT ... SELECT FROM UNNEST of column arrays.
+fn upsert_by_unnest<'a>(
+    conn: &'a mut PgConnection,
+    topic: &'a str,
+    rows: &'a [&'a SinkRow],
+) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+    Box::pin(async move {
+        const TYPES: [&str; 33] = [
+            "text",
+            "text",
+            "text",
+            "int8",
+            "timestamptz",
+            "timestamptz",
+            "timestamptz",
+            "int4",
+            "int4",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "text",
+            "bool",
+            "numeric",
+            "numeric",
+            "text",
+            "text",
+            "jsonb",
+            "text",
+            "timestamptz",
+            "timestamptz",
+            "bytea",
+            "text",
+            "int4",
+            "int8",
+        ];
+        let params: Vec<String> = TYPES
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{t}[]", i + 1))
+            .collect();
+        let sql = upsert_sql(&format!(
+            "SELECT u.*, now() FROM UNNEST({}) AS u",
+            params.join(", ")
+        ));
+
+        let recs: Vec<&CallRecord> = rows.iter().map(|r| &r.record).collect();
+        macro_rules! column {
+            ($r:ident => $e:expr) => {
+                recs.iter().map(|$r| $e).collect::<Vec<_>>()
+            };
+        }
+        let tags: Vec<serde_json::Value> =
+            column!(r => serde_json::to_value(&r.tags).unwrap_or(serde_json::Value::Null));
+        let providers = column!(r => r.provider.as_str());
+        let account_ids = column!(r => r.account_id.as_str());
+        let call_ids = column!(r => r.call_id.as_str());
+        let versions = column!(r => r.version);
+        let started_at = column!(r => r.started_at);
+        let answered_at = column!(r => r.answered_at);
+        let ended_at = column!(r => r.ended_at);
+        let duration_secs = column!(r => r.duration_secs);
+        let billable_secs = column!(r => r.billable_secs);
+        let caller_number = column!(r => r.caller_number.as_deref());
+        let tracking_number = column!(r => r.tracking_number.as_deref());
+        let destination_number = column!(r => r.destination_number.as_deref());
+        let campaign_id = column!(r => r.campaign_id.as_deref());
+        let campaign_name = column!(r => r.campaign_name.as_deref());
+        let publisher_id = column!(r => r.publisher_id.as_deref());
+        let publisher_name = column!(r => r.publisher_name.as_deref());
+        let buyer_id = column!(r => r.buyer_id.as_deref());
+        let buyer_name = column!(r => r.buyer_name.as_deref());
+        let status = column!(r => r.status.as_str());
+        let provider_status = column!(r => r.provider_status.as_deref());
+        let converted = column!(r => r.converted);
+        let revenue = column!(r => r.revenue);
+        let payout = column!(r => r.payout);
+        let currency = column!(r => r.currency.as_deref());
+        let recording_url = column!(r => r.recording_url.as_deref());
+        let source = column!(r => r.source.as_str());
+        let observed_at = column!(r => r.observed_at);
+        let provider_updated_at = column!(r => r.provider_updated_at);
+        let raw: Vec<Option<&[u8]>> = column!(r => r.raw.as_deref());
+        let topics = vec![topic; rows.len()];
+        let partitions: Vec<i32> = rows.iter().map(|r| r.source.partition).collect();
+        let offsets: Vec<i64> = rows.iter().map(|r| r.source.offset).collect();
+        drop(recs);
+
+        let result = sqlx::query(&sql)
+            .bind(providers)
+            .bind(account_ids)
+            .bind(call_ids)
+            .bind(versions)
+            .bind(started_at)
+            .bind(answered_at)
+            .bind(ended_at)
+            .bind(duration_secs)
+            .bind(billable_secs)
+            .bind(caller_number)
+            .bind(tracking_number)
+            .bind(destination_number)
+            .bind(campaign_id)
+            .bind(campaign_name)
+            .bind(publisher_id)
+            .bind(publisher_name)
+            .bind(buyer_id)
+            .bind(buyer_name)
+            .bind(status)
+            .bind(provider_status)
+            .bind(converted)
+            .bind(revenue)
+            .bind(payout)
+            .bind(currency)
+            .bind(recording_url)
+            .bind(tags)
+            .bind(source)
+            .bind(observed_at)
+            .bind(provider_updated_at)
+            .bind(raw)
+            .bind(topics)
+            .bind(partitions)
+            .bind(offsets)
+            .execute(&mut *conn)
+            .await?;
+        Ok(result.rows_affected())
+    })
+}
+const SELECT_CALLS: &str = "SELECT provider, account_id, call_id, version, started_at, answered_at, ended_at, \
+duration_secs, billable_secs, caller_number, tracking_number, destination_number, campaign_id, campaign_name, \
+publisher_id, publisher_name, buyer_id, buyer_name, status, provider_status, converted, revenue, payout, currency, \
+recording_url, tags::text AS tags, source, observed_at, provider_updated_at, raw, kafka_topic, kafka_partition, \
+kafka_offset FROM calls";
+
+fn stored_call(row: &sqlx::postgres::PgRow) -> Result<StoredCall, StoreError> {
+    let get_err = |column: &'static str, e: sqlx::Error| StoreError::Decode {
+        column,
+        key: "?".to_string(),
+        message: e.to_string(),
+    };
+    macro_rules! col {
+        ($name:literal) => {
+            row.try_get($name).map_err(|e| get_err($name, e))?
+        };
+    }
+    let provider: String = col!("provider");
+    let account_id: String = col!("account_id");
+    let call_id: String = col!("call_id");
+    let key = format!("{provider}:{account_id}:{call_id}");
+    let status: String = col!("status");
+    let source: String = col!("source");
+    let tags: String = col!("tags");
+    let record = CallRecord {
+        provider: columns::parse_field("provider", &key, &provider)?,
+        account_id,
+        call_id,
+        version: col!("version"),
+        started_at: col!("started_at"),
+        answered_at: col!("answered_at"),
+        ended_at: col!("ended_at"),
+        duration_secs: col!("duration_secs"),
+        billable_secs: col!("billable_secs"),
+        caller_number: col!("caller_number"),
+        tracking_number: col!("tracking_number"),
+        destination_number: col!("destination_number"),
+        campaign_id: col!("campaign_id"),
+        campaign_name: col!("campaign_name"),
+        publisher_id: col!("publisher_id"),
+        publisher_name: col!("publisher_name"),
+        buyer_id: col!("buyer_id"),
+        buyer_name: col!("buyer_name"),
+        status: columns::parse_field("status", &key, &status)?,
+        provider_status: col!("provider_status"),
+        converted: col!("converted"),
+        revenue: col!("revenue"),
+        payout: col!("payout"),
+        currency: col!("currency"),
+        recording_url: col!("recording_url"),
+        tags: columns::parse_tags(&key, &tags)?,
+        source: columns::parse_field("source", &key, &source)?,
+        observed_at: col!("observed_at"),
+        provider_updated_at: col!("provider_updated_at"),
+        raw: col!("raw"),
+    };
+    Ok(StoredCall {
+        record,
+        kafka_topic: col!("kafka_topic"),
+        kafka_partition: col!("kafka_partition"),
+        kafka_offset: col!("kafka_offset"),
+    })
+}
+
+#[async_trait]
+impl CallStore for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        PG_MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                store: "postgres",
+                source,
+            })
+    }
+
+    async fn load_offsets(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, StoreError> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM callsync_offsets WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(consumer_group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("loading callsync_offsets", e))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn apply(
+        &self,
+        batch: &SinkBatch,
+        offsets: &OffsetCommit,
+    ) -> Result<ApplyOutcome, StoreError> {
+        self.try_apply(batch, offsets).await
+    }
+
+    async fn get(
+        &self,
+        provider: &str,
+        account_id: &str,
+        call_id: &str,
+    ) -> Result<Option<StoredCall>, StoreError> {
+        let row = sqlx::query(&format!(
+            "{SELECT_CALLS} WHERE provider = $1 AND account_id = $2 AND call_id = $3"
+        ))
+        .bind(provider)
+        .bind(account_id)
+        .bind(call_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("reading a call", e))?;
+        row.as_ref().map(stored_call).transpose()
+    }
+
+    async fn all_calls(&self) -> Result<Vec<StoredCall>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_CALLS} ORDER BY provider COLLATE \"C\", account_id COLLATE \"C\", call_id COLLATE \"C\""
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("reading all calls", e))?;
+        rows.iter().map(stored_call).collect()
+    }
+}

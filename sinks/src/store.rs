@@ -1,0 +1,232 @@
+//! The store the sink writes to: a trait with the operations the sink needs,
+//! and the types they exchange. Implemented by [`crate::PgStore`] and
+//! [`crate::SqliteStore`] with the same semantics.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use callsync_schemas::CallRecord;
+
+use crate::batch::{RowKey, SinkBatch};
+
+/// The offsets a batch moves, checked and written in the batch's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommit {
+    pub consumer_group: String,
+    pub topic: String,
+    /// Sorted by partition.
+    pub advances: Vec<OffsetAdvance>,
+}
+
+/// One partition's move: from `expected` (what the sink believes is stored;
+/// `None` for no row yet) to `next_offset`. If the stored value differs,
+/// another instance has moved the partition on and nothing is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetAdvance {
+    pub partition: i32,
+    pub expected: Option<i64>,
+    pub next_offset: i64,
+}
+
+/// A partition whose stored offset was not what the batch expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetConflict {
+    pub partition: i32,
+    pub expected: Option<i64>,
+    pub stored: Option<i64>,
+}
+
+/// A row the database refused, with its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedRow {
+    pub key: RowKey,
+    pub reason: String,
+}
+
+/// What one `apply` did. Only `Committed` wrote anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Committed(AppliedCounts),
+    /// Nothing written: these rows are refused by the database (found by
+    /// bisecting). Send them to the DLQ, drop them from the batch, apply again.
+    Rejected(Vec<RejectedRow>),
+    /// Nothing written: another instance moved these partitions on.
+    OffsetConflict(Vec<OffsetConflict>),
+}
+
+/// Counts of a committed batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppliedCounts {
+    /// Rows inserted or updated.
+    pub written: u64,
+    /// Rows left alone because the table holds a newer version.
+    pub stale: u64,
+}
+
+/// A call as stored, with the Kafka record it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCall {
+    pub record: CallRecord,
+    pub kafka_topic: String,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying: connection lost, serialization failure, deadlock,
+    /// shutdown of the server, too many connections.
+    #[error("{operation} failed (transient, will retry): {source}")]
+    Transient {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("{operation} failed: {source}")]
+    Database {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("running {store} migrations: {source}")]
+    Migrate {
+        store: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("connecting to {store} at {target}: {source}")]
+    Connect {
+        store: &'static str,
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("reading column {column} of call {key}: {message}")]
+    Decode {
+        column: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient { .. })
+    }
+
+    /// The SQLSTATE of the database error behind this, if any.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            StoreError::Transient { source, .. } | StoreError::Database { source, .. } => {
+                sqlstate(source)
+            }
+            _ => None,
+        }
+    }
+
+    /// Classify a sqlx error from `operation`.
+    pub fn from_sqlx(operation: &'static str, source: sqlx::Error) -> Self {
+        if is_transient(&source) {
+            StoreError::Transient { operation, source }
+        } else {
+            StoreError::Database { operation, source }
+        }
+    }
+}
+
+pub(crate) fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Transient failures: retried with backoff without advancing any offset.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => is_transient_sqlstate(&code),
+            // SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6)
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// SQLSTATEs worth retrying.
+pub fn is_transient_sqlstate(code: &str) -> bool {
+    matches!(
+        code,
+        "40001" // serialization_failure
+            | "40P01" // deadlock_detected
+            | "55P03" // lock_not_available
+            | "57P01" // admin_shutdown
+            | "57P02" // crash_shutdown
+            | "57P03" // cannot_connect_now
+            | "53300" // too_many_connections
+            | "53400" // configuration_limit_exceeded
+            | "25006" // read_only_sql_transaction (failover to a standby)
+            | "5" // SQLITE_BUSY
+            | "6" // SQLITE_LOCKED
+            | "517" // SQLITE_BUSY_SNAPSHOT
+    ) || code.starts_with("08") // connection exceptions
+}
+
+/// Errors caused by a row's data (bisect the batch to find it): data
+/// exceptions (22xxx) and integrity violations (23xxx); SQLite constraint
+/// failures.
+pub fn is_row_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => {
+                code.starts_with("22") || code.starts_with("23") || code == "19" || code == "275"
+            }
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// Where the sink keeps calls and its offsets.
+#[async_trait]
+pub trait CallStore: Send + Sync + std::fmt::Debug {
+    /// `"postgres"` or `"sqlite"`.
+    fn kind(&self) -> &'static str;
+
+    /// Run the migrations (idempotent).
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// partition -> next offset stored for (group, topic).
+    async fn load_offsets(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, i64>, StoreError>;
+
+    /// Upsert the batch's rows (guard: an older version never overwrites a
+    /// newer; an equal one is re-applied) and move the offsets, in one
+    /// transaction.
+    async fn apply(
+        &self,
+        batch: &SinkBatch,
+        offsets: &OffsetCommit,
+    ) -> Result<ApplyOutcome, StoreError>;
+
+    /// One call by primary key.
+    async fn get(
+        &self,
+        provider: &str,
+        account_id: &str,
+        call_id: &str,
+    ) -> Result<Option<StoredCall>, StoreError>;
+
+    /// Every call, sorted by primary key (tests, the demo, small exports).
+    async fn all_calls(&self) -> Result<Vec<StoredCall>, StoreError>;
+}
