@@ -1,0 +1,258 @@
+//! Normalizers of single values: phone numbers to E.164, currency codes to
+//! ISO 4217, provider call statuses to [`CallStatus`].
+//!
+//! Each is a pure function; the rules that decide what is invalid live in
+//! [`crate::validate`].
+
+use callsync_schemas::CallStatus;
+use phonenumber::country;
+
+use crate::config::PhoneCheck;
+
+/// Why a phone number could not be normalized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    #[error("{input:?} is not a phone number: {reason}")]
+    Unparseable { input: String, reason: String },
+    #[error("{input:?} parses as {e164} but is not a valid number of any numbering plan")]
+    NotValid { input: String, e164: String },
+}
+
+/// Caller ids providers send for withheld or unknown numbers; they mean "no number", not a
+/// malformed one.
+const WITHHELD_MARKERS: [&str; 8] = [
+    "anonymous",
+    "restricted",
+    "private",
+    "unknown",
+    "unavailable",
+    "withheld",
+    "blocked",
+    "no caller id",
+];
+
+/// Normalize a phone number to E.164 (`+15551234567`).
+///
+/// Numbers without a country code are read in `default_region`. An empty string and the
+/// markers providers use for withheld caller ids (`anonymous`, `restricted`, ...) give
+/// `Ok(None)`. Extensions are dropped (E.164 has none).
+pub fn normalize_phone(
+    input: &str,
+    default_region: country::Id,
+    check: PhoneCheck,
+) -> Result<Option<String>, PhoneError> {
+    let trimmed = input.trim();
+    if trimmed.is_empty()
+        || WITHHELD_MARKERS
+            .iter()
+            .any(|m| trimmed.eq_ignore_ascii_case(m))
+    {
+        return Ok(None);
+    }
+    let number =
+        phonenumber::parse(Some(default_region), trimmed).map_err(|e| PhoneError::Unparseable {
+            input: input.to_string(),
+            reason: e.to_string(),
+        })?;
+    let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+    match check {
+        PhoneCheck::Valid if !phonenumber::is_valid(&number) => Err(PhoneError::NotValid {
+            input: input.to_string(),
+            e164,
+        }),
+        PhoneCheck::Valid | PhoneCheck::Parseable => {
+            // E.164 allows at most 15 digits after the '+'.
+            let digits = e164.len().saturating_sub(1);
+            if !(7..=15).contains(&digits) {
+                return Err(PhoneError::Unparseable {
+                    input: input.to_string(),
+                    reason: format!("{digits} digits (E.164 numbers have 7 to 15)"),
+                });
+            }
+            Ok(Some(e164))
+        }
+    }
+}
+
+/// A currency code that ISO 4217 does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an ISO 4217 currency code")]
+pub struct UnknownCurrency(pub String);
+
+/// Normalize a currency code: trimmed, upper case, and known to ISO 4217.
+pub fn normalize_currency(input: &str) -> Result<String, UnknownCurrency> {
+    let code = input.trim().to_ascii_uppercase();
+    match iso_currency::Currency::from_code(&code) {
+        Some(currency) => Ok(currency.code().to_string()),
+        None => Err(UnknownCurrency(input.to_string())),
+    }
+}
+
+/// Map a provider's own status text to a [`CallStatus`].
+///
+/// Case, surrounding space and the separators `-`, `_` and ` ` are ignored, so `NO ANSWER`,
+/// `no-answer` and `no_answer` are the same. Returns `None` for text no provider is known to
+/// send.
+pub fn map_provider_status(provider_status: &str) -> Option<CallStatus> {
+    let mut folded = String::with_capacity(provider_status.len());
+    for c in provider_status.trim().chars() {
+        match c {
+            '-' | '_' | ' ' => {}
+            c => folded.extend(c.to_lowercase()),
+        }
+    }
+    let status = match folded.as_str() {
+        "completed" | "complete" | "answered" | "connected" | "success" | "successful"
+        | "finished" | "ended" | "converted" | "billable" => CallStatus::Completed,
+        "inprogress" | "ringing" | "live" | "active" | "queued" | "initiated" | "started"
+        | "ongoing" => CallStatus::InProgress,
+        "noanswer" | "notanswered" | "unanswered" | "missed" | "abandoned" | "voicemail"
+        | "noconnect" | "timeout" => CallStatus::NoAnswer,
+        "busy" | "userbusy" => CallStatus::Busy,
+        "failed" | "failure" | "error" | "rejected" | "canceled" | "cancelled" | "blocked"
+        | "invalid" | "dropped" => CallStatus::Failed,
+        "unknown" | "" => CallStatus::Unknown,
+        _ => return None,
+    };
+    Some(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn us(input: &str) -> Result<Option<String>, PhoneError> {
+        normalize_phone(input, country::Id::US, PhoneCheck::Valid)
+    }
+
+    #[test]
+    fn phone_numbers_in_common_shapes_become_e164() {
+        for input in [
+            "+1 (415) 555-2671",
+            "415-555-2671",
+            "(415) 555 2671",
+            "+14155552671",
+            "1-415-555-2671",
+            "tel:+1-415-555-2671",
+        ] {
+            assert_eq!(
+                us(input).unwrap().as_deref(),
+                Some("+14155552671"),
+                "{input}"
+            );
+        }
+        assert_eq!(
+            us("+44 20 7946 0958").unwrap().as_deref(),
+            Some("+442079460958")
+        );
+        assert_eq!(
+            normalize_phone("020 7946 0958", country::Id::GB, PhoneCheck::Valid)
+                .unwrap()
+                .as_deref(),
+            Some("+442079460958")
+        );
+    }
+
+    #[test]
+    fn withheld_caller_ids_are_no_number() {
+        for input in ["", "  ", "Anonymous", "RESTRICTED", "private", "Unknown"] {
+            assert_eq!(us(input).unwrap(), None, "{input}");
+        }
+    }
+
+    #[test]
+    fn garbage_and_invalid_numbers_are_errors_that_quote_the_input() {
+        let err = us("call me maybe").unwrap_err();
+        assert!(matches!(err, PhoneError::Unparseable { .. }), "{err:?}");
+        assert!(err.to_string().contains("call me maybe"));
+        // North American area codes never start with 1: parseable, not valid.
+        assert!(matches!(
+            us("+1 123 456 7890").unwrap_err(),
+            PhoneError::NotValid { .. }
+        ));
+        assert!(normalize_phone("+1 123 456 7890", country::Id::US, PhoneCheck::Parseable).is_ok());
+    }
+
+    #[test]
+    fn currencies_are_upper_case_iso_4217() {
+        assert_eq!(normalize_currency(" usd ").unwrap(), "USD");
+        assert_eq!(normalize_currency("EUR").unwrap(), "EUR");
+        assert_eq!(
+            normalize_currency("XYZ").unwrap_err(),
+            UnknownCurrency("XYZ".into())
+        );
+        assert!(normalize_currency("").is_err());
+    }
+
+    #[test]
+    fn provider_statuses_map_regardless_of_spelling() {
+        assert_eq!(map_provider_status("NO ANSWER"), Some(CallStatus::NoAnswer));
+        assert_eq!(map_provider_status("no-answer"), Some(CallStatus::NoAnswer));
+        assert_eq!(
+            map_provider_status("Completed"),
+            Some(CallStatus::Completed)
+        );
+        assert_eq!(
+            map_provider_status(" in_progress "),
+            Some(CallStatus::InProgress)
+        );
+        assert_eq!(map_provider_status("busy"), Some(CallStatus::Busy));
+        assert_eq!(map_provider_status("Canceled"), Some(CallStatus::Failed));
+        assert_eq!(map_provider_status("teleported"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn phone_normalization_never_panics_and_yields_e164(input in "\\PC{0,40}") {
+            if let Ok(Some(e164)) = normalize_phone(&input, country::Id::US, PhoneCheck::Parseable) {
+                prop_assert!(e164.starts_with('+'));
+                prop_assert!(e164[1..].bytes().all(|b| b.is_ascii_digit()), "{}", e164);
+                prop_assert!((8..=16).contains(&e164.len()), "{}", e164);
+            }
+        }
+
+        #[test]
+        fn phone_normalization_is_idempotent(national in "[2-9][0-8][0-9][2-9][0-9]{6}") {
+            if let Ok(Some(first)) = normalize_phone(&national, country::Id::US, PhoneCheck::Parseable) {
+                let second = normalize_phone(&first, country::Id::GB, PhoneCheck::Parseable).unwrap();
+                prop_assert_eq!(Some(first), second);
+            }
+        }
+
+        #[test]
+        fn formatting_does_not_change_the_number(
+            area in "[2-9][0-8][0-9]", exchange in "[2-9][0-9]{2}", line in "[0-9]{4}",
+            style in 0usize..5,
+        ) {
+            let formatted = match style {
+                0 => format!("{area}{exchange}{line}"),
+                1 => format!("({area}) {exchange}-{line}"),
+                2 => format!("+1 {area} {exchange} {line}"),
+                3 => format!("1-{area}-{exchange}-{line}"),
+                _ => format!("{area}.{exchange}.{line}"),
+            };
+            let plain = normalize_phone(&format!("{area}{exchange}{line}"), country::Id::US, PhoneCheck::Parseable);
+            let styled = normalize_phone(&formatted, country::Id::US, PhoneCheck::Parseable);
+            prop_assert_eq!(plain.ok(), styled.ok());
+        }
+
+        #[test]
+        fn currency_normalization_accepts_exactly_iso_codes_in_any_case(code in "[a-zA-Z]{3}") {
+            let upper = code.to_ascii_uppercase();
+            let known = iso_currency::Currency::from_code(&upper).is_some();
+            match normalize_currency(&code) {
+                Ok(c) => { prop_assert!(known); prop_assert_eq!(c, upper); }
+                Err(_) => prop_assert!(!known),
+            }
+        }
+
+        #[test]
+        fn status_mapping_ignores_case_and_separators(idx in 0usize..6, upper in any::<bool>(), sep in "[-_ ]") {
+            let status = CallStatus::ALL[idx];
+            let mut text = status.as_str().replace('_', &sep);
+            if upper { text = text.to_uppercase(); }
+            prop_assert_eq!(map_provider_status(&text), Some(status));
+        }
+    }
+}

@@ -1,0 +1,939 @@
+//! The exactly-once processor loop.
+//!
+//! - A transactional producer with a stable `transactional.id` per instance
+//!   (`{prefix}callsync-processor-{instance_id}`): a restarted instance's
+//!   `init_transactions` fences its dead predecessor and aborts the transaction it left open.
+//! - A `read_committed` consumer in the processor group, auto-commit off.
+//! - Per batch (bounded by record count and time) one transaction holding the records for
+//!   `calls`, the DLQ records, the dedup changelog updates and the consumed offsets
+//!   (`send_offsets_to_transaction` with the group's metadata, so a member that lost its
+//!   partitions cannot commit them).
+//! - Rebalances are handled in the consumer's context: before partitions are revoked the
+//!   batch in flight is committed (or aborted, when the assignment was lost) and their state
+//!   dropped; after partitions are assigned their state is restored from the changelog before
+//!   any of their records is processed.
+//! - A batch that fails with an abortable error is aborted, its staged state dropped, and its
+//!   partitions rewound to the batch's first offsets. A fenced or fatally failed producer
+//!   stops the instance without writing anything more.
+//!
+//! The loop runs on a blocking thread: librdkafka's transactional calls block, and the
+//! rebalance callbacks run inside `poll`, on the loop's own thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use callsync_runtime::metrics::{DEDUP_STATE_BYTES, DEDUP_STATE_ENTRIES, DLQ_TOTAL, RECORDS_TOTAL};
+use callsync_runtime::{Isolation, KafkaClientFactory, Shutdown};
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::codec::DedupEntryCodec;
+use crate::config::ProcessorConfig;
+use crate::counters::{metric_names, BatchTally, ProcessorCounters, ProcessorReport};
+use crate::dedup::{restore_partitions, PartitionState, RestoreError, StagedChanges, Verdict};
+use crate::dlq::{dlq_headers, ErrorStage, SourcePosition};
+use crate::error::ProcessorError;
+use crate::pipeline::{Accepted, RecordPipeline, Rejected};
+use crate::validate::{RejectReason, Rejection};
+
+/// Run one processor instance until `shutdown` is triggered (the batch in flight is then
+/// committed) or a fatal error (a fenced producer included) stops it.
+pub async fn run_processor(
+    config: ProcessorConfig,
+    kafka: KafkaClientFactory,
+    shutdown: Shutdown,
+) -> Result<ProcessorReport, ProcessorError> {
+    run_processor_with_counters(config, kafka, shutdown, Arc::default()).await
+}
+
+/// [`run_processor`], counting into `counters` as it goes (for tests, benchmarks and status
+/// pages that watch a running instance).
+pub async fn run_processor_with_counters(
+    config: ProcessorConfig,
+    kafka: KafkaClientFactory,
+    shutdown: Shutdown,
+    counters: Arc<ProcessorCounters>,
+) -> Result<ProcessorReport, ProcessorError> {
+    config.check()?;
+    tokio::task::spawn_blocking(move || run_blocking(config, kafka, shutdown, counters))
+        .await
+        .map_err(|e| ProcessorError::Worker(e.to_string()))?
+}
+
+/// Full topic names (prefix applied).
+#[derive(Debug, Clone)]
+struct Topics {
+    input: String,
+    output: String,
+    dlq: String,
+    state: String,
+}
+
+fn run_blocking(
+    config: ProcessorConfig,
+    kafka: KafkaClientFactory,
+    shutdown: Shutdown,
+    counters: Arc<ProcessorCounters>,
+) -> Result<ProcessorReport, ProcessorError> {
+    let settings = kafka.settings();
+    let topics = Topics {
+        input: settings.topic(&config.input_topic),
+        output: settings.topic(&config.output_topic),
+        dlq: settings.topic(&config.dlq_topic),
+        state: settings.topic(&config.state_topic),
+    };
+    let transactional_id = config.transactional_id(&settings.topic_prefix);
+    let pipeline = RecordPipeline::new(&config)?;
+
+    let mut producer_config = kafka.transactional_producer_config(&transactional_id);
+    producer_config
+        .set("queue.buffering.max.messages", "1000000")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1000000");
+    for (k, v) in &settings.client_properties {
+        producer_config.set(k, v);
+    }
+    let producer: BaseProducer = kafka.create("transactional producer", &producer_config)?;
+    producer
+        .init_transactions(config.commit_timeout())
+        .map_err(|source| ProcessorError::InitTransactions {
+            transactional_id: transactional_id.clone(),
+            source,
+        })?;
+    tracing::info!(%transactional_id, input = %topics.input, group = %config.group_id, "processor started");
+
+    let engine = Arc::new(Mutex::new(Engine {
+        config: config.clone(),
+        topics: topics.clone(),
+        transactional_id,
+        kafka: kafka.clone(),
+        producer,
+        pipeline,
+        state_codec: DedupEntryCodec::new(),
+        partitions: HashMap::new(),
+        batch: None,
+        counters: counters.clone(),
+        fatal: None,
+        last_sweep: Instant::now(),
+        scratch: Vec::with_capacity(1024),
+    }));
+
+    let mut consumer_config = kafka.consumer_config(&config.group_id, Isolation::ReadCommitted);
+    consumer_config
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "8388608")
+        .set("queued.max.messages.kbytes", "131072")
+        .set("fetch.wait.max.ms", "50");
+    for (k, v) in &settings.client_properties {
+        consumer_config.set(k, v);
+    }
+    let consumer: BaseConsumer<ProcessorContext> = consumer_config
+        .create_with_context(ProcessorContext {
+            engine: engine.clone(),
+        })
+        .map_err(|source| callsync_runtime::ClientError {
+            role: "consumer",
+            bootstrap: settings.bootstrap_servers.clone(),
+            source,
+        })?;
+    consumer
+        .subscribe(&[&topics.input])
+        .map_err(|source| ProcessorError::Subscribe {
+            group: config.group_id.clone(),
+            topic: topics.input.clone(),
+            source,
+        })?;
+
+    let result = poll_loop(&consumer, &engine, &shutdown);
+    if result.is_err() {
+        // never commit after a failure: closing the consumer below runs the revoke callback
+        lock(&engine).discard_batch();
+    } else {
+        // leave the group now: the revoke callback drops the (committed) state
+        consumer.unsubscribe();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !lock(&engine).partitions.is_empty() {
+            consumer.poll(Duration::from_millis(50));
+        }
+    }
+    drop(consumer);
+    let mut engine = lock(&engine);
+    if let Some(fatal) = engine.fatal.take() {
+        return Err(fatal);
+    }
+    result?;
+    engine.publish_state_size();
+    Ok(counters.snapshot())
+}
+
+fn poll_loop(
+    consumer: &BaseConsumer<ProcessorContext>,
+    engine: &Mutex<Engine>,
+    shutdown: &Shutdown,
+) -> Result<(), ProcessorError> {
+    let poll_timeout = Duration::from_millis(20);
+    loop {
+        if shutdown.is_triggered() {
+            let mut engine = lock(engine);
+            engine.take_fatal()?;
+            tracing::info!("shutdown: committing the batch in flight");
+            return engine.commit_batch(consumer, &[]);
+        }
+        let polled = consumer.poll(poll_timeout);
+        let mut engine = lock(engine);
+        engine.take_fatal()?;
+        match polled {
+            None => {}
+            Some(Ok(message)) => engine.process(&message, consumer)?,
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                return Err(ProcessorError::Consume {
+                    topic: engine.topics.input.clone(),
+                    source: KafkaError::MessageConsumptionFatal(code),
+                })
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error (librdkafka retries)"),
+        }
+        engine.tick(consumer)?;
+    }
+}
+
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    engine.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The consumer context: rebalance callbacks, run by librdkafka inside `poll`.
+struct ProcessorContext {
+    engine: Arc<Mutex<Engine>>,
+}
+
+impl ClientContext for ProcessorContext {}
+
+impl ConsumerContext for ProcessorContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut engine = lock(&self.engine);
+            let revoked = partitions_of(tpl, &engine.topics.input);
+            let lost = consumer.assignment_lost();
+            if let Err(e) = engine.on_revoke(consumer, &revoked, lost) {
+                tracing::error!(error = %e, "handling revocation failed");
+                engine.fatal.get_or_insert(e);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut engine = lock(&self.engine);
+            if engine.fatal.is_some() {
+                return;
+            }
+            let assigned = partitions_of(tpl, &engine.topics.input);
+            if let Err(e) = engine.on_assign(consumer, &assigned) {
+                tracing::error!(error = %e, "handling assignment failed");
+                engine.fatal.get_or_insert(e);
+            }
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+/// The batch in flight: one open transaction.
+struct Batch {
+    started: Instant,
+    now: DateTime<Utc>,
+    first_offsets: BTreeMap<i32, i64>,
+    next_offsets: BTreeMap<i32, i64>,
+    staged: HashMap<i32, StagedChanges>,
+    tally: BatchTally,
+    dead_letters: HashMap<(ErrorStage, RejectReason), u64>,
+    sends: usize,
+}
+
+/// How a failed transactional call is handled.
+enum Failure {
+    /// Fenced by a newer instance: stop without writing.
+    Fenced,
+    /// The producer is unusable.
+    Fatal,
+    /// Abort the transaction and redo the batch.
+    Abort,
+    /// Try the same call again.
+    Retry,
+}
+
+struct Engine {
+    config: ProcessorConfig,
+    topics: Topics,
+    transactional_id: String,
+    kafka: KafkaClientFactory,
+    producer: BaseProducer,
+    pipeline: RecordPipeline,
+    state_codec: DedupEntryCodec,
+    partitions: HashMap<i32, PartitionState>,
+    batch: Option<Batch>,
+    counters: Arc<ProcessorCounters>,
+    /// An error raised inside a rebalance callback, returned by the loop.
+    fatal: Option<ProcessorError>,
+    last_sweep: Instant,
+    scratch: Vec<u8>,
+}
+
+const COMMIT_RETRIES: usize = 5;
+
+impl Engine {
+    fn take_fatal(&mut self) -> Result<(), ProcessorError> {
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Abort the batch in flight (best effort) without rewinding: the instance is stopping
+    /// on an error and whoever takes its partitions resumes from the committed offsets.
+    fn discard_batch(&mut self) {
+        if self.batch.take().is_some() && self.producer.client().fatal_error().is_none() {
+            if let Err(e) = self
+                .producer
+                .abort_transaction(self.config.commit_timeout())
+            {
+                tracing::warn!(error = %e, "aborting the batch in flight while stopping failed");
+            }
+        }
+    }
+
+    fn begin_batch(&mut self) -> Result<(), ProcessorError> {
+        if self.batch.is_some() {
+            return Ok(());
+        }
+        self.producer
+            .begin_transaction()
+            .map_err(|source| self.fatal_error("begin_transaction", source))?;
+        let now = Utc::now();
+        self.batch = Some(Batch {
+            started: Instant::now(),
+            now,
+            first_offsets: BTreeMap::new(),
+            next_offsets: BTreeMap::new(),
+            staged: HashMap::new(),
+            tally: BatchTally::default(),
+            dead_letters: HashMap::new(),
+            sends: 0,
+        });
+        Ok(())
+    }
+
+    /// Handle one input record inside the current batch (opened if needed).
+    fn process(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        consumer: &BaseConsumer<ProcessorContext>,
+    ) -> Result<(), ProcessorError> {
+        let partition = message.partition();
+        if message.topic() != self.topics.input {
+            return Ok(());
+        }
+        if !self.partitions.contains_key(&partition) {
+            // not expected (assignment restores first), but never judge without state
+            self.restore(consumer, &[partition])?;
+        }
+        self.begin_batch()?;
+        let Some(batch) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        let offset = message.offset();
+        batch.first_offsets.entry(partition).or_insert(offset);
+        batch.next_offsets.insert(partition, offset + 1);
+        batch.tally.consumed += 1;
+        let now = batch.now;
+
+        let refresh_after = (self.config.dedup_ttl_secs as i64).saturating_mul(1_000_000) / 4;
+        let now_micros = now.timestamp_micros();
+        let sent = match self.judge(message, partition, now, now_micros, refresh_after) {
+            Err(rejected) => self.dead_letter(message, rejected),
+            Ok(None) => Ok(()),
+            Ok(Some(accepted)) => {
+                let (Some(key), Some(batch)) = (message.key(), self.batch.as_mut()) else {
+                    return Ok(());
+                };
+                batch.tally.emitted += 1;
+                let payload: &[u8] = if accepted.normalized {
+                    match self
+                        .pipeline
+                        .codec()
+                        .encode(&accepted.record, &mut self.scratch)
+                    {
+                        Ok(()) => &self.scratch,
+                        Err(e) => {
+                            // Not reachable for validated records (validation rejects the
+                            // money values the encoder refuses); if it happens the record goes
+                            // to the DLQ and its staged state stays.
+                            batch.tally.emitted -= 1;
+                            let rejected = Rejected {
+                                rejection: Rejection::new(
+                                    RejectReason::Unencodable,
+                                    "value",
+                                    e.to_string(),
+                                ),
+                                stage: ErrorStage::Encode,
+                            };
+                            match self.dead_letter(message, rejected) {
+                                Ok(()) => return Ok(()),
+                                Err(e) => return self.fail_batch(consumer, "produce", e, &[]),
+                            }
+                        }
+                    }
+                } else {
+                    message.payload().unwrap_or_default()
+                };
+                batch.sends += 1;
+                send(
+                    &self.producer,
+                    BaseRecord::to(&self.topics.output)
+                        .key(key)
+                        .payload(payload),
+                )
+            }
+        };
+        if let Err(e) = sent {
+            return self.fail_batch(consumer, "produce", e, &[]);
+        }
+        let Some(batch) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        if batch.sends % 1024 == 1023 {
+            self.producer.poll(Duration::ZERO);
+        }
+        if batch.tally.consumed as usize >= self.config.batch_max_records {
+            self.commit_batch(consumer, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Decode, dedup and validate one record, staging its state change and counting the
+    /// dropped. `Ok(Some)` is a record to emit, `Ok(None)` one dropped as a duplicate or stale.
+    fn judge(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        partition: i32,
+        now: DateTime<Utc>,
+        now_micros: i64,
+        refresh_after: i64,
+    ) -> Result<Option<Accepted>, Rejected> {
+        let record = self.pipeline.decode(message.key(), message.payload())?;
+        // the key rule passed: the message key is the record's UTF-8 key
+        let (Some(key), Some(state), Some(batch)) = (
+            message.key().and_then(|k| std::str::from_utf8(k).ok()),
+            self.partitions.get(&partition),
+            self.batch.as_mut(),
+        ) else {
+            return Ok(None);
+        };
+        let staged = batch.staged.entry(partition).or_default();
+        let verdict =
+            match state.observe_version(staged, key, record.version, now_micros, refresh_after) {
+                Some(verdict) => verdict,
+                None => {
+                    let accepted = self.pipeline.accept(record, message.key(), now)?;
+                    let verdict = state.observe(
+                        staged,
+                        key,
+                        accepted.fingerprint,
+                        accepted.record.version,
+                        now_micros,
+                        refresh_after,
+                    );
+                    if verdict == Verdict::Emit {
+                        return Ok(Some(accepted));
+                    }
+                    verdict
+                }
+            };
+        match verdict {
+            Verdict::Duplicate => batch.tally.duplicates += 1,
+            Verdict::Unchanged => batch.tally.unchanged += 1,
+            Verdict::Stale => batch.tally.stale += 1,
+            Verdict::Emit => {}
+        }
+        Ok(None)
+    }
+
+    fn dead_letter(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        rejected: Rejected,
+    ) -> Result<(), KafkaError> {
+        let Some(batch) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        match rejected.stage {
+            ErrorStage::Decode => batch.tally.undecodable += 1,
+            ErrorStage::Validate | ErrorStage::Encode => batch.tally.invalid += 1,
+        }
+        *batch
+            .dead_letters
+            .entry((rejected.stage, rejected.rejection.reason))
+            .or_default() += 1;
+        batch.sends += 1;
+        let headers = dlq_headers(
+            message.headers(),
+            &rejected.rejection,
+            rejected.stage,
+            SourcePosition {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+        );
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&self.topics.dlq).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(payload) = message.payload() {
+            record = record.payload(payload);
+        }
+        send(&self.producer, record)
+    }
+
+    /// Close the batch by time, and sweep expired state when due.
+    fn tick(&mut self, consumer: &BaseConsumer<ProcessorContext>) -> Result<(), ProcessorError> {
+        if let Some(batch) = &self.batch {
+            if batch.started.elapsed() >= self.config.batch_max_time() {
+                self.commit_batch(consumer, &[])?;
+            }
+        }
+        if self.last_sweep.elapsed() >= self.config.ttl_sweep_interval() {
+            self.last_sweep = Instant::now();
+            self.sweep_expired(consumer)?;
+        }
+        Ok(())
+    }
+
+    /// Stage tombstones for entries not seen within the TTL and commit them.
+    fn sweep_expired(
+        &mut self,
+        consumer: &BaseConsumer<ProcessorContext>,
+    ) -> Result<(), ProcessorError> {
+        let ttl_micros = (self.config.dedup_ttl_secs as i64).saturating_mul(1_000_000);
+        let cutoff = Utc::now().timestamp_micros().saturating_sub(ttl_micros);
+        let due = self.partitions.values().any(|s| s.has_expired(cutoff));
+        if !due {
+            return Ok(());
+        }
+        self.begin_batch()?;
+        let Some(batch) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        let mut expired = 0;
+        for (partition, state) in &self.partitions {
+            expired += state.stage_expired(batch.staged.entry(*partition).or_default(), cutoff);
+        }
+        batch.tally.expired += expired as u64;
+        tracing::info!(expired, "dedup entries expired (tombstones staged)");
+        self.commit_batch(consumer, &[])
+    }
+
+    /// Write the batch's state changes and offsets and commit its transaction. On an
+    /// abortable failure the batch is aborted and its partitions (except `revoking`) are
+    /// rewound; that is not an error.
+    fn commit_batch(
+        &mut self,
+        consumer: &BaseConsumer<ProcessorContext>,
+        revoking: &[i32],
+    ) -> Result<(), ProcessorError> {
+        let Some(batch) = self.batch.as_mut() else {
+            return Ok(());
+        };
+        let span = tracing::info_span!(
+            "processor_batch",
+            records = batch.tally.consumed,
+            emitted = batch.tally.emitted,
+            partitions = batch.next_offsets.len()
+        );
+        let _entered = span.enter();
+
+        // 1. the dedup changelog: one record per changed key, a tombstone per deletion
+        let mut writes = 0u64;
+        let mut tombstones = 0u64;
+        let mut send_error = None;
+        'changes: for (partition, staged) in &batch.staged {
+            for (key, entry) in staged.iter() {
+                let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topics.state)
+                    .partition(*partition)
+                    .key(key.as_bytes());
+                match entry {
+                    Some(entry) => {
+                        let entry = callsync_schemas::DedupEntry::from(entry);
+                        if let Err(e) = self.state_codec.encode(&entry, &mut self.scratch) {
+                            tracing::error!(key, error = %e, "dedup entry not encodable; state not written");
+                            continue;
+                        }
+                        record = record.payload(&self.scratch[..]);
+                        writes += 1;
+                    }
+                    None => tombstones += 1,
+                }
+                if let Err(e) = send(&self.producer, record) {
+                    send_error = Some(e);
+                    break 'changes;
+                }
+            }
+        }
+        batch.tally.state_writes = writes;
+        if let Some(e) = send_error {
+            return self.fail_batch(consumer, "produce dedup state", e, revoking);
+        }
+        metrics::counter!(metric_names::PROCESSOR_STATE_WRITES_TOTAL, "kind" => "entry")
+            .increment(writes);
+        metrics::counter!(metric_names::PROCESSOR_STATE_WRITES_TOTAL, "kind" => "tombstone")
+            .increment(tombstones);
+
+        // 2. the consumed offsets, with the group's metadata
+        if !batch.next_offsets.is_empty() {
+            let mut offsets = TopicPartitionList::new();
+            for (&partition, &next) in &batch.next_offsets {
+                if let Err(e) = offsets.add_partition_offset(
+                    &self.topics.input,
+                    partition,
+                    Offset::Offset(next),
+                ) {
+                    return self.fail_batch(consumer, "send_offsets_to_transaction", e, revoking);
+                }
+            }
+            let Some(group) = consumer.group_metadata() else {
+                tracing::error!("the consumer has no group metadata; aborting the batch");
+                return self.abort_batch(consumer, revoking, true);
+            };
+            let mut attempt = 0;
+            loop {
+                match self.producer.send_offsets_to_transaction(
+                    &offsets,
+                    &group,
+                    self.config.commit_timeout(),
+                ) {
+                    Ok(()) => break,
+                    Err(e) => match classify(&self.producer, &e) {
+                        Failure::Retry if attempt < COMMIT_RETRIES => attempt += 1,
+                        _ => {
+                            return self.fail_batch(
+                                consumer,
+                                "send_offsets_to_transaction",
+                                e,
+                                revoking,
+                            )
+                        }
+                    },
+                }
+            }
+        }
+
+        // 3. commit
+        let mut attempt = 0;
+        loop {
+            match self
+                .producer
+                .commit_transaction(self.config.commit_timeout())
+            {
+                Ok(()) => break,
+                Err(e) => match classify(&self.producer, &e) {
+                    Failure::Retry if attempt < COMMIT_RETRIES => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "commit_transaction failed; retrying");
+                    }
+                    _ => return self.fail_batch(consumer, "commit_transaction", e, revoking),
+                },
+            }
+        }
+
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        for (partition, staged) in batch.staged {
+            if let Some(state) = self.partitions.get_mut(&partition) {
+                state.apply(staged);
+            }
+        }
+        self.counters.add_batch(&batch.tally);
+        let t = &batch.tally;
+        for (outcome, n) in [
+            ("emitted", t.emitted),
+            ("duplicate", t.duplicates),
+            ("unchanged", t.unchanged),
+            ("stale", t.stale),
+            ("invalid", t.invalid),
+            ("undecodable", t.undecodable),
+        ] {
+            metrics::counter!(RECORDS_TOTAL, "stage" => "processor", "outcome" => outcome)
+                .increment(n);
+        }
+        for ((stage, reason), n) in &batch.dead_letters {
+            metrics::counter!(DLQ_TOTAL, "stage" => stage.as_str(), "reason" => reason.code())
+                .increment(*n);
+        }
+        metrics::counter!(metric_names::PROCESSOR_BATCHES_TOTAL, "outcome" => "committed")
+            .increment(1);
+        metrics::histogram!(metric_names::PROCESSOR_BATCH_SECONDS)
+            .record(batch.started.elapsed().as_secs_f64());
+        tracing::debug!(
+            consumed = t.consumed,
+            emitted = t.emitted,
+            duplicates = t.duplicates,
+            stale = t.stale,
+            dead_letters = t.invalid + t.undecodable,
+            "batch committed"
+        );
+        self.publish_state_size();
+        Ok(())
+    }
+
+    /// A transactional step failed: stop if fenced or fatal, else abort the batch, drop its
+    /// staged state and rewind its partitions (but `revoking`) to their first offsets.
+    fn fail_batch(
+        &mut self,
+        consumer: &BaseConsumer<ProcessorContext>,
+        step: &'static str,
+        error: KafkaError,
+        revoking: &[i32],
+    ) -> Result<(), ProcessorError> {
+        match classify(&self.producer, &error) {
+            Failure::Fenced => {
+                self.batch = None;
+                return Err(ProcessorError::Fenced {
+                    transactional_id: self.transactional_id.clone(),
+                    source: error,
+                });
+            }
+            Failure::Fatal => {
+                self.batch = None;
+                return Err(self.fatal_error(step, error));
+            }
+            Failure::Abort | Failure::Retry => {}
+        }
+        tracing::warn!(step, error = %error, "transaction failed; aborting the batch and rewinding");
+        self.abort_batch(consumer, revoking, true)
+    }
+
+    fn abort_batch(
+        &mut self,
+        consumer: &BaseConsumer<ProcessorContext>,
+        revoking: &[i32],
+        rewind: bool,
+    ) -> Result<(), ProcessorError> {
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        if let Err(e) = self
+            .producer
+            .abort_transaction(self.config.commit_timeout())
+        {
+            return Err(match classify(&self.producer, &e) {
+                Failure::Fenced => ProcessorError::Fenced {
+                    transactional_id: self.transactional_id.clone(),
+                    source: e,
+                },
+                _ => self.fatal_error("abort_transaction", e),
+            });
+        }
+        self.counters
+            .batches_aborted
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(metric_names::PROCESSOR_BATCHES_TOTAL, "outcome" => "aborted")
+            .increment(1);
+        if rewind {
+            for (&partition, &first) in &batch.first_offsets {
+                if revoking.contains(&partition) || !self.partitions.contains_key(&partition) {
+                    continue;
+                }
+                if let Err(e) = consumer.seek(
+                    &self.topics.input,
+                    partition,
+                    Offset::Offset(first),
+                    self.config.commit_timeout(),
+                ) {
+                    // cannot rewind: fail so a restart resumes from the committed offsets
+                    return Err(ProcessorError::Consume {
+                        topic: self.topics.input.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_revoke(
+        &mut self,
+        consumer: &BaseConsumer<ProcessorContext>,
+        revoked: &[i32],
+        lost: bool,
+    ) -> Result<(), ProcessorError> {
+        tracing::info!(?revoked, lost, "partitions revoked");
+        if lost {
+            // the group has moved on: our offsets would be rejected; never commit
+            self.abort_batch(consumer, revoked, true)?;
+        } else {
+            self.commit_batch(consumer, revoked)?;
+        }
+        for p in revoked {
+            self.partitions.remove(p);
+        }
+        self.publish_state_size();
+        Ok(())
+    }
+
+    fn on_assign(
+        &mut self,
+        consumer: &BaseConsumer<ProcessorContext>,
+        assigned: &[i32],
+    ) -> Result<(), ProcessorError> {
+        let new: Vec<i32> = assigned
+            .iter()
+            .copied()
+            .filter(|p| !self.partitions.contains_key(p))
+            .collect();
+        tracing::info!(?assigned, restoring = ?new, "partitions assigned");
+        self.restore(consumer, &new)
+    }
+
+    /// Restore the state of `partitions`: first wait until their committed offsets are
+    /// stable (no transaction of a previous owner still pending), then read the changelog.
+    fn restore(
+        &mut self,
+        consumer: &BaseConsumer<ProcessorContext>,
+        partitions: &[i32],
+    ) -> Result<(), ProcessorError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.topics.input, p);
+        }
+        consumer
+            .committed_offsets(tpl, self.config.restore_timeout())
+            .map_err(|source| RestoreError::CommittedOffsets {
+                topic: self.topics.input.clone(),
+                partitions: partitions.to_vec(),
+                source,
+            })?;
+        let (states, stats) = restore_partitions(
+            &self.kafka,
+            &self.topics.state,
+            partitions,
+            self.config.restore_timeout(),
+        )?;
+        self.partitions.extend(states);
+        let elapsed = started.elapsed();
+        self.counters
+            .partitions_restored
+            .fetch_add(stats.partitions as u64, Ordering::Relaxed);
+        self.counters
+            .keys_restored
+            .fetch_add(stats.keys, Ordering::Relaxed);
+        self.counters
+            .restore_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        metrics::histogram!(metric_names::PROCESSOR_RESTORE_SECONDS).record(elapsed.as_secs_f64());
+        tracing::info!(
+            ?partitions,
+            keys = stats.keys,
+            changelog_records = stats.records,
+            unreadable = stats.unreadable,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "dedup state restored"
+        );
+        self.publish_state_size();
+        Ok(())
+    }
+
+    fn publish_state_size(&self) {
+        let mut keys = 0;
+        let mut bytes = 0;
+        for (partition, state) in &self.partitions {
+            keys += state.len();
+            bytes += state.approx_heap_bytes();
+            metrics::gauge!(DEDUP_STATE_ENTRIES, "partition" => partition.to_string())
+                .set(state.len() as f64);
+        }
+        metrics::gauge!(DEDUP_STATE_BYTES).set(bytes as f64);
+        self.counters
+            .state_keys
+            .store(keys as u64, Ordering::Relaxed);
+        self.counters
+            .state_bytes
+            .store(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn fatal_error(&self, step: &'static str, source: KafkaError) -> ProcessorError {
+        if matches!(classify(&self.producer, &source), Failure::Fenced) {
+            return ProcessorError::Fenced {
+                transactional_id: self.transactional_id.clone(),
+                source,
+            };
+        }
+        ProcessorError::Transaction {
+            step,
+            transactional_id: self.transactional_id.clone(),
+            source,
+        }
+    }
+}
+
+fn classify(producer: &BaseProducer, error: &KafkaError) -> Failure {
+    let fenced_code = |code: RDKafkaErrorCode| {
+        matches!(
+            code,
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    };
+    if let Some((code, _)) = producer.client().fatal_error() {
+        return if fenced_code(code) {
+            Failure::Fenced
+        } else {
+            Failure::Fatal
+        };
+    }
+    match error {
+        KafkaError::Transaction(e) if e.is_fatal() => {
+            if fenced_code(e.code()) {
+                Failure::Fenced
+            } else {
+                Failure::Fatal
+            }
+        }
+        KafkaError::Transaction(e) if e.txn_requires_abort() => Failure::Abort,
+        KafkaError::Transaction(e) if e.is_retriable() => Failure::Retry,
+        KafkaError::Flush(_) => Failure::Retry,
+        _ => Failure::Abort,
+    }
+}
+
+/// Enqueue `record`, waiting for room when the producer's queue is full.
+fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
