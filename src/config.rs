@@ -3,14 +3,22 @@
 //!
 //! Unknown keys and wrong types fail at startup with the key's full path.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use callsync_connectors::ConnectorsConfig;
 use callsync_processors::ProcessorConfig;
 use callsync_runtime::{CatalogueOptions, KafkaSettings, Secret};
 use callsync_sinks::SinkConfig;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::Value;
 use figment::Figment;
 use serde::Deserialize;
+
+use crate::scheduler::{HealthSettings, RetryPolicy, SchedulerConfig, WorkerSettings};
+use crate::secrets::{self, SecretsError};
+use crate::webhooks::WebhookConfig;
 
 /// The environment prefix of overrides; `__` separates nested keys.
 pub const ENV_PREFIX: &str = "CALLSYNC__";
@@ -30,8 +38,153 @@ pub struct CallsyncConfig {
     /// `[sink]`: the database the calls land in; required by the sink role.
     #[serde(default)]
     pub sink: Option<SinkConfig>,
+    /// `[connectors]`: provider accounts, credentials, rate limits, retries, circuit breakers.
+    #[serde(default)]
+    pub connectors: ConnectorsConfig,
+    /// `[scheduler]`: cron schedules per provider account (default: every connectors account
+    /// with the default schedules).
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    /// `[workers]`: the sync workers (connector role).
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    /// `[health]`: provider health checks (scheduler role).
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// `[webhooks]`: the webhook receiver (api role).
+    #[serde(default)]
+    pub webhooks: WebhookConfig,
+    /// `[api]`: the HTTP API (api role).
+    #[serde(default)]
+    pub api: ApiConfig,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// `[api]`: where the HTTP API listens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address (default `127.0.0.1:8080`; `0.0.0.0:8080` in containers).
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// Seconds each `/readyz` check may take (default 3).
+    #[serde(default = "default_readiness_timeout_secs")]
+    pub readiness_timeout_secs: u64,
+    /// Seconds between consumer-lag measurements for `callsync_consumer_lag` (0: off; default 15).
+    #[serde(default = "default_lag_interval_secs")]
+    pub lag_interval_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_api_listen(),
+            readiness_timeout_secs: default_readiness_timeout_secs(),
+            lag_interval_secs: default_lag_interval_secs(),
+        }
+    }
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_readiness_timeout_secs() -> u64 {
+    3
+}
+fn default_lag_interval_secs() -> u64 {
+    15
+}
+
+/// `[workers]`: the consumer group that runs sync requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// Consumer group of the workers.
+    pub group_id: String,
+    /// Syncs running at once per process.
+    pub max_concurrent: usize,
+    /// Delay before the first retry of a failed sync, seconds.
+    pub retry_initial_delay_secs: u64,
+    /// Each further failure multiplies the delay by this.
+    pub retry_multiplier: u32,
+    /// The retry delay never grows past this, seconds.
+    pub retry_max_delay_secs: u64,
+    /// Attempts in all, the first included.
+    pub max_attempts: i32,
+    /// A running sync with no event for this long is taken as abandoned, seconds.
+    pub claim_ttl_secs: u64,
+    /// Requests held in memory before the worker stops reading more.
+    pub max_waiting: usize,
+    /// How long a starting worker waits to read `callsync.sync-events` to its end, seconds.
+    pub catch_up_timeout_secs: u64,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        let d = WorkerSettings::default();
+        WorkersConfig {
+            group_id: d.group_id,
+            max_concurrent: d.max_concurrent,
+            retry_initial_delay_secs: d.retry.initial_delay.as_secs(),
+            retry_multiplier: d.retry.multiplier,
+            retry_max_delay_secs: d.retry.max_delay.as_secs(),
+            max_attempts: d.retry.max_attempts,
+            claim_ttl_secs: d.claim_ttl.as_secs(),
+            max_waiting: d.max_waiting,
+            catch_up_timeout_secs: 30,
+        }
+    }
+}
+
+impl WorkersConfig {
+    pub fn settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            group_id: self.group_id.clone(),
+            max_concurrent: self.max_concurrent.max(1),
+            retry: RetryPolicy {
+                initial_delay: Duration::from_secs(self.retry_initial_delay_secs),
+                multiplier: self.retry_multiplier.max(1),
+                max_delay: Duration::from_secs(self.retry_max_delay_secs),
+                max_attempts: self.max_attempts.max(1),
+            },
+            claim_ttl: Duration::from_secs(self.claim_ttl_secs),
+            max_waiting: self.max_waiting.max(1),
+        }
+    }
+}
+
+/// `[health]`: a cheap authenticated call per provider account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Seconds between rounds of probes.
+    pub interval_secs: u64,
+    /// A probe taking longer fails, seconds.
+    pub probe_timeout_secs: u64,
+    /// Failed probes in a row that disable an account.
+    pub failures_to_disable: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        let d = HealthSettings::default();
+        HealthConfig {
+            interval_secs: d.interval.as_secs(),
+            probe_timeout_secs: d.probe_timeout.as_secs(),
+            failures_to_disable: d.failures_to_disable,
+        }
+    }
+}
+
+impl HealthConfig {
+    pub fn settings(&self) -> HealthSettings {
+        HealthSettings {
+            interval: Duration::from_secs(self.interval_secs.max(1)),
+            probe_timeout: Duration::from_secs(self.probe_timeout_secs.max(1)),
+            failures_to_disable: self.failures_to_disable.max(1),
+        }
+    }
 }
 
 /// `[topics]`: partitioning and retention of the topics callsync creates.
@@ -126,6 +279,13 @@ pub enum ConfigError {
     /// the source (file or environment variable).
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// An `enc:` value could not be decrypted (the message never carries the value).
+    #[error("invalid configuration: key `{key}`: {source}")]
+    Secret {
+        key: String,
+        #[source]
+        source: SecretsError,
+    },
 }
 
 impl CallsyncConfig {
@@ -146,6 +306,16 @@ impl CallsyncConfig {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(env);
+        let figment = resolve_encrypted(figment)?;
+        figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))
+    }
+
+    /// Builds a config from serde values (the demo and tests), with the same checks.
+    pub fn from_value(value: &serde_json::Value) -> Result<Self, ConfigError> {
+        let figment = Figment::new().merge(Serialized::defaults(value));
+        let figment = resolve_encrypted(figment)?;
         figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))
@@ -161,6 +331,86 @@ impl CallsyncConfig {
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))
     }
+}
+
+/// Replaces every `enc:` string of the merged config by its plaintext (key from
+/// `CALLSYNC_SECRET_KEY`), so every `Secret` field of every section may be stored encrypted.
+/// A value that cannot be decrypted fails naming its key; the key is only needed when an
+/// `enc:` value is present.
+fn resolve_encrypted(figment: Figment) -> Result<Figment, ConfigError> {
+    // a config that does not even extract as a tree reports its error in the typed extract
+    let Ok(root) = figment.extract::<Value>() else {
+        return Ok(figment);
+    };
+    let mut anchors: Vec<Vec<String>> = Vec::new();
+    find_encrypted(&root, &mut Vec::new(), &mut anchors);
+    if anchors.is_empty() {
+        return Ok(figment);
+    }
+    anchors.dedup();
+    let mut figment = figment;
+    for anchor in anchors {
+        let dotted = anchor.join(".");
+        let Some(value) = root.find_ref(&dotted) else {
+            continue;
+        };
+        let resolved = resolve_tree(value, &dotted)?;
+        figment = figment.merge(Serialized::default(&dotted, resolved));
+    }
+    Ok(figment)
+}
+
+/// Collects the dict path of each `enc:` string, cut at the first array (figment paths cannot
+/// index arrays: the whole array is replaced).
+fn find_encrypted(value: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match value {
+        Value::String(_, s) if secrets::is_encrypted(s) => out.push(path.clone()),
+        Value::Dict(_, dict) => {
+            for (k, v) in dict {
+                path.push(k.clone());
+                find_encrypted(v, path, out);
+                path.pop();
+            }
+        }
+        Value::Array(_, items) => {
+            let mut inner = Vec::new();
+            for item in items {
+                find_encrypted(item, &mut Vec::new(), &mut inner);
+            }
+            if !inner.is_empty() {
+                out.push(path.clone());
+            }
+        }
+        _ => {}
+    }
+}
+
+fn resolve_tree(value: &Value, path: &str) -> Result<Value, ConfigError> {
+    Ok(match value {
+        Value::String(tag, s) if secrets::is_encrypted(s) => {
+            let plain = secrets::resolve(s).map_err(|source| ConfigError::Secret {
+                key: path.to_string(),
+                source,
+            })?;
+            Value::String(*tag, plain.expose().to_string())
+        }
+        Value::Dict(tag, dict) => {
+            let mut out = figment::value::Dict::new();
+            for (k, v) in dict {
+                out.insert(k.clone(), resolve_tree(v, &format!("{path}.{k}"))?);
+            }
+            Value::Dict(*tag, out)
+        }
+        Value::Array(tag, items) => Value::Array(
+            *tag,
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| resolve_tree(v, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other.clone(),
+    })
 }
 
 /// All of figment's errors, one per line, each naming its key path and where
@@ -193,6 +443,7 @@ fn describe(error: figment::Error) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
 mod tests {
     use super::*;
     use std::io::Write;
@@ -271,5 +522,69 @@ mod tests {
         let cfg = CallsyncConfig::load_with_env(Some(f.path()), no_env()).unwrap();
         let dbg = format!("{cfg:?}");
         assert!(!dbg.contains("kafka-pw") && !dbg.contains("pg-pw"), "{dbg}");
+    }
+
+    #[test]
+    fn the_example_config_parses_and_builds() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("callsync.example.toml");
+        let cfg = CallsyncConfig::load_with_env(Some(&path), no_env()).unwrap();
+        assert_eq!(cfg.api.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.connectors.retreaver.len(), 1);
+        assert_eq!(cfg.webhooks.accounts.len(), 3);
+        assert_eq!(cfg.workers.settings().max_concurrent, 3);
+        assert!(!cfg.scheduler.schedules().unwrap().is_empty());
+        // every account builds a client
+        let shutdown = callsync_runtime::Shutdown::new();
+        callsync_connectors::Connectors::from_config(&cfg.connectors, &shutdown).unwrap();
+    }
+
+    #[test]
+    fn encrypted_values_are_decrypted_and_a_bad_one_is_named() {
+        const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let key = crate::secrets::SecretKey::from_base64(KEY).unwrap();
+        let db = key.encrypt("postgres://u:pg-pw@h/db").unwrap();
+        let api = key.encrypt("retreaver-key").unwrap();
+        let hook = key.encrypt("hook-secret").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(crate::secrets::SECRET_KEY_ENV, KEY);
+            jail.create_file(
+                "c.toml",
+                &format!(
+                    "[kafka]\nbootstrap_servers = \"b:1\"\n[sink]\ndatabase_url = \"{db}\"\n\
+                     [[connectors.retreaver]]\naccount = \"1\"\napi_key = \"{api}\"\n\
+                     [[webhooks.accounts]]\nprovider = \"retreaver\"\naccount_id = \"1\"\nmethod = \"hmac_sha256\"\nsecret = \"{hook}\"\n"
+                ),
+            )?;
+            let cfg = CallsyncConfig::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            let sink = cfg.sink.as_ref().ok_or("sink")?;
+            assert_eq!(sink.database_url.expose(), "postgres://u:pg-pw@h/db");
+            assert_eq!(
+                cfg.connectors.retreaver[0].api_key.expose(),
+                "retreaver-key"
+            );
+            let dbg = format!("{:?}", cfg.webhooks.accounts[0]);
+            assert!(!dbg.contains("hook-secret"), "{dbg}");
+
+            // an enc: value that does not decrypt fails naming its key, not its value
+            jail.set_env(
+                "CALLSYNC__SINK__DATABASE_URL",
+                "enc:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            );
+            let msg = CallsyncConfig::load(Some(Path::new("c.toml")))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("sink.database_url"), "{msg}");
+            assert!(!msg.contains("AAAA"), "{msg}");
+
+            // without the key, an enc: value fails naming the key variable
+            jail.set_env(crate::secrets::SECRET_KEY_ENV, "");
+            let msg = CallsyncConfig::load(Some(Path::new("c.toml")))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("CALLSYNC_SECRET_KEY"), "{msg}");
+            Ok(())
+        });
     }
 }

@@ -1,9 +1,11 @@
 //! The callsync service: configuration, role wiring, scheduler and HTTP API.
 
 pub mod api;
+pub mod cli;
 pub mod config;
-pub mod roles;
+pub mod demo;
 pub mod ops;
+pub mod roles;
 pub mod scheduler;
 pub mod secrets;
 pub mod webhooks;

@@ -7,8 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use callsync::cli::{self, BackfillArgs, EncryptArgs, SimulateArgs, SyncArgs};
 use callsync::config::{CallsyncConfig, LogFormat};
+use callsync::demo::{run_demo, DemoArgs};
+use callsync::ops;
 use callsync::roles::{run_roles, Role};
+use callsync::scheduler::TriggerRequest;
 use callsync_runtime::{ensure_topics, KafkaClientFactory, Shutdown, TopicCatalogue};
 
 #[derive(Debug, Parser)]
@@ -43,6 +47,56 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Run an incremental or full sync of one provider account here, with a progress bar.
+    Sync(SyncArgs),
+    /// Backfill a date range of one provider account here, with a progress bar (resumable).
+    Backfill(BackfillArgs),
+    /// Encrypted config values (`enc:`).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+    /// Serve the provider simulator (fake Retreaver, Ringba, Invoca, CallRail, TrackDrive APIs).
+    Simulate(SimulateArgs),
+    /// The whole pipeline in this process with nothing installed: in-process Kafka, the
+    /// simulator, every role and SQLite; ends with a summary.
+    Demo(DemoArgs),
+    /// Reset a consumer group's offsets (by time, offset or shift; dry run available).
+    Replay(ops::ReplayArgs),
+    /// The sink's offsets held in the database.
+    Sink {
+        #[command(subcommand)]
+        command: SinkCommand,
+    },
+    /// Lag per group and partition, last syncs, DLQ counts, provider health.
+    Status(ops::StatusArgs),
+    /// List or redrive dead-lettered records.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Decode a topic's records to JSON lines.
+    Tail(ops::TailArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Read a value on stdin and print its `enc:` form (key from CALLSYNC_SECRET_KEY).
+    Encrypt(EncryptArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum SinkCommand {
+    /// Move the sink's offsets back to a time; re-applying is harmless (version guard).
+    Rewind(ops::SinkRewindArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Show dead-lettered records.
+    List(ops::DlqListArgs),
+    /// Re-inject dead-lettered records into calls.raw, exactly once.
+    Redrive(ops::DlqRedriveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,9 +145,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // install the metrics recorder before anything records
+    let _ = callsync_runtime::metrics::prometheus();
+    let config_path = cli.config.as_deref();
     match cli.command {
         Command::Run { roles } => {
-            let config = load_config(cli.config.as_deref())?;
+            let config = load_config(config_path)?;
             let shutdown = Shutdown::new();
             shutdown
                 .listen_for_signals()
@@ -104,7 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db {
             command: DbCommand::Migrate,
         } => {
-            let config = load_config(cli.config.as_deref())?;
+            let config = load_config(config_path)?;
             let sink = config
                 .sink
                 .as_ref()
@@ -119,7 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topics {
             command: TopicsCommand::Ensure { timeout },
         } => {
-            let config = load_config(cli.config.as_deref())?;
+            let config = load_config(config_path)?;
             let factory = KafkaClientFactory::new(config.kafka.clone());
             let admin = factory.admin()?;
             let catalogue = TopicCatalogue::new(&config.kafka, &config.topics.catalogue_options());
@@ -138,7 +195,123 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Sync(args) => {
+            let config = load_config(config_path)?;
+            let trigger = TriggerRequest::from(&args);
+            run_sync(&config, trigger, args.enqueue).await
+        }
+        Command::Backfill(args) => {
+            let config = load_config(config_path)?;
+            let trigger = TriggerRequest::from(&args);
+            run_sync(&config, trigger, args.enqueue).await
+        }
+        Command::Secrets {
+            command: SecretsCommand::Encrypt(args),
+        } => {
+            cli::secrets_encrypt(&args, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            init_plain_tracing("info");
+            let shutdown = signal_shutdown()?;
+            cli::simulate(&args, shutdown, &mut std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            init_plain_tracing("error,rdkafka=off");
+            let summary = run_demo(&args, &mut std::io::stdout()).await?;
+            Ok(if summary.matches_truth {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Command::Replay(args) => {
+            let (_, factory) = ops_setup(config_path)?;
+            ops::run_replay(&args, &factory, &mut std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sink {
+            command: SinkCommand::Rewind(args),
+        } => {
+            let (config, factory) = ops_setup(config_path)?;
+            let sink = config
+                .sink
+                .as_ref()
+                .context("`sink rewind` needs the `sink.database_url` key")?;
+            let pool = sqlx::PgPool::connect(sink.database_url.expose())
+                .await
+                .context("connecting to the sink's Postgres database")?;
+            ops::run_sink_rewind(&args, &factory, &pool, &mut std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            let (_, factory) = ops_setup(config_path)?;
+            ops::run_status(&args, &factory, &mut std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq {
+            command: DlqCommand::List(args),
+        } => {
+            let (_, factory) = ops_setup(config_path)?;
+            ops::run_dlq_list(&args, &factory, &mut std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq {
+            command: DlqCommand::Redrive(args),
+        } => {
+            let (_, factory) = ops_setup(config_path)?;
+            ops::run_dlq_redrive(&args, &factory, &mut std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail(args) => {
+            let (config, factory) = ops_setup(config_path)?;
+            let registry = match &config.schema_registry {
+                Some(r) => Some(std::sync::Arc::new(
+                    callsync_schemas::SchemaRegistryClient::new(&r.url)
+                        .context("the `schema_registry.url` key")?,
+                )),
+                None => None,
+            };
+            ops::run_tail(&args, &factory, registry, &mut std::io::stdout()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+async fn run_sync(
+    config: &CallsyncConfig,
+    trigger: TriggerRequest,
+    enqueue: bool,
+) -> anyhow::Result<ExitCode> {
+    let shutdown = signal_shutdown()?;
+    cli::run_sync_command(config, trigger, enqueue, shutdown, &mut std::io::stdout()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn signal_shutdown() -> anyhow::Result<Shutdown> {
+    let shutdown = Shutdown::new();
+    shutdown
+        .listen_for_signals()
+        .context("installing the SIGTERM/SIGINT handlers")?;
+    Ok(shutdown)
+}
+
+fn ops_setup(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<(CallsyncConfig, KafkaClientFactory)> {
+    let config = load_config(path)?;
+    let factory = KafkaClientFactory::new(config.kafka.clone());
+    Ok((config, factory))
+}
+
+fn init_plain_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<CallsyncConfig> {

@@ -3,32 +3,82 @@
 //! Every role scales by adding processes with the same config (they join the
 //! same consumer group). When one role fails, the others are asked to drain
 //! and stop, and the error is returned.
+//!
+//! The roles `connector`, `scheduler` and `api` of one process share a provider
+//! registry (health), the connectors' clients, a sync publisher and one
+//! [`SyncStatusStore`] fed by `callsync.sync-events` (read to its end before the
+//! workers start, so a completed sync id is never run again).
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use callsync_runtime::{KafkaClientFactory, Shutdown};
+use async_trait::async_trait;
+use callsync_connectors::{
+    run_sync, ClientError, Connectors, KafkaSyncStore, PageRequest, Scan, SyncDeps, SyncError,
+};
+use callsync_processors::ProcessorReport;
+use callsync_runtime::metrics::CONSUMER_LAG;
+use callsync_runtime::topics::names;
+use callsync_runtime::{Isolation, KafkaClientFactory, Shutdown};
+use callsync_schemas::{CallRecord, Provider, SyncRequest, WireFormat};
+use callsync_sinks::SinkReport;
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::Message;
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::api::{self, ApiState, FnReadiness, KafkaReadiness, PostgresReadiness};
 use crate::config::CallsyncConfig;
+use crate::scheduler::{
+    follow_sync_events, run_health_checks, sync_events_consumer, worker_consumer, AvroSyncCodec,
+    HealthProbe, KafkaSyncPublisher, ProbeError, ProviderRegistry, Scheduler, SchedulerConfig,
+    SyncCodec, SyncExecutor, SyncFailure, SyncPublisher, SyncStatusStore, SyncSummary, SyncWorkers,
+};
+use crate::webhooks::{
+    AvroCallRecordEncoder, MalformedPayload, WebhookPayloadParser, WebhookReceiver,
+};
 
 /// A part of callsync that can run in a process of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Role {
+    /// Sync workers: run sync requests against the providers' APIs into `calls.raw`.
+    Connector,
     /// Validate + dedup: `calls.raw` -> `calls` (exactly once).
     Processor,
     /// Batch-upsert `calls` into Postgres (or SQLite), offsets in the same transaction.
     Sink,
+    /// Cron schedules -> `callsync.sync-requests`, and provider health checks.
+    Scheduler,
+    /// HTTP API: health, readiness, metrics, syncs, providers and webhooks.
+    Api,
 }
 
 impl Role {
-    pub const ALL: [Role; 2] = [Role::Processor, Role::Sink];
+    pub const ALL: [Role; 5] = [
+        Role::Connector,
+        Role::Processor,
+        Role::Sink,
+        Role::Scheduler,
+        Role::Api,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Connector => "connector",
             Role::Processor => "processor",
             Role::Sink => "sink",
+            Role::Scheduler => "scheduler",
+            Role::Api => "api",
         }
+    }
+
+    /// Whether the role needs the shared service parts (registry, sync status, connectors).
+    fn is_service(self) -> bool {
+        matches!(self, Role::Connector | Role::Scheduler | Role::Api)
     }
 }
 
@@ -38,29 +88,124 @@ impl fmt::Display for Role {
     }
 }
 
+/// Extra wiring for embedders (the demo, tests): a pre-bound API listener and shared
+/// status/registry handles to watch from outside.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Serve the API here instead of binding `api.listen`.
+    pub api_listener: Option<TcpListener>,
+    /// The sync status store the roles feed (one is created when absent).
+    pub status_store: Option<SyncStatusStore>,
+    /// The provider registry the roles use (one is created when absent).
+    pub registry: Option<ProviderRegistry>,
+}
+
+/// What the roles reported when they stopped.
+#[derive(Debug, Default, Clone)]
+pub struct RolesReport {
+    pub processor: Option<ProcessorReport>,
+    pub sink: Option<SinkReport>,
+}
+
+enum RoleOutput {
+    None,
+    Processor(ProcessorReport),
+    Sink(SinkReport),
+}
+
 /// Run `roles` until `shutdown` is triggered or one of them fails.
-pub async fn run_roles(config: &CallsyncConfig, roles: &[Role], shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run_roles(
+    config: &CallsyncConfig,
+    roles: &[Role],
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    run_roles_with(config, roles, shutdown, RunOptions::default())
+        .await
+        .map(|_| ())
+}
+
+/// [`run_roles`] with [`RunOptions`]; returns the stages' reports.
+pub async fn run_roles_with(
+    config: &CallsyncConfig,
+    roles: &[Role],
+    shutdown: Shutdown,
+    options: RunOptions,
+) -> anyhow::Result<RolesReport> {
+    let mut roles: Vec<Role> = roles.to_vec();
+    roles.sort();
+    roles.dedup();
     // Check every role's config before starting any, so a bad key fails at startup.
     if roles.contains(&Role::Sink) && config.sink.is_none() {
         anyhow::bail!("the sink role needs the `sink.database_url` key (set CALLSYNC__SINK__DATABASE_URL or [sink] database_url)");
     }
+    let schedules = if roles.contains(&Role::Scheduler) {
+        Some(
+            effective_scheduler_config(config)
+                .schedules()
+                .context("invalid [scheduler] config")?,
+        )
+    } else {
+        None
+    };
     let factory = KafkaClientFactory::new(config.kafka.clone());
-    let mut tasks: JoinSet<(Role, anyhow::Result<()>)> = JoinSet::new();
-    for &role in roles {
+    let mut tasks: JoinSet<(Role, anyhow::Result<RoleOutput>)> = JoinSet::new();
+
+    let service = if roles.iter().any(|r| r.is_service()) {
+        Some(
+            ServiceParts::start(config, &factory, &roles, &shutdown, &options)
+                .await
+                .context("starting the service roles")?,
+        )
+    } else {
+        None
+    };
+    let mut api_listener = options.api_listener;
+    if roles.contains(&Role::Api) && api_listener.is_none() {
+        api_listener = Some(
+            TcpListener::bind(config.api.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding the HTTP API to {} (key `api.listen`)",
+                        config.api.listen
+                    )
+                })?,
+        );
+    }
+
+    for &role in &roles {
         let shutdown = shutdown.clone();
         let factory = factory.clone();
         let config = config.clone();
+        let service = service.clone();
+        let schedules = schedules.clone();
+        let listener = if role == Role::Api {
+            api_listener.take()
+        } else {
+            None
+        };
         tasks.spawn(async move {
-            let result = run_role(role, &config, factory, shutdown).await;
+            let result = run_role(
+                role, &config, factory, shutdown, service, schedules, listener,
+            )
+            .await;
             (role, result)
         });
         tracing::info!(role = %role, "role started");
     }
 
+    let mut report = RolesReport::default();
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((role, Ok(()))) => tracing::info!(role = %role, "role stopped"),
+            Ok((role, Ok(output))) => {
+                tracing::info!(role = %role, "role stopped");
+                match output {
+                    RoleOutput::Processor(r) => report.processor = Some(r),
+                    RoleOutput::Sink(r) => report.sink = Some(r),
+                    RoleOutput::None => {}
+                }
+            }
             Ok((role, Err(e))) => {
                 tracing::error!(role = %role, error = %format!("{e:#}"), "role failed; stopping the others");
                 shutdown.trigger();
@@ -72,19 +217,372 @@ pub async fn run_roles(config: &CallsyncConfig, roles: &[Role], shutdown: Shutdo
             }
         }
     }
+    if let Some(service) = service {
+        service.stop().await;
+    }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok(report),
     }
 }
 
-async fn run_role(role: Role, config: &CallsyncConfig, factory: KafkaClientFactory, shutdown: Shutdown) -> anyhow::Result<()> {
+/// `[scheduler]`, with every configured connectors account scheduled at the defaults when no
+/// `[[scheduler.accounts]]` are listed.
+pub fn effective_scheduler_config(config: &CallsyncConfig) -> SchedulerConfig {
+    let mut scheduler = config.scheduler.clone();
+    if scheduler.accounts.is_empty() {
+        scheduler.accounts = configured_accounts(config)
+            .into_iter()
+            .map(
+                |(provider, account_id)| crate::scheduler::schedule::AccountScheduleConfig {
+                    provider,
+                    account_id,
+                    full: None,
+                    incremental: None,
+                    time_zone: None,
+                },
+            )
+            .collect();
+    }
+    scheduler
+}
+
+/// Every provider account of `[connectors]`.
+pub fn configured_accounts(config: &CallsyncConfig) -> Vec<(Provider, String)> {
+    let c = &config.connectors;
+    let mut out = Vec::new();
+    out.extend(
+        c.retreaver
+            .iter()
+            .map(|a| (Provider::Retreaver, a.account.clone())),
+    );
+    out.extend(
+        c.ringba
+            .iter()
+            .map(|a| (Provider::Ringba, a.account.clone())),
+    );
+    out.extend(
+        c.invoca
+            .iter()
+            .map(|a| (Provider::Invoca, a.account.clone())),
+    );
+    out.extend(
+        c.callrail
+            .iter()
+            .map(|a| (Provider::CallRail, a.account.clone())),
+    );
+    out.extend(
+        c.trackdrive
+            .iter()
+            .map(|a| (Provider::TrackDrive, a.account.clone())),
+    );
+    out
+}
+
+/// The parts the connector, scheduler and api roles of one process share.
+#[derive(Clone)]
+struct ServiceParts {
+    connectors: Arc<Connectors>,
+    registry: ProviderRegistry,
+    store: SyncStatusStore,
+    codec: Arc<dyn SyncCodec>,
+    publisher: Arc<KafkaSyncPublisher>,
+    follow: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    follow_shutdown: Shutdown,
+}
+
+impl ServiceParts {
+    async fn start(
+        config: &CallsyncConfig,
+        factory: &KafkaClientFactory,
+        roles: &[Role],
+        shutdown: &Shutdown,
+        options: &RunOptions,
+    ) -> anyhow::Result<Self> {
+        let connectors = Arc::new(
+            Connectors::from_config(&config.connectors, shutdown)
+                .context("invalid [connectors] config")?,
+        );
+        let registry = options.registry.clone().unwrap_or_default();
+        for (provider, account) in configured_accounts(config) {
+            registry.register(provider, &account);
+        }
+        let store = options
+            .status_store
+            .clone()
+            .unwrap_or_else(|| SyncStatusStore::new(10_000));
+        let codec: Arc<dyn SyncCodec> = Arc::new(AvroSyncCodec::single_object());
+        let settings = factory.settings();
+        let publisher = Arc::new(KafkaSyncPublisher::new(
+            factory
+                .producer()
+                .context("creating the sync publisher's producer")?,
+            Arc::clone(&codec),
+            settings.topic(names::SYNC_REQUESTS),
+            settings.topic(names::SYNC_EVENTS),
+            Duration::from_secs(30),
+        ));
+        // the follower outlives the roles' drain (workers write their last events), so it
+        // has its own shutdown, triggered in stop()
+        let follow_shutdown = Shutdown::new();
+        let events_topic = settings.topic(names::SYNC_EVENTS);
+        let timeout = Duration::from_secs(config.workers.catch_up_timeout_secs.max(1));
+        let group = format!("callsync-sync-events-{}", uuid::Uuid::new_v4());
+        let consumer = {
+            let factory = factory.clone();
+            let topic = events_topic.clone();
+            tokio::task::spawn_blocking(move || {
+                sync_events_consumer(&factory, &topic, &group, timeout)
+            })
+            .await
+            .context("sync-events consumer task")??
+        };
+        if roles.contains(&Role::Connector) {
+            // start workers only once every known sync id is in the store
+            let applied = catch_up_sync_events(
+                &consumer,
+                factory,
+                &events_topic,
+                &store,
+                codec.as_ref(),
+                timeout,
+            )
+            .await;
+            match applied {
+                Ok(n) => tracing::info!(events = n, "sync events read to their end"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read sync events to their end; starting anyway")
+                }
+            }
+        }
+        let follow = tokio::spawn(follow_sync_events(
+            consumer,
+            store.clone(),
+            Arc::clone(&codec),
+            follow_shutdown.clone(),
+        ));
+        Ok(ServiceParts {
+            connectors,
+            registry,
+            store,
+            codec,
+            publisher,
+            follow: Arc::new(tokio::sync::Mutex::new(Some(follow))),
+            follow_shutdown,
+        })
+    }
+
+    async fn stop(&self) {
+        self.follow_shutdown.trigger();
+        if let Some(handle) = self.follow.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Reads `topic` from `consumer` until every partition reaches the high watermark it had when
+/// this started, applying each event to `store`. Returns the events applied.
+async fn catch_up_sync_events(
+    consumer: &StreamConsumer,
+    factory: &KafkaClientFactory,
+    topic: &str,
+    store: &SyncStatusStore,
+    codec: &dyn SyncCodec,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
+    let ends: BTreeMap<i32, i64> = {
+        let factory = factory.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<BTreeMap<i32, i64>> {
+            let probe: BaseConsumer = factory.create(
+                "sync-events watermarks",
+                &factory.consumer_config("callsync-watermarks", Isolation::ReadCommitted),
+            )?;
+            let metadata = probe.fetch_metadata(Some(&topic), timeout)?;
+            let mut ends = BTreeMap::new();
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    let (low, high) = probe.fetch_watermarks(&topic, p.id(), timeout)?;
+                    if high > low {
+                        ends.insert(p.id(), high);
+                    }
+                }
+            }
+            Ok(ends)
+        })
+        .await??
+    };
+    let mut pending = ends;
+    let mut applied = 0u64;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !pending.is_empty() {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "timed out after {timeout:?} with partitions {:?} behind",
+                    pending.keys().collect::<Vec<_>>()
+                )
+            })?;
+        let m = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading sync events");
+                continue;
+            }
+        };
+        if let Some(payload) = m.payload() {
+            if let Ok(event) = codec.decode_event(payload) {
+                store.record_event(&event, None);
+                applied += 1;
+            }
+        }
+        let (partition, next) = (m.partition(), m.offset() + 1);
+        if pending.get(&partition).is_some_and(|end| next >= *end) {
+            pending.remove(&partition);
+        }
+    }
+    Ok(applied)
+}
+
+/// Runs syncs with the connectors' [`run_sync`]; a rejected credential is permanent.
+pub struct ConnectorExecutor {
+    deps: SyncDeps,
+}
+
+impl ConnectorExecutor {
+    pub fn new(deps: SyncDeps) -> Self {
+        ConnectorExecutor { deps }
+    }
+}
+
+/// The dependencies of [`run_sync`] for `config` on `factory`.
+pub fn sync_deps(
+    config: &CallsyncConfig,
+    connectors: Arc<Connectors>,
+    factory: KafkaClientFactory,
+    shutdown: Shutdown,
+) -> SyncDeps {
+    let sync = &config.connectors.sync;
+    SyncDeps {
+        connectors,
+        store: Arc::new(KafkaSyncStore::new(
+            factory,
+            &sync.transactional_id_prefix,
+            Duration::from_secs(sync.kafka_timeout_secs.max(1)),
+        )),
+        settings: sync.clone(),
+        wire_format: WireFormat::SingleObject,
+        shutdown,
+    }
+}
+
+#[async_trait]
+impl SyncExecutor for ConnectorExecutor {
+    async fn execute(&self, request: &SyncRequest) -> Result<SyncSummary, SyncFailure> {
+        match run_sync(request, &self.deps, callsync_connectors::NoProgress).await {
+            Ok(outcome) => {
+                if let Some(reason) = &outcome.skipped {
+                    tracing::info!(sync_id = %request.id, %reason, "sync skipped");
+                }
+                Ok(SyncSummary {
+                    records: i64::try_from(outcome.records).unwrap_or(i64::MAX),
+                    pages: i64::try_from(outcome.pages).unwrap_or(i64::MAX),
+                })
+            }
+            Err(e) => Err(classify_failure(&e)),
+        }
+    }
+}
+
+/// Auth errors, unknown accounts and invalid requests will not get better by retrying.
+pub fn classify_failure(error: &SyncError) -> SyncFailure {
+    let message = error.to_string();
+    match error {
+        SyncError::Client(ClientError::Auth { .. } | ClientError::Rejected { .. })
+        | SyncError::UnknownAccount { .. }
+        | SyncError::InvalidRequest { .. } => SyncFailure::permanent(message),
+        _ => SyncFailure::retryable(message),
+    }
+}
+
+/// A health probe: one page of the last hour from the account's client (through its rate
+/// limiter and circuit breaker).
+pub struct ConnectorsProbe {
+    connectors: Arc<Connectors>,
+}
+
+impl ConnectorsProbe {
+    pub fn new(connectors: Arc<Connectors>) -> Self {
+        ConnectorsProbe { connectors }
+    }
+}
+
+#[async_trait]
+impl HealthProbe for ConnectorsProbe {
+    async fn probe(&self, provider: Provider, account_id: &str) -> Result<(), ProbeError> {
+        let handle = self.connectors.get(provider, account_id).ok_or_else(|| {
+            ProbeError(format!(
+                "no {provider} account {account_id:?} is configured"
+            ))
+        })?;
+        let end = Utc::now();
+        let request = PageRequest {
+            scan: Scan::Created,
+            start: end - chrono::Duration::hours(1),
+            end,
+            token: None,
+        };
+        handle
+            .client
+            .fetch_page(&request)
+            .await
+            .map(|_| ())
+            .map_err(|e| ProbeError(e.to_string()))
+    }
+}
+
+/// Webhook bodies parsed by the connectors' mappings (CallRail's own JSON, the templated
+/// payloads of the others).
+pub struct ConnectorsWebhookParser;
+
+impl WebhookPayloadParser for ConnectorsWebhookParser {
+    fn parse(
+        &self,
+        provider: Provider,
+        account_id: &str,
+        body: &[u8],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<CallRecord>, MalformedPayload> {
+        callsync_connectors::webhook::parse_templated_webhook(
+            provider,
+            account_id,
+            body,
+            received_at,
+        )
+        .map(|record| vec![record])
+        .map_err(|e| MalformedPayload(e.to_string()))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_role(
+    role: Role,
+    config: &CallsyncConfig,
+    factory: KafkaClientFactory,
+    shutdown: Shutdown,
+    service: Option<ServiceParts>,
+    schedules: Option<Vec<crate::scheduler::Schedule>>,
+    listener: Option<TcpListener>,
+) -> anyhow::Result<RoleOutput> {
     match role {
         Role::Processor => {
-            let report = callsync_processors::run_processor(config.processor.clone(), factory, shutdown)
-                .await
-                .context("processor")?;
+            let report =
+                callsync_processors::run_processor(config.processor.clone(), factory, shutdown)
+                    .await
+                    .context("processor")?;
             tracing::info!(?report, "processor finished");
+            Ok(RoleOutput::Processor(report))
         }
         Role::Sink => {
             let sink_config = config
@@ -98,7 +596,187 @@ async fn run_role(role: Role, config: &CallsyncConfig, factory: KafkaClientFacto
                 .await
                 .context("sink")?;
             tracing::info!(?report, "sink finished");
+            Ok(RoleOutput::Sink(report))
+        }
+        Role::Connector => {
+            let service = service.context("connector role without service parts")?;
+            let settings = config.workers.settings();
+            let requests_topic = factory.settings().topic(names::SYNC_REQUESTS);
+            let consumer = worker_consumer(&factory, &settings.group_id, &requests_topic)
+                .context("creating the sync workers' consumer")?;
+            let deps = sync_deps(
+                config,
+                Arc::clone(&service.connectors),
+                factory,
+                shutdown.clone(),
+            );
+            let publisher: Arc<dyn SyncPublisher> = service.publisher.clone();
+            let workers = SyncWorkers::new(
+                consumer,
+                Arc::new(ConnectorExecutor::new(deps)),
+                publisher,
+                Arc::clone(&service.codec),
+                service.store.clone(),
+                settings,
+            );
+            workers.run(shutdown).await;
+            Ok(RoleOutput::None)
+        }
+        Role::Scheduler => {
+            let service = service.context("scheduler role without service parts")?;
+            let schedules = schedules.unwrap_or_default();
+            let publisher: Arc<dyn SyncPublisher> = service.publisher.clone();
+            let scheduler = Scheduler::new(
+                schedules,
+                publisher,
+                service.registry.clone(),
+                config.scheduler.catch_up(),
+                Utc::now(),
+            )
+            .with_status_store(service.store.clone());
+            let accounts = configured_accounts(config);
+            let health = run_health_checks(
+                Arc::new(ConnectorsProbe::new(Arc::clone(&service.connectors))),
+                service.registry.clone(),
+                accounts,
+                config.health.settings(),
+                shutdown.clone(),
+            );
+            tokio::join!(scheduler.run(shutdown.clone()), health);
+            Ok(RoleOutput::None)
+        }
+        Role::Api => {
+            let service = service.context("api role without service parts")?;
+            let listener = listener.context("api role without a listener")?;
+            let calls_raw = factory.settings().topic(names::CALLS_RAW);
+            let producer = factory
+                .producer()
+                .context("creating the webhook producer")?;
+            let receiver = WebhookReceiver::new(
+                &config.webhooks,
+                Arc::new(ConnectorsWebhookParser),
+                Arc::new(AvroCallRecordEncoder::single_object()),
+                producer,
+                calls_raw.clone(),
+            );
+            let publisher: Arc<dyn SyncPublisher> = service.publisher.clone();
+            let mut state = ApiState::new(service.registry.clone(), service.store.clone())
+                .with_publisher(publisher);
+            let readiness_timeout = Duration::from_secs(config.api.readiness_timeout_secs.max(1));
+            state.readiness_timeout = readiness_timeout;
+            let readiness_consumer: BaseConsumer = factory
+                .create(
+                    "readiness client",
+                    &factory.consumer_config("callsync-readiness", Isolation::ReadCommitted),
+                )
+                .context("creating the readiness client")?;
+            state = state.with_readiness(Arc::new(KafkaReadiness::new(
+                readiness_consumer,
+                calls_raw,
+                readiness_timeout,
+            )));
+            if let Some(sink) = &config.sink {
+                let url = sink.database_url.expose();
+                if url.starts_with("postgres") {
+                    let pool = sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(1)
+                        .connect_lazy(url)
+                        .context("the `sink.database_url` key is not a valid Postgres URL")?;
+                    state = state.with_readiness(Arc::new(PostgresReadiness::new(pool)));
+                } else {
+                    state = state
+                        .with_readiness(Arc::new(FnReadiness::new("database", || async {
+                            Ok(())
+                        })));
+                }
+            }
+            if config.api.lag_interval_secs > 0 {
+                tokio::spawn(report_consumer_lag(
+                    config.clone(),
+                    factory.clone(),
+                    Duration::from_secs(config.api.lag_interval_secs),
+                    shutdown.clone(),
+                ));
+            }
+            let app = api::router(state, Some(Arc::new(receiver)));
+            api::serve(listener, app, shutdown)
+                .await
+                .context("serving the HTTP API")?;
+            Ok(RoleOutput::None)
         }
     }
-    Ok(())
+}
+
+/// Sets `callsync_consumer_lag{group,topic,partition}` for the processor's and the sink's
+/// groups every `interval` (high watermark minus the group's committed offset).
+async fn report_consumer_lag(
+    config: CallsyncConfig,
+    factory: KafkaClientFactory,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
+    let settings = factory.settings().clone();
+    let mut groups = vec![(
+        config.processor.group_id.clone(),
+        settings.topic(names::CALLS_RAW),
+    )];
+    if let Some(sink) = &config.sink {
+        groups.push((
+            sink.group.clone(),
+            sink.topic
+                .clone()
+                .unwrap_or_else(|| settings.topic(names::CALLS)),
+        ));
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = ticker.tick() => {}
+        }
+        let factory = factory.clone();
+        let groups = groups.clone();
+        let measured = tokio::task::spawn_blocking(move || measure_lag(&factory, &groups)).await;
+        match measured {
+            Ok(Ok(lags)) => {
+                for (group, topic, partition, lag) in lags {
+                    metrics::gauge!(CONSUMER_LAG, "group" => group, "topic" => topic, "partition" => partition.to_string())
+                        .set(lag as f64);
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "measuring consumer lag"),
+            Err(e) => tracing::debug!(error = %e, "consumer lag task"),
+        }
+    }
+}
+
+type Lag = (String, String, i32, i64);
+
+fn measure_lag(
+    factory: &KafkaClientFactory,
+    groups: &[(String, String)],
+) -> anyhow::Result<Vec<Lag>> {
+    let timeout = Duration::from_secs(5);
+    let mut out = Vec::new();
+    for (group, topic) in groups {
+        let consumer: BaseConsumer = factory.create(
+            "lag probe",
+            &factory.consumer_config(group, Isolation::ReadCommitted),
+        )?;
+        let partitions = crate::ops::offsets::topic_partitions(&consumer, topic, timeout)?;
+        let marks = crate::ops::offsets::watermarks(&consumer, topic, &partitions, timeout)?;
+        let committed =
+            crate::ops::offsets::committed_offsets(&consumer, group, topic, &partitions, timeout)?;
+        for (partition, mark) in marks {
+            let position = committed.get(&partition).copied().unwrap_or(mark.low);
+            out.push((
+                group.clone(),
+                topic.clone(),
+                partition,
+                (mark.high - position).max(0),
+            ));
+        }
+    }
+    Ok(out)
 }

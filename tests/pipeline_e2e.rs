@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use callsync_processors::synthetic::call_record;
 use callsync_processors::ProcessorConfig;
 use callsync_runtime::{
-    ensure_topics, names, CatalogueOptions, KafkaClientFactory, KafkaSettings, Secret, Shutdown, TopicCatalogue,
+    ensure_topics, names, CatalogueOptions, KafkaClientFactory, KafkaSettings, Secret, Shutdown,
+    TopicCatalogue,
 };
 use callsync_schemas::{encode_to_vec, CallRecord, WireFormat};
 use callsync_sinks::{CallStore, PgStore, SinkConfig};
@@ -49,11 +50,17 @@ async fn records_produced_to_calls_raw_become_rows_in_postgres() {
             calls_retention_days: 30,
         },
     );
-    ensure_topics(&factory.admin().expect("admin"), &catalogue, Duration::from_secs(30))
-        .await
-        .expect("topics");
+    ensure_topics(
+        &factory.admin().expect("admin"),
+        &catalogue,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("topics");
 
-    let input: Vec<CallRecord> = (0..RECORDS).map(|i| call_record(i, 1_000 + i as i64)).collect();
+    let input: Vec<CallRecord> = (0..RECORDS)
+        .map(|i| call_record(i, 1_000 + i as i64))
+        .collect();
     produce(&factory, &settings.topic(names::CALLS_RAW), &input).await;
 
     let shutdown = Shutdown::new();
@@ -97,7 +104,10 @@ async fn records_produced_to_calls_raw_become_rows_in_postgres() {
             !processor.is_finished() && !sink.is_finished(),
             "a stage stopped before the rows arrived"
         );
-        assert!(Instant::now() < deadline, "timed out waiting for {RECORDS} rows");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {RECORDS} rows"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     shutdown.trigger();
@@ -105,12 +115,18 @@ async fn records_produced_to_calls_raw_become_rows_in_postgres() {
     sink.await.expect("sink task").expect("sink");
 
     assert_eq!(stored.len() as u64, RECORDS, "exactly one row per call");
-    let by_key: BTreeMap<String, &CallRecord> = input.iter().map(|r| (r.key().into_string(), r)).collect();
+    let by_key: BTreeMap<String, &CallRecord> =
+        input.iter().map(|r| (r.key().into_string(), r)).collect();
     let calls_topic = settings.topic(names::CALLS);
     for row in &stored {
         let key = row.record.key().into_string();
-        let expected = by_key.get(&key).unwrap_or_else(|| panic!("unexpected row {key}"));
-        assert_eq!(&row.record, *expected, "row {key} differs from what was produced");
+        let expected = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("unexpected row {key}"));
+        assert_eq!(
+            &row.record, *expected,
+            "row {key} differs from what was produced"
+        );
         assert_eq!(row.kafka_topic, calls_topic);
     }
     eprintln!("processor: {processor_report:?}");
