@@ -1,1 +1,102 @@
-fn main() {}
+//! `cargo run --release -p callsync-bench -- NAME`: one benchmark with its
+//! baseline side by side in the same run, ending with one JSON line of figures.
+//! `all` runs every benchmark in turn and writes docs/benchmarks.md.
+
+mod connector;
+mod pipeline;
+mod report;
+mod services;
+mod stages;
+
+use clap::{Parser, ValueEnum};
+
+use report::BenchOutcome;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Benchmark {
+    /// Postgres sink vs psql's staging COPY + INSERT ON CONFLICT and vs row-by-row upserts.
+    Sink,
+    /// Processor records/s through validate + dedup + transactional produce; state restore.
+    Processor,
+    /// A backfill against the simulator at 600 requests/min: share of the rate-limit ceiling.
+    Connector,
+    /// The whole pipeline calls.raw -> Postgres vs a plain Kafka read; peak RSS.
+    Pipeline,
+    /// Every benchmark in turn; writes docs/benchmarks.md.
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "callsync-bench",
+    about = "callsync's benchmarks, each against its baseline"
+)]
+struct Args {
+    benchmark: Benchmark,
+    /// Scale: records (pipeline, processor) or rows (sink). Default per benchmark.
+    #[arg(long)]
+    records: Option<usize>,
+    /// Duration of time-bound benchmarks (connector), in seconds.
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let all = [
+        Benchmark::Sink,
+        Benchmark::Processor,
+        Benchmark::Connector,
+        Benchmark::Pipeline,
+    ];
+    let chosen: Vec<Benchmark> = if args.benchmark == Benchmark::All {
+        all.to_vec()
+    } else {
+        vec![args.benchmark]
+    };
+    let mut outcomes: Vec<BenchOutcome> = Vec::new();
+    let mut failures: Vec<(String, String)> = Vec::new();
+    for bench in chosen {
+        let name = format!("{bench:?}").to_lowercase();
+        eprintln!("bench: running {name}");
+        let result = match bench {
+            Benchmark::Sink => stages::sink(args.records.unwrap_or(200_000)).await,
+            Benchmark::Processor => stages::processor(args.records.unwrap_or(1_000_000)).await,
+            Benchmark::Connector => connector::run(args.seconds.unwrap_or(60)).await,
+            Benchmark::Pipeline => pipeline::run(args.records.unwrap_or(200_000)).await,
+            Benchmark::All => unreachable_all(),
+        };
+        match result {
+            Ok(outcome) => {
+                println!("{}", outcome.json_line());
+                outcomes.push(outcome);
+            }
+            Err(e) => {
+                eprintln!("bench: {name} failed: {e:#}");
+                failures.push((name, format!("{e:#}")));
+            }
+        }
+    }
+    if args.benchmark == Benchmark::All {
+        let path = services::repo_root().join("docs/benchmarks.md");
+        let md = report::markdown(
+            &outcomes,
+            &failures,
+            &services::machine(),
+            "cargo run --release -p callsync-bench -- all",
+        );
+        std::fs::write(&path, md)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} benchmark(s) failed", failures.len())
+    }
+}
+
+fn unreachable_all() -> anyhow::Result<BenchOutcome> {
+    anyhow::bail!("`all` is expanded before dispatch")
+}

@@ -291,7 +291,11 @@ pub async fn ensure_topics(
     let created: Vec<&TopicSpec> = catalogue
         .topics()
         .iter()
-        .filter(|spec| report.iter().any(|(name, s)| *name == spec.name && *s == TopicStatus::Created))
+        .filter(|spec| {
+            report
+                .iter()
+                .any(|(name, s)| *name == spec.name && *s == TopicStatus::Created)
+        })
         .collect();
     wait_until_visible(admin, &created, timeout).await?;
     Ok(EnsureReport { topics: report })

@@ -1,0 +1,172 @@
+//! `pipeline`: records through calls.raw -> processor -> calls -> sink -> Postgres,
+//! against the floor cost of merely consuming the same records from Kafka.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use callsync_processors::synthetic::call_record;
+use callsync_processors::ProcessorConfig;
+use callsync_runtime::{
+    ensure_topics, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings, Shutdown,
+    TopicCatalogue,
+};
+use callsync_schemas::{encode_to_vec, WireFormat};
+use callsync_sinks::{CallStore, PgStore, SinkConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::json;
+
+use crate::report::{BenchOutcome, Figure};
+use crate::services;
+
+pub async fn run(records: usize) -> anyhow::Result<BenchOutcome> {
+    let bootstrap = services::kafka_bootstrap()?;
+    let db = services::database().await?;
+    let mut settings = KafkaSettings::plaintext(&bootstrap);
+    settings.topic_prefix = format!("bench-pipeline-{}.", uuid::Uuid::new_v4().simple());
+    let factory = KafkaClientFactory::new(settings.clone());
+    let catalogue = TopicCatalogue::new(
+        &settings,
+        &CatalogueOptions {
+            call_partitions: 4,
+            calls_retention_days: 1,
+        },
+    );
+    ensure_topics(&factory.admin()?, &catalogue, Duration::from_secs(30)).await?;
+
+    let raw_topic = settings.topic(names::CALLS_RAW);
+    produce(&factory, &raw_topic, records)?;
+
+    // baseline: a plain read_committed consumer draining the same records
+    let baseline_secs = drain_with_plain_consumer(&factory, &raw_topic, records)?;
+
+    let shutdown = Shutdown::new();
+    let store = Arc::new(
+        PgStore::connect(&db.url, 8, callsync_sinks::pg_store::DEFAULT_COPY_THRESHOLD).await?,
+    );
+    store.migrate().await?;
+    let sink_config: SinkConfig = serde_json::from_value(json!({ "database_url": db.url }))?;
+    let started = Instant::now();
+    let processor = tokio::spawn(callsync_processors::run_processor(
+        ProcessorConfig {
+            instance_id: format!("bench-{}", std::process::id()),
+            ..ProcessorConfig::default()
+        },
+        factory.clone(),
+        shutdown.clone(),
+    ));
+    let sink_store: Arc<dyn CallStore> = store.clone();
+    let sink = tokio::spawn(callsync_sinks::run_sink(
+        sink_config,
+        factory.clone(),
+        sink_store,
+        shutdown.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM calls")
+            .fetch_one(&db.pool)
+            .await?;
+        if rows as usize >= records {
+            break;
+        }
+        if processor.is_finished() || sink.is_finished() || Instant::now() > deadline {
+            shutdown.trigger();
+            anyhow::bail!("pipeline stopped or timed out at {rows} of {records} rows");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pipeline_secs = started.elapsed().as_secs_f64();
+    shutdown.trigger();
+    processor.await.context("processor task")??;
+    sink.await.context("sink task")??;
+
+    let rate = records as f64 / pipeline_secs;
+    let baseline_rate = records as f64 / baseline_secs;
+    let rss = services::peak_rss_bytes();
+    let rss_mib = rss as f64 / 1024.0 / 1024.0;
+    Ok(BenchOutcome {
+        name: "pipeline",
+        figures: vec![
+            Figure {
+                benchmark: "pipeline",
+                name: format!("calls.raw -> Postgres records/s ({records} records)"),
+                target: "as close to a plain Kafka read as possible".into(),
+                measured: format!("{rate:.0}/s"),
+                baseline: format!("{baseline_rate:.0}/s plain read_committed consume"),
+                ratio: Some(rate / baseline_rate),
+                met: None,
+            },
+            Figure {
+                benchmark: "pipeline",
+                name: "peak RSS, processor + sink in one process".into(),
+                target: "< 256 MiB".into(),
+                measured: format!("{rss_mib:.0} MiB"),
+                baseline: "-".into(),
+                ratio: None,
+                met: Some(rss_mib < 256.0),
+            },
+        ],
+        json: json!({
+            "records": records,
+            "pipeline_secs": pipeline_secs,
+            "pipeline_records_per_sec": rate,
+            "plain_consume_records_per_sec": baseline_rate,
+            "ratio": rate / baseline_rate,
+            "peak_rss_bytes": rss,
+        }),
+    })
+}
+
+fn produce(factory: &KafkaClientFactory, topic: &str, records: usize) -> anyhow::Result<()> {
+    let producer: BaseProducer = factory.create("bench producer", &factory.producer_config())?;
+    for i in 0..records {
+        let record = call_record(i as u64, 1);
+        let key = record.key().into_string();
+        let value = encode_to_vec(&record, WireFormat::SingleObject)?;
+        let mut pending = BaseRecord::to(topic)
+            .key(key.as_str())
+            .payload(value.as_slice());
+        loop {
+            match producer.send(pending) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    pending = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e).context("producing benchmark input"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+fn drain_with_plain_consumer(
+    factory: &KafkaClientFactory,
+    topic: &str,
+    records: usize,
+) -> anyhow::Result<f64> {
+    let group = format!("bench-plain-{}", uuid::Uuid::new_v4().simple());
+    let consumer: BaseConsumer = factory.create(
+        "bench consumer",
+        &factory.consumer_config(&group, Isolation::ReadCommitted),
+    )?;
+    consumer.subscribe(&[topic])?;
+    let started = Instant::now();
+    let mut seen = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen < records {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => seen += 1,
+            Some(Err(e)) => return Err(e).context("plain consume"),
+            None if Instant::now() > deadline => {
+                anyhow::bail!("plain consume timed out at {seen} of {records}")
+            }
+            None => {}
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
