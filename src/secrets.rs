@@ -267,15 +267,19 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
     fn the_environment_key_is_used_by_the_free_functions() {
-        // The only test in this binary that touches CALLSYNC_SECRET_KEY.
-        std::env::remove_var(SECRET_KEY_ENV);
-        assert_eq!(encrypt("x").unwrap_err(), SecretsError::KeyMissing);
-        assert_eq!(resolve("plain").unwrap().expose(), "plain");
-        std::env::set_var(SECRET_KEY_ENV, KEY);
-        let sealed = encrypt("from-env").unwrap();
-        assert_eq!(decrypt(&sealed).unwrap().expose(), "from-env");
-        assert_eq!(resolve(&sealed).unwrap().expose(), "from-env");
-        std::env::remove_var(SECRET_KEY_ENV);
+        // figment's Jail serialises every test of this binary that changes the environment
+        // (the config tests set CALLSYNC_SECRET_KEY too) and restores it afterwards.
+        figment::Jail::expect_with(|jail| {
+            std::env::remove_var(SECRET_KEY_ENV);
+            assert_eq!(encrypt("x").unwrap_err(), SecretsError::KeyMissing);
+            assert_eq!(resolve("plain").unwrap().expose(), "plain");
+            jail.set_env(SECRET_KEY_ENV, KEY);
+            let sealed = encrypt("from-env").unwrap();
+            assert_eq!(decrypt(&sealed).unwrap().expose(), "from-env");
+            assert_eq!(resolve(&sealed).unwrap().expose(), "from-env");
+            Ok(())
+        });
     }
 }
