@@ -132,6 +132,8 @@ async fn each_bad_record_lands_in_the_dlq_with_its_reason_and_field() {
 
     let counters = Arc::new(ProcessorCounters::default());
     let shutdown = Shutdown::new();
+    // a failing assertion must stop the stage, or the runtime waits for it forever
+    let _stop_shutdown = shutdown.trigger_on_drop();
     let run = tokio::spawn(run_processor_with_counters(
         fx.processor_config("dlq", &fx.kafka.unique_group("proc")),
         fx.factory.clone(),

@@ -49,6 +49,8 @@ async fn the_same_records_fed_twice_come_out_once_and_changes_pass() {
     let group = fx.kafka.unique_group("proc");
     let counters = Arc::new(ProcessorCounters::default());
     let shutdown = Shutdown::new();
+    // a failing assertion must stop the stage, or the runtime waits for it forever
+    let _stop_shutdown = shutdown.trigger_on_drop();
     let t1 = Instant::now();
     let run = tokio::spawn(run_processor_with_counters(
         fx.processor_config("fed-twice", &group),
@@ -111,6 +113,8 @@ async fn two_instances_and_a_rebalance_mid_stream_lose_and_duplicate_nothing() {
     config.batch_max_records = 500;
     let counters_a = Arc::new(ProcessorCounters::default());
     let shutdown_a = Shutdown::new();
+    // a failing assertion must stop the stage, or the runtime waits for it forever
+    let _stop_shutdown_a = shutdown_a.trigger_on_drop();
     let run_a = tokio::spawn(run_processor_with_counters(
         config.clone(),
         fx.factory.clone(),
@@ -125,6 +129,8 @@ async fn two_instances_and_a_rebalance_mid_stream_lose_and_duplicate_nothing() {
     // a second instance joins: partitions move mid-stream
     let counters_b = Arc::new(ProcessorCounters::default());
     let shutdown_b = Shutdown::new();
+    // a failing assertion must stop the stage, or the runtime waits for it forever
+    let _stop_shutdown_b = shutdown_b.trigger_on_drop();
     let mut config_b = config.clone();
     config_b.instance_id = "b".into();
     let run_b = tokio::spawn(run_processor_with_counters(
@@ -189,10 +195,13 @@ async fn a_fenced_instance_stops_without_writing() {
     fx.produce_records(&(0..1_000).map(|i| call_record(i, 1)).collect::<Vec<_>>());
 
     let counters = Arc::new(ProcessorCounters::default());
+    let shutdown = Shutdown::new();
+    // stops the instance if the test fails before it was fenced
+    let _stop_shutdown = shutdown.trigger_on_drop();
     let run = tokio::spawn(run_processor_with_counters(
         config.clone(),
         fx.factory.clone(),
-        Shutdown::new(),
+        shutdown.clone(),
         counters.clone(),
     ));
     let watch = counters.clone();

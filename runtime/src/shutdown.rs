@@ -53,6 +53,13 @@ impl Shutdown {
         }
     }
 
+    /// A guard that triggers shutdown when dropped, e.g. when a test panics: stages
+    /// running on blocking threads then stop instead of keeping the runtime (and the
+    /// test binary) alive forever.
+    pub fn trigger_on_drop(&self) -> tokio_util::sync::DropGuard {
+        self.token.clone().drop_guard()
+    }
+
     pub fn token(&self) -> &CancellationToken {
         &self.token
     }
@@ -72,5 +79,17 @@ mod tests {
         parent.trigger();
         other.wait().await;
         assert!(other.is_triggered());
+    }
+
+    #[test]
+    fn the_drop_guard_triggers_on_unwind() {
+        let shutdown = Shutdown::new();
+        let watched = shutdown.clone();
+        let result = std::panic::catch_unwind(move || {
+            let _stop = shutdown.trigger_on_drop();
+            panic!("a failing test");
+        });
+        assert!(result.is_err());
+        assert!(watched.is_triggered());
     }
 }

@@ -205,6 +205,8 @@ struct RunningSink {
 
 fn start_sink(kafka: &RealKafka, config: SinkConfig, store: Arc<dyn CallStore>) -> RunningSink {
     let shutdown = Shutdown::new();
+    // a failing assertion must stop the stage, or the runtime waits for it forever
+    let _stop_shutdown = shutdown.trigger_on_drop();
     let factory = KafkaClientFactory::new(KafkaSettings::plaintext(kafka.bootstrap()));
     let task = tokio::spawn(run_sink(config, factory, store, shutdown.clone()));
     RunningSink { shutdown, task }
