@@ -357,7 +357,8 @@ async fn postgres_restarted_mid_run_the_sink_waits_retries_and_loses_nothing() {
         .await
         .unwrap();
     produce(&kafka, &topic, second).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // long enough that the sink meets the outage even on a loaded 2-core box
+    tokio::time::sleep(Duration::from_secs(6)).await;
     server.start().await.unwrap();
     wait_caught_up(&kafka, &db.pool, &group, &topic, Duration::from_secs(180)).await;
     let report = sink.stop().await;
