@@ -72,10 +72,10 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
     .await?;
     let rss_mib = services::peak_rss_bytes() as f64 / 1024.0 / 1024.0;
     Ok(BenchOutcome {
-        name: "connector",
+        name: "connector".into(),
         figures: vec![
             Figure {
-                benchmark: "connector",
+                benchmark: "connector".into(),
                 name: format!(
                     "backfill records/min vs ceiling ({CEILING_PER_MINUTE} req/min x {PAGE_SIZE}), {} records",
                     r.records
@@ -87,7 +87,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
                 met: Some(r.records_per_minute >= 0.95 * r.records_ceiling_per_minute && r.rate_limited == 0),
             },
             Figure {
-                benchmark: "connector",
+                benchmark: "connector".into(),
                 name: "peak RSS of the benchmark process (connector + simulator)".into(),
                 target: "< 128 MiB through a 1M-call backfill".into(),
                 measured: format!("{rss_mib:.0} MiB ({} records)", r.records),

@@ -60,12 +60,17 @@ async fn main() -> anyhow::Result<()> {
     for bench in chosen {
         let name = format!("{bench:?}").to_lowercase();
         eprintln!("bench: running {name}");
-        let result = match bench {
-            Benchmark::Sink => stages::sink(args.records.unwrap_or(200_000)).await,
-            Benchmark::Processor => stages::processor(args.records.unwrap_or(1_000_000)).await,
-            Benchmark::Connector => connector::run(args.seconds.unwrap_or(60)).await,
-            Benchmark::Pipeline => pipeline::run(args.records.unwrap_or(200_000)).await,
-            Benchmark::All => unreachable_all(),
+        let result = if args.benchmark == Benchmark::All {
+            // each benchmark in a process of its own, so peak RSS is its own
+            run_in_child(&name, &args)
+        } else {
+            match bench {
+                Benchmark::Sink => stages::sink(args.records.unwrap_or(200_000)).await,
+                Benchmark::Processor => stages::processor(args.records.unwrap_or(1_000_000)).await,
+                Benchmark::Connector => connector::run(args.seconds.unwrap_or(60)).await,
+                Benchmark::Pipeline => pipeline::run(args.records.unwrap_or(200_000)).await,
+                Benchmark::All => unreachable_all(),
+            }
         };
         match result {
             Ok(outcome) => {
@@ -95,6 +100,33 @@ async fn main() -> anyhow::Result<()> {
     } else {
         anyhow::bail!("{} benchmark(s) failed", failures.len())
     }
+}
+
+/// Run one benchmark as a child process of this binary and read back its JSON line.
+fn run_in_child(name: &str, args: &Args) -> anyhow::Result<BenchOutcome> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(name);
+    if let Some(r) = args.records {
+        cmd.arg("--records").arg(r.to_string());
+    }
+    if let Some(s) = args.seconds {
+        cmd.arg("--seconds").arg(s.to_string());
+    }
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| anyhow::anyhow!("starting the {name} benchmark: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!("the {name} benchmark exited with {}", out.status);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| anyhow::anyhow!("the {name} benchmark printed no JSON line"))?;
+    report::BenchOutcome::from_json_line(line)
 }
 
 fn unreachable_all() -> anyhow::Result<BenchOutcome> {

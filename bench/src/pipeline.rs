@@ -88,10 +88,10 @@ pub async fn run(records: usize) -> anyhow::Result<BenchOutcome> {
     let rss = services::peak_rss_bytes();
     let rss_mib = rss as f64 / 1024.0 / 1024.0;
     Ok(BenchOutcome {
-        name: "pipeline",
+        name: "pipeline".into(),
         figures: vec![
             Figure {
-                benchmark: "pipeline",
+                benchmark: "pipeline".into(),
                 name: format!("calls.raw -> Postgres records/s ({records} records)"),
                 target: "as close to a plain Kafka read as possible".into(),
                 measured: format!("{rate:.0}/s"),
@@ -100,7 +100,7 @@ pub async fn run(records: usize) -> anyhow::Result<BenchOutcome> {
                 met: None,
             },
             Figure {
-                benchmark: "pipeline",
+                benchmark: "pipeline".into(),
                 name: "peak RSS, processor + sink in one process".into(),
                 target: "< 256 MiB".into(),
                 measured: format!("{rss_mib:.0} MiB"),

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 /// One measured figure next to its target and its baseline.
 #[derive(Debug, Clone)]
 pub struct Figure {
-    pub benchmark: &'static str,
+    pub benchmark: String,
     pub name: String,
     /// The target from design.md, as text (e.g. ">= 90% of psql").
     pub target: String,
@@ -19,12 +19,40 @@ pub struct Figure {
 /// All figures of one benchmark, plus its raw JSON.
 #[derive(Debug, Clone)]
 pub struct BenchOutcome {
-    pub name: &'static str,
+    pub name: String,
     pub figures: Vec<Figure>,
     pub json: Value,
 }
 
 impl BenchOutcome {
+    /// Parse the line [`BenchOutcome::json_line`] printed (a benchmark run as a child process).
+    pub fn from_json_line(line: &str) -> anyhow::Result<BenchOutcome> {
+        let v: Value = serde_json::from_str(line)?;
+        let name = v["benchmark"].as_str().unwrap_or("?").to_string();
+        let text = |f: &Value, k: &str| f[k].as_str().unwrap_or("-").to_string();
+        let figures = v["figures"]
+            .as_array()
+            .map(|figs| {
+                figs.iter()
+                    .map(|f| Figure {
+                        benchmark: name.clone(),
+                        name: text(f, "figure"),
+                        target: text(f, "target"),
+                        measured: text(f, "measured"),
+                        baseline: text(f, "baseline"),
+                        ratio: f["ratio"].as_f64(),
+                        met: f["met"].as_bool(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(BenchOutcome {
+            name,
+            figures,
+            json: v["raw"].clone(),
+        })
+    }
+
     /// The one JSON line printed at the end of a benchmark.
     pub fn json_line(&self) -> String {
         let figures: Vec<Value> = self

@@ -22,10 +22,10 @@ pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
     .await?;
     let rss_mib = r.peak_rss_bytes as f64 / 1024.0 / 1024.0;
     Ok(BenchOutcome {
-        name: "sink",
+        name: "sink".into(),
         figures: vec![
             Figure {
-                benchmark: "sink",
+                benchmark: "sink".into(),
                 name: format!(
                     "upsert rows/s vs psql staging COPY + INSERT ON CONFLICT ({rows} rows)"
                 ),
@@ -36,7 +36,7 @@ pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
                 met: Some(r.sink_vs_psql >= 0.9),
             },
             Figure {
-                benchmark: "sink",
+                benchmark: "sink".into(),
                 name: format!("upsert rows/s vs row-by-row upsert ({row_by_row_rows} rows)"),
                 target: ">= 10 x row-by-row".into(),
                 measured: format!("{:.0}/s", r.sink.rows_per_sec),
@@ -45,7 +45,7 @@ pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
                 met: Some(r.sink_vs_row_by_row >= 10.0),
             },
             Figure {
-                benchmark: "sink",
+                benchmark: "sink".into(),
                 name: "peak RSS of the benchmark process".into(),
                 target: "-".into(),
                 measured: format!("{rss_mib:.0} MiB"),
@@ -68,10 +68,10 @@ pub async fn processor(records: usize) -> anyhow::Result<BenchOutcome> {
     let r = bench_processor(&bootstrap, options).await?;
     let raw: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap_or_else(|_| json!({}));
     Ok(BenchOutcome {
-        name: "processor",
+        name: "processor".into(),
         figures: vec![
             Figure {
-                benchmark: "processor",
+                benchmark: "processor".into(),
                 name: format!(
                     "records/s through validate + dedup + transactional produce ({} records)",
                     r.records
@@ -86,7 +86,7 @@ pub async fn processor(records: usize) -> anyhow::Result<BenchOutcome> {
                 met: Some(r.processor_records_per_sec >= 100_000.0),
             },
             Figure {
-                benchmark: "processor",
+                benchmark: "processor".into(),
                 name: format!("dedup state restore, {} keys", r.restore_keys),
                 target: "< 5 s for 1M keys".into(),
                 measured: format!("{:.2} s", r.restore_secs),
@@ -95,7 +95,7 @@ pub async fn processor(records: usize) -> anyhow::Result<BenchOutcome> {
                 met: Some(r.restore_keys >= 1_000_000 && r.restore_secs < 5.0),
             },
             Figure {
-                benchmark: "processor",
+                benchmark: "processor".into(),
                 name: "dedup state memory per key".into(),
                 target: "measured and reported".into(),
                 measured: format!(
