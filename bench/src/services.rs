@@ -65,18 +65,7 @@ pub async fn database() -> anyhow::Result<callsync_testkit::TestDatabase> {
 }
 
 /// Peak resident set size of this process (VmHWM) in bytes; 0 where unknown.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
+pub use callsync_sinks::bench_support::peak_rss_bytes;
 
 /// A one-line description of this machine for the benchmark table.
 pub fn machine() -> String {
