@@ -10,8 +10,8 @@
 //!   the simulator), rate-limit overrides, retry and circuit settings.
 //! - [`Connectors::from_config`] builds one client per account; [`Connectors::health`] gives
 //!   each account's circuit state (its health), pacing and counters.
-//! - [`webhook`]: signature checks (CallRail HMAC-SHA1, HMAC-SHA256 with a timestamp, secret
-//!   tokens; constant time) and pure parsers of webhook bodies to `CallRecord`.
+//! - [`webhook`]: pure parsers of webhook bodies to `CallRecord` (the receiver in the root
+//!   crate checks signatures first).
 //! - [`bench::connector_benchmark`]: a backfill against the simulator with a known rate limit,
 //!   reporting requests/min reached against the ceiling.
 //!
