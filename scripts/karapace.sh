@@ -34,7 +34,8 @@ answering() { curl -fsS -m 2 "$URL/subjects" >/dev/null 2>&1; }
 find_python() {
   if [[ -n "${CALLSYNC_KARAPACE_PYTHON:-}" ]]; then echo "$CALLSYNC_KARAPACE_PYTHON"; return; fi
   for p in python3.13 python3.12; do
-    if command -v "$p" >/dev/null 2>&1; then command -v "$p"; return; fi
+    # `--version`, not just `command -v`: a pyenv shim exists for versions it will not run
+    if "$p" --version >/dev/null 2>&1; then command -v "$p"; return; fi
   done
   for p in "$HOME"/.pyenv/versions/3.1[23]*/bin/python3; do
     if [[ -x "$p" ]]; then echo "$p"; return; fi

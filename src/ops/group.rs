@@ -20,6 +20,45 @@ pub struct GroupMember {
     pub assignment: BTreeMap<String, Vec<i32>>,
 }
 
+impl GroupMember {
+    /// `client_id@host` (the host without the broker's leading `/`).
+    pub fn client(&self) -> String {
+        format!(
+            "{}@{}",
+            self.client_id,
+            self.client_host.trim_start_matches('/')
+        )
+    }
+
+    /// The member's partitions as text, e.g. `calls: 0,1,2; calls.raw: 3` (`-` for none).
+    pub fn assignment_text(&self) -> String {
+        let parts: Vec<String> = self
+            .assignment
+            .iter()
+            .filter(|(_, partitions)| !partitions.is_empty())
+            .map(|(topic, partitions)| {
+                let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+                format!("{topic}: {}", list.join(","))
+            })
+            .collect();
+        if parts.is_empty() {
+            "-".to_string()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// The member holding a partition: its member id (unique in the group) and its client id and
+/// host (which several members may share, e.g. two instances on one machine with the default
+/// client id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionOwner {
+    pub member_id: String,
+    pub client_id: String,
+    pub host: String,
+}
+
 /// What the group coordinator says about a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupDescription {
@@ -39,8 +78,9 @@ impl GroupDescription {
             )
     }
 
-    /// The member holding `topic`/`partition`, as `client_id@host`.
-    pub fn owner_of(&self, topic: &str, partition: i32) -> Option<String> {
+    /// The member holding `topic`/`partition` (None when no member does, e.g. while the group
+    /// rebalances or is empty).
+    pub fn owner_of(&self, topic: &str, partition: i32) -> Option<PartitionOwner> {
         self.members
             .iter()
             .find(|m| {
@@ -48,7 +88,11 @@ impl GroupDescription {
                     .get(topic)
                     .is_some_and(|parts| parts.contains(&partition))
             })
-            .map(|m| format!("{}@{}", m.client_id, m.client_host.trim_start_matches('/')))
+            .map(|m| PartitionOwner {
+                member_id: m.member_id.clone(),
+                client_id: m.client_id.clone(),
+                host: m.client_host.trim_start_matches('/').to_string(),
+            })
     }
 
     /// `Err(GroupActive)` when the group is active.
@@ -61,7 +105,7 @@ impl GroupDescription {
         } else {
             self.members
                 .iter()
-                .map(|m| format!("{}@{}", m.client_id, m.client_host.trim_start_matches('/')))
+                .map(GroupMember::client)
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -229,7 +273,16 @@ mod tests {
             msg.contains("\"g\" is active") && msg.contains("rdkafka@127.0.0.1"),
             "{msg}"
         );
-        assert_eq!(d.owner_of("calls", 2).as_deref(), Some("rdkafka@127.0.0.1"));
+        let owner = d.owner_of("calls", 2).unwrap();
+        assert_eq!(
+            (
+                owner.member_id.as_str(),
+                owner.client_id.as_str(),
+                owner.host.as_str()
+            ),
+            ("m", "rdkafka", "127.0.0.1")
+        );
         assert_eq!(d.owner_of("calls", 1), None);
+        assert_eq!(d.members[0].assignment_text(), "calls: 0,2");
     }
 }

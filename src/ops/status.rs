@@ -3,7 +3,10 @@
 //!
 //! - Lag: committed offset vs high watermark, for callsync's groups (processor, sink,
 //!   workers) and any `--group`, on every callsync topic the group has committed offsets on
-//!   or is assigned.
+//!   or is assigned; each partition with the member that holds it (member id, host, client
+//!   id, as `kafka-consumer-groups --describe` shows them).
+//! - Members: each member of each group with the partitions assigned to it, so a scale-out
+//!   or scale-in shows as partitions moving between members.
 //! - Syncs: `callsync.sync-events` is read (its newest `--events-scan-limit` records), the
 //!   latest event per sync id is kept, then the latest sync per provider account.
 //! - Provider health is derived from those events: `ok` (latest sync completed), `syncing`,
@@ -23,7 +26,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::dlq::message_reason;
-use super::group::{describe_group, GroupMember};
+use super::group::{describe_group, GroupMember, PartitionOwner};
 use super::offsets::{topic_partitions, watermarks, Watermarks};
 use super::scan::{scan_consumer, scan_partitions, Visit, READ_ONLY_GROUP};
 use super::table::{opt_cell, TextTable};
@@ -58,8 +61,8 @@ pub struct PartitionLag {
     pub high: i64,
     /// high - committed (high - low when nothing is committed).
     pub lag: i64,
-    /// The member holding the partition (`client_id@host`), when the group is active.
-    pub owner: Option<String>,
+    /// The member holding the partition, when the group is active and not rebalancing.
+    pub owner: Option<PartitionOwner>,
 }
 
 /// A group's lag on one topic.
@@ -75,6 +78,7 @@ pub struct TopicLag {
 pub struct GroupStatus {
     pub group: String,
     pub state: String,
+    /// Members with their assigned partitions per topic.
     pub members: Vec<GroupMember>,
     pub topics: Vec<TopicLag>,
 }
@@ -460,7 +464,9 @@ pub fn write_status(report: &StatusReport, out: &mut impl Write) -> std::io::Res
         "committed",
         "high",
         "lag",
-        "owner",
+        "member-id",
+        "host",
+        "client-id",
     ]);
     for g in &report.groups {
         if g.topics.is_empty() {
@@ -473,10 +479,16 @@ pub fn write_status(report: &StatusReport, out: &mut impl Write) -> std::io::Res
                 "-".into(),
                 "-".into(),
                 format!("{} member(s)", g.members.len()),
+                "-".into(),
+                "-".into(),
             ]);
         }
         for t in &g.topics {
             for p in &t.partitions {
+                let (member, host, client) = match &p.owner {
+                    Some(o) => (o.member_id.clone(), o.host.clone(), o.client_id.clone()),
+                    None => ("-".into(), "-".into(), "-".into()),
+                };
                 lag.row([
                     g.group.clone(),
                     g.state.clone(),
@@ -485,7 +497,9 @@ pub fn write_status(report: &StatusReport, out: &mut impl Write) -> std::io::Res
                     opt_cell(p.committed),
                     p.high.to_string(),
                     p.lag.to_string(),
-                    p.owner.clone().unwrap_or_else(|| "-".into()),
+                    member,
+                    host,
+                    client,
                 ]);
             }
             lag.row([
@@ -497,10 +511,31 @@ pub fn write_status(report: &StatusReport, out: &mut impl Write) -> std::io::Res
                 String::new(),
                 t.total_lag.to_string(),
                 format!("{} member(s)", g.members.len()),
+                String::new(),
+                String::new(),
             ]);
         }
     }
     lag.write_to(out)?;
+
+    writeln!(out, "\nGROUP MEMBERS")?;
+    let mut members = TextTable::new(["group", "member-id", "host", "client-id", "partitions"]);
+    for g in &report.groups {
+        for m in &g.members {
+            members.row([
+                g.group.clone(),
+                m.member_id.clone(),
+                m.client_host.trim_start_matches('/').to_string(),
+                m.client_id.clone(),
+                m.assignment_text(),
+            ]);
+        }
+    }
+    if members.is_empty() {
+        writeln!(out, "(no active members)")?;
+    } else {
+        members.write_to(out)?;
+    }
 
     writeln!(out, "\nLAST SYNC PER PROVIDER ACCOUNT")?;
     let mut syncs = TextTable::new([
@@ -639,6 +674,101 @@ mod tests {
         assert!(health[0].last_ok_at.is_some());
         assert_eq!(health[1].health, "ok");
         assert_eq!(health[2].health, "syncing");
+    }
+
+    #[test]
+    fn the_tables_show_which_member_holds_each_partition() {
+        let member = |id: &str, client: &str, parts: Vec<i32>| GroupMember {
+            member_id: id.into(),
+            client_id: client.into(),
+            client_host: "/10.0.0.7".into(),
+            assignment: BTreeMap::from([("calls".to_string(), parts)]),
+        };
+        let owner = |id: &str, client: &str| {
+            Some(PartitionOwner {
+                member_id: id.into(),
+                client_id: client.into(),
+                host: "10.0.0.7".into(),
+            })
+        };
+        let partition = |p: i32, owner: Option<PartitionOwner>| PartitionLag {
+            partition: p,
+            committed: Some(10),
+            low: 0,
+            high: 12,
+            lag: 2,
+            owner,
+        };
+        let report = StatusReport {
+            generated_at: Utc.timestamp_opt(1_800_000_000, 0).single().unwrap(),
+            groups: vec![GroupStatus {
+                group: "callsync-sink".into(),
+                state: "Stable".into(),
+                members: vec![
+                    member("sink-1-aaa", "sink-1", vec![0]),
+                    member("sink-2-bbb", "sink-2", vec![1]),
+                ],
+                topics: vec![TopicLag {
+                    topic: "calls".into(),
+                    total_lag: 4,
+                    partitions: vec![
+                        partition(0, owner("sink-1-aaa", "sink-1")),
+                        partition(1, owner("sink-2-bbb", "sink-2")),
+                    ],
+                }],
+            }],
+            syncs: vec![],
+            providers: vec![],
+            dlq: None,
+            problems: vec![],
+        };
+        let mut out = Vec::new();
+        write_status(&report, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0] == "CONSUMER GROUPS", "{text}");
+        assert!(
+            lines[1].contains("member-id") && lines[1].contains("client-id"),
+            "{text}"
+        );
+        let row = |needle: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} in {text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            row("calls  1"),
+            [
+                "callsync-sink",
+                "Stable",
+                "calls",
+                "1",
+                "10",
+                "12",
+                "2",
+                "sink-2-bbb",
+                "10.0.0.7",
+                "sink-2"
+            ]
+        );
+        let members_at = lines.iter().position(|l| *l == "GROUP MEMBERS").unwrap();
+        let members: Vec<&&str> = lines[members_at + 2..members_at + 4].iter().collect();
+        assert!(
+            members[0].contains("sink-1-aaa") && members[0].ends_with("calls: 0"),
+            "{text}"
+        );
+        assert!(
+            members[1].contains("sink-2-bbb") && members[1].ends_with("calls: 1"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["groups"][0]["topics"][0]["partitions"][1]["owner"]["member_id"],
+            "sink-2-bbb"
+        );
     }
 
     #[test]

@@ -1,0 +1,671 @@
+//! Scaling the sink mid-stream, on the real broker and real Postgres, with real `callsync run
+//! --roles sink` processes: one instance, then three, then one again (of the two that leave, one
+//! is SIGKILLed without warning, the other stopped with SIGTERM), while a producer keeps
+//! writing call records (four records per call, the newest version second, an older one and a
+//! duplicate after it). At each phase `callsync status --json` (the real binary) must show the
+//! sink group's partitions held by one member, split over three, then held by the survivor;
+//! at the end the `calls` table must be exactly the newest version of every call produced.
+//!
+//! Needs `KAFKA_BOOTSTRAP` and Postgres (skipped without them outside CI, fails under CI).
+
+mod ops_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callsync_runtime::KafkaClientFactory;
+use callsync_schemas::{encode_to_vec, CallRecord, Provider, WireFormat};
+use callsync_sinks::testing::sample_call;
+use callsync_sinks::{CallStore, PgStore};
+use callsync_testkit::RealKafka;
+use ops_support::*;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+
+const PARTITIONS: i32 = 6;
+/// New calls per producer tick; each tick writes 4 records per call in flight.
+const CALLS_PER_TICK: usize = 40;
+const TICK: Duration = Duration::from_millis(100);
+/// How long one phase may take to show in `callsync status` (a SIGKILLed member is dropped
+/// by the coordinator after its session timeout, 6 s here).
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ------------------------------------------------------------------------ the stream
+
+/// The records of producer tick `tick`: call `c` of tick `t` gets version 2 at tick `t`, its
+/// newest version 3 at `t + 1`, the older version 1 (late) at `t + 2`, and version 2 again
+/// (a duplicate) at `t + 3`. Ticks at or past `last_new` start no new calls.
+fn tick_records(tick: usize, last_new: usize) -> Vec<CallRecord> {
+    let mut out = Vec::with_capacity(CALLS_PER_TICK * 4);
+    for (age, version) in [(0usize, 2i64), (1, 3), (2, 1), (3, 2)] {
+        let Some(born) = tick.checked_sub(age) else {
+            continue;
+        };
+        if born >= last_new {
+            continue;
+        }
+        for i in 0..CALLS_PER_TICK {
+            let n = born * CALLS_PER_TICK + i;
+            let provider = if n % 2 == 0 {
+                Provider::TrackDrive
+            } else {
+                Provider::Retreaver
+            };
+            out.push(sample_call(
+                provider,
+                &format!("acct-{}", n % 7),
+                &format!("scale-{n}"),
+                version * 100_000 + n as i64,
+            ));
+        }
+    }
+    out
+}
+
+/// Produces ticks until `stop`, then the ticks that finish the calls in flight. Returns every
+/// record produced (all acknowledged).
+async fn produce_stream(
+    factory: KafkaClientFactory,
+    topic: String,
+    stop: Arc<AtomicBool>,
+    produced: Arc<AtomicUsize>,
+) -> Vec<CallRecord> {
+    let producer: FutureProducer = factory.producer().expect("producer");
+    let mut all = Vec::new();
+    let mut last_new = usize::MAX;
+    let mut tick = 0usize;
+    loop {
+        if last_new == usize::MAX && stop.load(Ordering::SeqCst) {
+            last_new = tick;
+        }
+        if tick >= last_new.saturating_add(3) {
+            break;
+        }
+        let started = Instant::now();
+        let records = tick_records(tick, last_new);
+        let sends = records.iter().map(|r| {
+            let key = r.key().into_string();
+            let value = encode_to_vec(r, WireFormat::SingleObject).expect("encode");
+            let producer = producer.clone();
+            let topic = topic.clone();
+            async move {
+                producer
+                    .send(FutureRecord::to(&topic).key(&key).payload(&value), TIMEOUT)
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("produce");
+            }
+        });
+        futures::future::join_all(sends).await;
+        produced.fetch_add(records.len(), Ordering::SeqCst);
+        all.extend(records);
+        tick += 1;
+        tokio::time::sleep(TICK.saturating_sub(started.elapsed())).await;
+    }
+    all
+}
+
+/// The newest version of every call.
+fn expected(records: &[CallRecord]) -> BTreeMap<String, CallRecord> {
+    let mut m: BTreeMap<String, CallRecord> = BTreeMap::new();
+    for r in records {
+        let k = r.key().into_string();
+        if m.get(&k).is_none_or(|old| old.version <= r.version) {
+            m.insert(k, r.clone());
+        }
+    }
+    m
+}
+
+// ------------------------------------------------------------------------ processes
+
+struct Setup {
+    dir: tempfile::TempDir,
+    bootstrap: String,
+    prefix: String,
+    db_url: String,
+    group: String,
+}
+
+impl Setup {
+    /// A config file for one process; `client_id` names the instance in the group.
+    fn config(&self, client_id: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{client_id}.toml"));
+        let text = format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+
+[kafka.client_properties]
+"client.id" = "{client_id}"
+# the broker's minimum: a SIGKILLed instance leaves the group 6 s after its last heartbeat
+"session.timeout.ms" = "6000"
+
+[sink]
+database_url = "{db}"
+group = "{group}"
+batch_rows = 2000
+batch_max_ms = 200
+copy_threshold = 500
+max_connections = 2
+
+[log]
+filter = "warn"
+"#,
+            bootstrap = self.bootstrap,
+            prefix = self.prefix,
+            db = self.db_url,
+            group = self.group,
+        );
+        let mut f = std::fs::File::create(&path).expect("config file");
+        f.write_all(text.as_bytes()).expect("write config");
+        path
+    }
+
+    fn callsync(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_callsync"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CALLSYNC") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Starts `callsync run --roles sink` as instance `name`.
+    fn start_sink(&self, name: &str) -> SinkProcess {
+        let config = self.config(name);
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        let child = self
+            .callsync()
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--roles", "sink"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start callsync run --roles sink");
+        SinkProcess {
+            name: name.to_string(),
+            child: Some(child),
+            log: self.dir.path().join(format!("{name}.log")),
+        }
+    }
+
+    /// `callsync status [--json] --group <sink group>`: stdout.
+    fn status(&self, json: bool) -> String {
+        let config = self.config("callsync-status");
+        let mut cmd = self.callsync();
+        cmd.arg("--config").arg(&config).arg("status");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .args(["--group", &self.group])
+            .output()
+            .expect("run callsync status");
+        assert!(
+            out.status.success(),
+            "callsync status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 status")
+    }
+}
+
+/// A sink process; SIGKILLed on drop if still running (a failing test leaves none behind).
+struct SinkProcess {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl SinkProcess {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: the instance leaves without a word; the coordinator notices by the session
+    /// timeout.
+    fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn terminate(mut self) -> ExitStatus {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not stop within 30 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Panics (with its log) when the process has exited on its own.
+    fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("running");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!(
+                "sink {} exited with {status}: {}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ------------------------------------------------------------------------ status
+
+/// Who holds what in the sink group, as `callsync status --json` shows it.
+#[derive(Debug, Clone)]
+struct Ownership {
+    state: String,
+    /// partition -> (member id, client id), from each partition's `owner`.
+    owners: BTreeMap<i32, (String, String)>,
+    /// member id -> partitions of the topic, from `members[].assignment`.
+    members: BTreeMap<String, Vec<i32>>,
+    /// partition -> committed offset.
+    committed: BTreeMap<i32, i64>,
+}
+
+impl Ownership {
+    fn from_status(report: &Value, group: &str, topic: &str) -> Ownership {
+        let g = report["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .find(|g| g["group"] == group)
+            .unwrap_or_else(|| panic!("group {group} not in status: {report}"));
+        let mut owners = BTreeMap::new();
+        let mut committed = BTreeMap::new();
+        for t in g["topics"].as_array().expect("topics") {
+            if t["topic"] != topic {
+                continue;
+            }
+            for p in t["partitions"].as_array().expect("partitions") {
+                let partition = p["partition"].as_i64().expect("partition") as i32;
+                if let Some(c) = p["committed"].as_i64() {
+                    committed.insert(partition, c);
+                }
+                if let Some(owner) = p["owner"].as_object() {
+                    owners.insert(
+                        partition,
+                        (
+                            owner["member_id"].as_str().expect("member_id").to_string(),
+                            owner["client_id"].as_str().expect("client_id").to_string(),
+                        ),
+                    );
+                }
+            }
+        }
+        let members = g["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| {
+                let parts = m["assignment"][topic]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_i64)
+                            .map(|p| p as i32)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    m["member_id"].as_str().expect("member_id").to_string(),
+                    parts,
+                )
+            })
+            .collect();
+        Ownership {
+            state: g["state"].as_str().unwrap_or_default().to_string(),
+            owners,
+            members,
+            committed,
+        }
+    }
+
+    /// Client ids of the members holding partitions.
+    fn owning_clients(&self) -> BTreeSet<String> {
+        self.owners.values().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// A stable group of `n` members, each holding a share of the partitions, all partitions
+    /// held, and the per-partition owners agreeing with the members' assignments.
+    fn is_settled_with(&self, n: usize) -> bool {
+        let owning: BTreeSet<&String> = self.owners.values().map(|(m, _)| m).collect();
+        self.state == "Stable"
+            && self.members.len() == n
+            && self.owners.len() == PARTITIONS as usize
+            && owning.len() == n
+            && self.members.values().all(|parts| !parts.is_empty())
+            && self
+                .owners
+                .iter()
+                .all(|(p, (m, _))| self.members.get(m).is_some_and(|parts| parts.contains(p)))
+    }
+}
+
+/// Runs `callsync status --json` until the sink group has settled with `n` members.
+fn wait_for_members(setup: &Setup, topic: &str, n: usize, phase: &str) -> Ownership {
+    let started = Instant::now();
+    loop {
+        let text = setup.status(true);
+        let report: Value = serde_json::from_str(&text).expect("status --json is JSON");
+        let ownership = Ownership::from_status(&report, &setup.group, topic);
+        if ownership.is_settled_with(n) {
+            eprintln!(
+                "{phase}: settled with {n} member(s) after {:.1}s: {:?}",
+                started.elapsed().as_secs_f64(),
+                ownership.owners
+            );
+            return ownership;
+        }
+        assert!(
+            started.elapsed() < PHASE_TIMEOUT,
+            "{phase}: `callsync status` did not show {n} member(s) sharing the {PARTITIONS} \
+             partitions within {PHASE_TIMEOUT:?}; last: {ownership:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits until the committed offset of every partition has moved past `since`: every
+/// member holding partitions is applying records.
+fn wait_for_progress(setup: &Setup, topic: &str, since: &Ownership, phase: &str) {
+    let started = Instant::now();
+    loop {
+        let report: Value = serde_json::from_str(&setup.status(true)).expect("status JSON");
+        let now = Ownership::from_status(&report, &setup.group, topic);
+        let advanced = (0..PARTITIONS).all(|p| {
+            now.committed.get(&p).copied().unwrap_or(-1)
+                > since.committed.get(&p).copied().unwrap_or(-1)
+        });
+        if advanced {
+            return;
+        }
+        assert!(
+            started.elapsed() < PHASE_TIMEOUT,
+            "{phase}: committed offsets did not advance on every partition: before {:?}, now {:?}",
+            since.committed,
+            now.committed
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits until the sink's offsets in Postgres (its source of truth) reach the topic's end.
+async fn wait_caught_up(
+    kafka_factory: &KafkaClientFactory,
+    pool: &sqlx::PgPool,
+    group: &str,
+    topic: &str,
+) {
+    let consumer = callsync::ops::scan::scan_consumer(
+        kafka_factory,
+        "ops-scaling-watermarks",
+        callsync_runtime::Isolation::ReadCommitted,
+    )
+    .expect("consumer");
+    let parts =
+        callsync::ops::offsets::topic_partitions(&consumer, topic, TIMEOUT).expect("partitions");
+    let ends: BTreeMap<i32, i64> =
+        callsync::ops::offsets::watermarks(&consumer, topic, &parts, TIMEOUT)
+            .expect("watermarks")
+            .into_iter()
+            .map(|(p, w)| (p, w.high))
+            .filter(|(_, high)| *high > 0)
+            .collect();
+    let started = Instant::now();
+    loop {
+        let stored: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM callsync_offsets \
+             WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        let stored: BTreeMap<i32, i64> = stored.into_iter().collect();
+        if stored == ends {
+            return;
+        }
+        assert!(
+            started.elapsed() < PHASE_TIMEOUT,
+            "the sink did not catch up: stored {stored:?}, end {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn exact_table_diff(got: &[callsync_sinks::StoredCall], want: &BTreeMap<String, CallRecord>) {
+    let mut missing: BTreeSet<&String> = want.keys().collect();
+    let mut wrong = Vec::new();
+    let mut extra = Vec::new();
+    for stored in got {
+        let k = stored.record.key().into_string();
+        match want.get(&k) {
+            Some(w) => {
+                missing.remove(&k);
+                if *w != stored.record {
+                    wrong.push(format!(
+                        "{k}: version {} stored, {} expected",
+                        stored.record.version, w.version
+                    ));
+                }
+            }
+            None => extra.push(k),
+        }
+    }
+    assert!(
+        missing.is_empty() && wrong.is_empty() && extra.is_empty() && got.len() == want.len(),
+        "table differs from the newest versions: {} missing (e.g. {:?}), {} wrong (e.g. {:?}), \
+         {} extra (e.g. {:?}), {} rows for {} calls",
+        missing.len(),
+        missing.iter().take(3).collect::<Vec<_>>(),
+        wrong.len(),
+        wrong.iter().take(3).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(3).collect::<Vec<_>>(),
+        got.len(),
+        want.len()
+    );
+}
+
+async fn create_topics(kafka: &RealKafka, factory: &KafkaClientFactory) -> String {
+    for (base, partitions) in [
+        ("calls", PARTITIONS),
+        ("calls.raw", 1),
+        ("calls.dlq", 1),
+        ("callsync.sync-requests", 1),
+        ("callsync.sync-events", 1),
+    ] {
+        kafka
+            .create_topic(&factory.settings().topic(base), partitions, &[])
+            .await
+            .expect("create topic");
+    }
+    factory.settings().topic("calls")
+}
+
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    tokio::task::spawn_blocking(f)
+}
+
+fn path_of(p: &Path) -> String {
+    p.display().to_string()
+}
+
+// ------------------------------------------------------------------------ the test
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_three_sinks_and_back_mid_stream_keeps_the_table_exact_and_status_shows_the_moves() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let db = callsync_testkit::skip_unless_postgres!();
+    let test_started = Instant::now();
+    let prefix = unique_prefix(&kafka, "ops-scaling");
+    let f = factory(&kafka, &prefix);
+    let topic = create_topics(&kafka, &f).await;
+    // migrate once here, so the three instances do not race on it at start
+    let store = PgStore::connect(&db.url, 2, 500).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let setup = Arc::new(Setup {
+        dir: tempfile::tempdir().expect("temp dir"),
+        bootstrap: kafka.bootstrap().to_string(),
+        prefix: prefix.clone(),
+        db_url: db.url.clone(),
+        group: kafka.unique_group("ops-scaling-sink"),
+    });
+    eprintln!("configs and sink logs in {}", path_of(setup.dir.path()));
+
+    // phase 1: one instance, the stream running
+    let mut sink_1 = setup.start_sink("sink-1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicUsize::new(0));
+    let producer = tokio::spawn(produce_stream(
+        f.clone(),
+        topic.clone(),
+        stop.clone(),
+        produced.clone(),
+    ));
+    let (s, t) = (setup.clone(), topic.clone());
+    let phase_1 = blocking(move || wait_for_members(&s, &t, 1, "phase 1 (one instance)"))
+        .await
+        .expect("join");
+    assert_eq!(
+        phase_1.owning_clients(),
+        BTreeSet::from(["sink-1".to_string()]),
+        "phase 1: sink-1 holds every partition: {phase_1:?}"
+    );
+    let (s, t, p1) = (setup.clone(), topic.clone(), phase_1.clone());
+    blocking(move || wait_for_progress(&s, &t, &p1, "phase 1"))
+        .await
+        .expect("join");
+    let produced_at_scale_out = produced.load(Ordering::SeqCst);
+
+    // phase 2: two more join mid-stream
+    let mut sink_2 = setup.start_sink("sink-2");
+    let mut sink_3 = setup.start_sink("sink-3");
+    let (s, t) = (setup.clone(), topic.clone());
+    let phase_2 = blocking(move || wait_for_members(&s, &t, 3, "phase 2 (three instances)"))
+        .await
+        .expect("join");
+    assert_eq!(
+        phase_2.owning_clients(),
+        BTreeSet::from(["sink-1", "sink-2", "sink-3"].map(String::from)),
+        "phase 2: the partitions are split over the three instances: {phase_2:?}"
+    );
+    let phase_1_member = phase_1.owners[&0].0.clone();
+    assert!(
+        phase_2.members[&phase_1_member].len() < PARTITIONS as usize,
+        "phase 2: sink-1 gave partitions away: {phase_2:?}"
+    );
+    let (s, t, p2) = (setup.clone(), topic.clone(), phase_2.clone());
+    blocking(move || wait_for_progress(&s, &t, &p2, "phase 2"))
+        .await
+        .expect("join");
+    // the human table shows the same: three members of the group with their partitions
+    let (s, group) = (setup.clone(), setup.group.clone());
+    let table = blocking(move || s.status(false)).await.expect("join");
+    eprintln!("phase 2, `callsync status`:\n{table}");
+    let member_rows: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("GROUP MEMBERS"))
+        .filter(|l| l.starts_with(group.as_str()))
+        .collect();
+    assert_eq!(member_rows.len(), 3, "GROUP MEMBERS rows: {table}");
+    for name in ["sink-1", "sink-2", "sink-3"] {
+        assert!(
+            member_rows
+                .iter()
+                .any(|r| r.contains(name) && r.contains(&format!("{topic}: "))),
+            "{name} with its partitions in: {table}"
+        );
+    }
+    sink_1.assert_running();
+    sink_2.assert_running();
+    sink_3.assert_running();
+    let produced_at_scale_in = produced.load(Ordering::SeqCst);
+    assert!(
+        produced_at_scale_in > produced_at_scale_out,
+        "records kept flowing while the group grew"
+    );
+
+    // phase 3: back to one, mid-stream: sink-2 without warning, sink-3 cleanly
+    sink_2.kill();
+    let status_3 = blocking(move || sink_3.terminate()).await.expect("join");
+    assert!(status_3.success(), "sink-3 stopped by SIGTERM: {status_3}");
+    let (s, t) = (setup.clone(), topic.clone());
+    let phase_3 = blocking(move || wait_for_members(&s, &t, 1, "phase 3 (back to one)"))
+        .await
+        .expect("join");
+    assert_eq!(
+        phase_3.owning_clients(),
+        BTreeSet::from(["sink-1".to_string()]),
+        "phase 3: sink-1 holds every partition again: {phase_3:?}"
+    );
+    assert_eq!(
+        phase_3.owners[&0].0, phase_1_member,
+        "phase 3: the survivor is the same member as in phase 1"
+    );
+    let (s, t, p3) = (setup.clone(), topic.clone(), phase_3.clone());
+    blocking(move || wait_for_progress(&s, &t, &p3, "phase 3"))
+        .await
+        .expect("join");
+    sink_1.assert_running();
+
+    // the stream ends; the survivor catches up
+    stop.store(true, Ordering::SeqCst);
+    let records = producer.await.expect("producer");
+    assert!(
+        records.len() > produced_at_scale_in,
+        "records kept flowing while the group shrank"
+    );
+    wait_caught_up(&f, &db.pool, &setup.group, &topic).await;
+    let want = expected(&records);
+    let got = store.all_calls().await.expect("all calls");
+    exact_table_diff(&got, &want);
+    let status_1 = blocking(move || sink_1.terminate()).await.expect("join");
+    assert!(status_1.success(), "sink-1 stopped by SIGTERM: {status_1}");
+    eprintln!(
+        "scaling: {} records for {} calls, 1 -> 3 -> 1 sink instances, table exact; {:.1}s",
+        records.len(),
+        want.len(),
+        test_started.elapsed().as_secs_f64()
+    );
+}
