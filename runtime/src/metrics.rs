@@ -21,7 +21,8 @@ pub const CIRCUIT_STATE: &str = "callsync_circuit_state";
 pub const SINK_BATCH_ROWS: &str = "callsync_sink_batch_rows";
 /// Sink batch commit latency in seconds.
 pub const SINK_BATCH_SECONDS: &str = "callsync_sink_batch_seconds";
-/// Consumer lag, labelled `group`, `topic`, `partition`.
+/// Consumer lag, labelled `group`, `topic`, `partition`: the high watermark minus the group's
+/// committed offset (a fully consumed partition that ends in a transaction marker shows 1).
 pub const CONSUMER_LAG: &str = "callsync_consumer_lag";
 /// Records sent to the DLQ, labelled `stage`, `reason`.
 pub const DLQ_TOTAL: &str = "callsync_dlq_total";
