@@ -12,6 +12,9 @@
 //!
 //! It creates its own topics under a unique prefix and deletes nothing (the broker is a
 //! throwaway one).
+//!
+//! For experiments, `CALLSYNC_BENCH_PROCESSOR_PROPS="k=v;k=v"` passes librdkafka properties to
+//! the processor's clients in step 3 (both its producer and its consumer).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +68,8 @@ pub struct ProcessorBenchResult {
     pub emitted: u64,
     pub duplicates: u64,
     pub batches: u64,
+    /// Seconds of `processor_secs` spent closing batches (changelog, offsets, commit).
+    pub commit_secs: f64,
     pub restore_keys: u64,
     pub restore_secs: f64,
     pub state_bytes_per_key_estimate: f64,
@@ -77,7 +82,7 @@ impl ProcessorBenchResult {
             concat!(
                 "{{\"benchmark\":\"processor\",\"records\":{},\"pipeline_records_per_sec\":{:.0},",
                 "\"produce_records_per_sec\":{:.0},\"processor_records_per_sec\":{:.0},\"processor_secs\":{:.3},",
-                "\"emitted\":{},\"duplicates\":{},\"batches\":{},\"restore_keys\":{},\"restore_secs\":{:.3},",
+                "\"emitted\":{},\"duplicates\":{},\"batches\":{},\"commit_secs\":{:.3},\"restore_keys\":{},\"restore_secs\":{:.3},",
                 "\"state_bytes_per_key_estimate\":{:.1},\"state_bytes_per_key_rss\":{:.1},",
                 "\"target_records_per_sec\":100000,\"target_restore_secs_1m\":5.0}}"
             ),
@@ -89,6 +94,7 @@ impl ProcessorBenchResult {
             self.emitted,
             self.duplicates,
             self.batches,
+            self.commit_secs,
             self.restore_keys,
             self.restore_secs,
             self.state_bytes_per_key_estimate,
@@ -204,9 +210,22 @@ pub async fn bench_processor(
         group_id: format!("bench-processor-{stamp}"),
         ..ProcessorConfig::default()
     };
+    let mut processor_kafka = kafka.clone();
+    if let Ok(props) = std::env::var("CALLSYNC_BENCH_PROCESSOR_PROPS") {
+        let mut settings = kafka.settings().clone();
+        for pair in props.split(';').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| BenchError::Setup(format!("not k=v: {pair:?}")))?;
+            settings
+                .client_properties
+                .insert(k.trim().to_string(), v.trim().to_string());
+        }
+        processor_kafka = KafkaClientFactory::new(settings);
+    }
     let run = tokio::spawn(run_processor_with_counters(
         config,
-        kafka.clone(),
+        processor_kafka,
         shutdown.clone(),
         counters.clone(),
     ));
@@ -236,6 +255,7 @@ pub async fn bench_processor(
     result.emitted = report.emitted;
     result.duplicates = report.duplicates;
     result.batches = report.batches_committed;
+    result.commit_secs = report.commit_micros as f64 / 1e6;
 
     // 4. restore of `restore_keys` keys
     let state_topic = kafka.settings().topic("restore-bench.dedup-state");

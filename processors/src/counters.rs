@@ -36,6 +36,8 @@ pub struct ProcessorCounters {
     pub undecodable: AtomicU64,
     pub batches_committed: AtomicU64,
     pub batches_aborted: AtomicU64,
+    /// Time spent closing committed batches (changelog writes, offsets, commit), in µs.
+    pub commit_micros: AtomicU64,
     /// Dedup changelog entries written.
     pub state_writes: AtomicU64,
     /// Tombstones written for expired entries.
@@ -62,6 +64,7 @@ impl ProcessorCounters {
             undecodable: get(&self.undecodable),
             batches_committed: get(&self.batches_committed),
             batches_aborted: get(&self.batches_aborted),
+            commit_micros: get(&self.commit_micros),
             state_writes: get(&self.state_writes),
             expired: get(&self.expired),
             partitions_restored: get(&self.partitions_restored),
@@ -115,6 +118,8 @@ pub struct ProcessorReport {
     pub undecodable: u64,
     pub batches_committed: u64,
     pub batches_aborted: u64,
+    /// Time spent closing committed batches (changelog writes, offsets, commit), in µs.
+    pub commit_micros: u64,
     pub state_writes: u64,
     pub expired: u64,
     pub partitions_restored: u64,

@@ -28,4 +28,6 @@ pub mod validate;
 pub use config::{ConfigError, PhoneCheck, ProcessorConfig};
 pub use counters::{ProcessorCounters, ProcessorReport};
 pub use error::ProcessorError;
-pub use processor::{run_processor, run_processor_with_counters};
+pub use processor::{
+    run_processor, run_processor_with_counters, run_processor_with_faults, ProcessorFaults,
+};

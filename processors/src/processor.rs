@@ -60,8 +60,40 @@ pub async fn run_processor_with_counters(
     shutdown: Shutdown,
     counters: Arc<ProcessorCounters>,
 ) -> Result<ProcessorReport, ProcessorError> {
+    run_processor_with_faults(
+        config,
+        kafka,
+        shutdown,
+        counters,
+        ProcessorFaults::default(),
+    )
+    .await
+}
+
+/// Faults a test injects into a running instance, to drive it down its failure paths on a
+/// real broker. [`ProcessorFaults::default`] injects none.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessorFaults {
+    /// Once, when the batch in flight has consumed this many records, send a record to a
+    /// partition the output topic does not have: librdkafka refuses it, and the batch takes
+    /// the abortable-failure path (abort, drop the staged state, rewind).
+    pub fail_batch_at_records: Option<u64>,
+    /// Once, after this many records were consumed in total, stop polling for the given time
+    /// with the batch open (longer than `max.poll.interval.ms`, the group evicts the instance
+    /// and the assignment is lost).
+    pub stall_after_records: Option<(u64, Duration)>,
+}
+
+/// [`run_processor_with_counters`] with injected `faults` (tests).
+pub async fn run_processor_with_faults(
+    config: ProcessorConfig,
+    kafka: KafkaClientFactory,
+    shutdown: Shutdown,
+    counters: Arc<ProcessorCounters>,
+    faults: ProcessorFaults,
+) -> Result<ProcessorReport, ProcessorError> {
     config.check()?;
-    tokio::task::spawn_blocking(move || run_blocking(config, kafka, shutdown, counters))
+    tokio::task::spawn_blocking(move || run_blocking(config, kafka, shutdown, counters, faults))
         .await
         .map_err(|e| ProcessorError::Worker(e.to_string()))?
 }
@@ -80,6 +112,7 @@ fn run_blocking(
     kafka: KafkaClientFactory,
     shutdown: Shutdown,
     counters: Arc<ProcessorCounters>,
+    faults: ProcessorFaults,
 ) -> Result<ProcessorReport, ProcessorError> {
     let settings = kafka.settings();
     let topics = Topics {
@@ -122,6 +155,8 @@ fn run_blocking(
         fatal: None,
         last_sweep: Instant::now(),
         scratch: Vec::with_capacity(1024),
+        consumed_total: 0,
+        faults,
     }));
 
     let mut consumer_config = kafka.consumer_config(&config.group_id, Isolation::ReadCommitted);
@@ -174,19 +209,19 @@ fn run_blocking(
 
 fn poll_loop(
     consumer: &BaseConsumer<ProcessorContext>,
-    engine: &Mutex<Engine>,
+    shared: &Mutex<Engine>,
     shutdown: &Shutdown,
 ) -> Result<(), ProcessorError> {
     let poll_timeout = Duration::from_millis(20);
     loop {
         if shutdown.is_triggered() {
-            let mut engine = lock(engine);
+            let mut engine = lock(shared);
             engine.take_fatal()?;
             tracing::info!("shutdown: committing the batch in flight");
             return engine.commit_batch(consumer, &[]);
         }
         let polled = consumer.poll(poll_timeout);
-        let mut engine = lock(engine);
+        let mut engine = lock(shared);
         engine.take_fatal()?;
         match polled {
             None => {}
@@ -199,6 +234,12 @@ fn poll_loop(
                 })
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error (librdkafka retries)"),
+        }
+        if let Some(stall) = engine.take_due_stall() {
+            drop(engine);
+            tracing::warn!(?stall, "injected fault: not polling");
+            std::thread::sleep(stall);
+            engine = lock(shared);
         }
         engine.tick(consumer)?;
     }
@@ -289,11 +330,69 @@ struct Engine {
     fatal: Option<ProcessorError>,
     last_sweep: Instant,
     scratch: Vec<u8>,
+    /// Input records handled since the start (committed or not), for injected faults.
+    consumed_total: u64,
+    faults: ProcessorFaults,
 }
 
 const COMMIT_RETRIES: usize = 5;
 
 impl Engine {
+    /// The injected stall, once it is due.
+    fn take_due_stall(&mut self) -> Option<Duration> {
+        match self.faults.stall_after_records {
+            Some((after, stall)) if self.consumed_total >= after => {
+                self.faults.stall_after_records = None;
+                Some(stall)
+            }
+            _ => None,
+        }
+    }
+
+    /// The injected batch failure, once it is due: a record librdkafka refuses.
+    fn injected_send_failure(&mut self) -> Option<KafkaError> {
+        let at = self.faults.fail_batch_at_records?;
+        let consumed = self.batch.as_ref().map_or(0, |b| b.tally.consumed);
+        if consumed < at {
+            return None;
+        }
+        self.faults.fail_batch_at_records = None;
+        tracing::warn!(
+            consumed,
+            "injected fault: sending to a partition that does not exist"
+        );
+        let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topics.output)
+            .partition(i32::MAX)
+            .payload(&b"injected fault"[..]);
+        self.producer.send(record).err().map(|(e, _)| e)
+    }
+
+    /// Abort the open transaction. librdkafka's abort waits until no message of the
+    /// transaction is outstanding, delivery reports included, and with a `BaseProducer` only
+    /// this thread serves those (rdkafka's `abort_transaction` does not, unlike its commit),
+    /// so serve them first. (Purging the queue here instead would leave the idempotent
+    /// producer bumping its epoch, and the next batch's first send failing.)
+    fn abort_transaction(&self) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + self.config.commit_timeout();
+        loop {
+            while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+                self.producer.poll(Duration::from_millis(10));
+            }
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
+            match self.producer.abort_transaction(left) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && Instant::now() < deadline =>
+                {
+                    tracing::warn!(error = %e, "abort_transaction timed out; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn take_fatal(&mut self) -> Result<(), ProcessorError> {
         match self.fatal.take() {
             Some(e) => Err(e),
@@ -305,10 +404,7 @@ impl Engine {
     /// on an error and whoever takes its partitions resumes from the committed offsets.
     fn discard_batch(&mut self) {
         if self.batch.take().is_some() && self.producer.client().fatal_error().is_none() {
-            if let Err(e) = self
-                .producer
-                .abort_transaction(self.config.commit_timeout())
-            {
+            if let Err(e) = self.abort_transaction() {
                 tracing::warn!(error = %e, "aborting the batch in flight while stopping failed");
             }
         }
@@ -357,6 +453,7 @@ impl Engine {
         batch.first_offsets.entry(partition).or_insert(offset);
         batch.next_offsets.insert(partition, offset + 1);
         batch.tally.consumed += 1;
+        self.consumed_total += 1;
         let now = batch.now;
 
         let refresh_after = (self.config.dedup_ttl_secs as i64).saturating_mul(1_000_000) / 4;
@@ -409,6 +506,9 @@ impl Engine {
         };
         if let Err(e) = sent {
             return self.fail_batch(consumer, "produce", e, &[]);
+        }
+        if let Some(e) = self.injected_send_failure() {
+            return self.fail_batch(consumer, "produce (injected fault)", e, &[]);
         }
         let Some(batch) = self.batch.as_mut() else {
             return Ok(());
@@ -554,6 +654,7 @@ impl Engine {
         consumer: &BaseConsumer<ProcessorContext>,
         revoking: &[i32],
     ) -> Result<(), ProcessorError> {
+        let commit_started = Instant::now();
         let Some(batch) = self.batch.as_mut() else {
             return Ok(());
         };
@@ -667,6 +768,10 @@ impl Engine {
             }
         }
         self.counters.add_batch(&batch.tally);
+        self.counters.commit_micros.fetch_add(
+            commit_started.elapsed().as_micros() as u64,
+            Ordering::Relaxed,
+        );
         let t = &batch.tally;
         for (outcome, n) in [
             ("emitted", t.emitted),
@@ -735,10 +840,7 @@ impl Engine {
         let Some(batch) = self.batch.take() else {
             return Ok(());
         };
-        if let Err(e) = self
-            .producer
-            .abort_transaction(self.config.commit_timeout())
-        {
+        if let Err(e) = self.abort_transaction() {
             return Err(match classify(&self.producer, &e) {
                 Failure::Fenced => ProcessorError::Fenced {
                     transactional_id: self.transactional_id.clone(),

@@ -21,6 +21,7 @@ use std::fmt;
 use callsync_schemas::{CallRecord, CallStatus};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::config::{ConfigError, PhoneCheck, ProcessorConfig};
 use crate::normalize::{map_provider_status, normalize_currency, normalize_phone, PhoneError};
@@ -131,7 +132,7 @@ pub struct RecordValidator {
     phone_region: phonenumber::country::Id,
     phone_check: PhoneCheck,
     max_future_skew: chrono::Duration,
-    phone_memo: HashMap<Box<str>, Result<Option<Box<str>>, PhoneError>>,
+    phone_memo: HashMap<Box<str>, Result<Option<Box<str>>, PhoneError>, Xxh3DefaultBuilder>,
 }
 
 impl RecordValidator {
@@ -151,7 +152,7 @@ impl RecordValidator {
             max_future_skew: chrono::Duration::seconds(
                 i64::try_from(config.max_future_skew_secs).unwrap_or(i64::MAX / 1_000_000),
             ),
-            phone_memo: HashMap::new(),
+            phone_memo: HashMap::default(),
         })
     }
 
@@ -170,7 +171,7 @@ impl RecordValidator {
         check_money(record.revenue.as_ref(), "revenue")?;
         check_money(record.payout.as_ref(), "payout")?;
         let mut changed = false;
-        if let Some(currency) = &record.currency {
+        if let Some(currency) = record.currency.as_deref().filter(|c| !is_known_currency(c)) {
             let code = normalize_currency(currency).map_err(|e| {
                 Rejection::new(RejectReason::UnknownCurrency, "currency", e.to_string())
             })?;
@@ -301,6 +302,13 @@ impl RecordValidator {
         *value = normalized.map(String::from);
         Ok(true)
     }
+}
+
+/// Whether `code` is already a normalized ISO 4217 code (the common case: no allocation).
+fn is_known_currency(code: &str) -> bool {
+    code.len() == 3
+        && code.bytes().all(|b| b.is_ascii_uppercase())
+        && iso_currency::Currency::from_code(code).is_some()
 }
 
 fn key_matches(key: &[u8], record: &CallRecord) -> bool {
