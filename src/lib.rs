@@ -4,6 +4,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ops;
 pub mod roles;
 pub mod scheduler;

@@ -249,18 +249,28 @@ impl<'a> Fields<'a> {
     }
 
     /// Money read exactly from the JSON text: numbers (`5.0`, `0`) and strings (`"0.08"`,
-    /// `"$1,200.50"`) alike; `""` is `None`.
+    /// `"$1,200.50"`) alike; `""` is `None`. An amount `decimal(18,4)` cannot hold exactly
+    /// (more than 4 non-zero decimal places, more than 18 digits) is refused here, naming the
+    /// field, rather than failing the Avro encoding later (a webhook would be answered 500).
     pub fn decimal(&self, field: &str) -> Result<Option<Decimal>, MappingError> {
         let Some(text) = self.number_text(field)? else {
             return Ok(None);
         };
-        parse_decimal(&text).map(Some).ok_or_else(|| {
+        let amount = parse_decimal(&text).ok_or_else(|| {
             self.err(
                 field,
                 "invalid_value",
                 format!("{text:?} is not a decimal amount"),
             )
-        })
+        })?;
+        callsync_schemas::binary::decimal_unscaled(&amount).map_err(|problem| {
+            self.err(
+                field,
+                "invalid_value",
+                format!("{text:?} does not fit decimal(18,4): {problem}"),
+            )
+        })?;
+        Ok(Some(amount))
     }
 
     /// A boolean; accepts `true`/`false`, `"true"`/`"false"`, `1`/`0`, `"yes"`/`"no"`.
@@ -606,6 +616,29 @@ mod tests {
             "12345678901234.5678"
         );
         assert_eq!(f.decimal("h").unwrap().unwrap().to_string(), "1200.50");
+    }
+
+    /// Found by the fuzzing proptests (`connectors/src/fuzzing.rs`): a webhook whose money
+    /// had more than 4 non-zero decimal places parsed, then failed the Avro encoding (500,
+    /// retried by the sender for ever).
+    #[test]
+    fn money_that_decimal_18_4_cannot_hold_is_refused_naming_the_field() {
+        let r = raw(
+            r#"{"a": "0.000000000000000000000000001", "b": 12.34567, "c": "1e15", "d": "1.50000"}"#,
+        );
+        let c = ctx();
+        let f = Fields::parse(&r, &c).unwrap();
+        for field in ["a", "b", "c"] {
+            let e = f.decimal(field).unwrap_err();
+            assert_eq!(
+                (e.field.as_str(), e.reason),
+                (field, "invalid_value"),
+                "{e}"
+            );
+            assert!(e.detail.contains("does not fit decimal(18,4)"), "{e}");
+        }
+        // trailing zeros rescale exactly: kept
+        assert_eq!(f.decimal("d").unwrap().unwrap().to_string(), "1.50000");
     }
 
     #[test]

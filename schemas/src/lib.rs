@@ -26,6 +26,8 @@
 
 pub mod binary;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod records;
 pub mod registry;

@@ -50,6 +50,8 @@ fn all_decoders(bytes: &[u8], d: &RecordDecoder<CallRecord>) {
     let _ = OTHERS.1.decode(bytes);
     let _ = OTHERS.2.decode(bytes);
     let _ = callsync_schemas::decode_call_record(bytes);
+    // the `avro_decode` fuzz target's body: the same decoders plus the round-trip check
+    callsync_schemas::fuzzing::decode_value(bytes);
 }
 
 fn headers() -> &'static [Vec<u8>] {

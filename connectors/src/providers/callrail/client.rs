@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::config::CallRailAccount;
 use crate::error::ClientError;
-use crate::http::ProviderHttp;
+use crate::http::{HttpResponse, ProviderHttp};
 use crate::mapping::{parse_timestamp, MapContext, MappingError};
 use crate::providers::{
     bad_token, keep_in_window, peek_field, Page, PageRequest, PageToken, ProviderClient,
@@ -34,6 +34,51 @@ struct Envelope {
 
 fn start_time(raw: &RawValue) -> Option<DateTime<Utc>> {
     peek_field(raw, &["start_time"]).and_then(|s| parse_timestamp(&s, chrono_tz::UTC))
+}
+
+/// How a CallRail page was asked for: `page` number (from 1) or, with relative pagination,
+/// `offset` (from 0).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallRailPosition {
+    pub per_page: u32,
+    pub relative: bool,
+    pub position: u64,
+}
+
+/// One calls response to its records in the window and the next page token; an error is a
+/// malformed body (retried).
+pub(crate) fn read_page(
+    resp: &HttpResponse,
+    req: &PageRequest,
+    at: CallRailPosition,
+) -> Result<Page, String> {
+    let CallRailPosition {
+        per_page,
+        relative,
+        position,
+    } = at;
+    let env = serde_json::from_slice::<Envelope>(&resp.body)
+        .map_err(|e| format!("expected {{\"calls\": [...], ...}}: {e}"))?;
+    let fetched = env.calls.len();
+    let next = if fetched == 0 {
+        None
+    } else if relative {
+        env.has_next_page
+            .unwrap_or(fetched >= per_page as usize)
+            .then(|| PageToken::Offset(position + fetched as u64))
+    } else {
+        let more = match env.total_pages {
+            Some(total) => position < total,
+            None => fetched >= per_page as usize,
+        };
+        more.then(|| PageToken::Page(position as u32 + 1))
+    };
+    let records = keep_in_window(env.calls, req.start, req.end, start_time);
+    Ok(Page {
+        records,
+        next,
+        fetched,
+    })
 }
 
 impl CallRailClient {
@@ -101,8 +146,12 @@ impl ProviderClient for CallRailClient {
             query.push(("page", position.to_string()));
         }
         let auth = format!("Token token=\"{}\"", self.account.api_key.expose());
-        let env = self
-            .http
+        let at = CallRailPosition {
+            per_page,
+            relative,
+            position,
+        };
+        self.http
             .execute(
                 "calls",
                 |c| {
@@ -111,32 +160,9 @@ impl ProviderClient for CallRailClient {
                         .header("Authorization", &auth)
                         .header("Request-From", "callsync")
                 },
-                |resp| {
-                    serde_json::from_slice::<Envelope>(&resp.body)
-                        .map_err(|e| format!("expected {{\"calls\": [...], ...}}: {e}"))
-                },
+                |resp| read_page(resp, req, at),
             )
-            .await?;
-        let fetched = env.calls.len();
-        let next = if fetched == 0 {
-            None
-        } else if relative {
-            env.has_next_page
-                .unwrap_or(fetched >= per_page as usize)
-                .then(|| PageToken::Offset(position + fetched as u64))
-        } else {
-            let more = match env.total_pages {
-                Some(total) => position < total,
-                None => fetched >= per_page as usize,
-            };
-            more.then(|| PageToken::Page(position as u32 + 1))
-        };
-        let records = keep_in_window(env.calls, req.start, req.end, start_time);
-        Ok(Page {
-            records,
-            next,
-            fetched,
-        })
+            .await
     }
 
     fn map_record(&self, raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, MappingError> {

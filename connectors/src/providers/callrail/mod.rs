@@ -10,5 +10,6 @@ mod mapping;
 mod tests;
 
 pub use client::CallRailClient;
+pub(crate) use client::{read_page, CallRailPosition};
 pub use config::CallRailAccount;
 pub use mapping::map_call;

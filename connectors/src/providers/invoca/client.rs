@@ -5,7 +5,7 @@ use serde_json::value::RawValue;
 
 use super::config::InvocaAccount;
 use crate::error::ClientError;
-use crate::http::ProviderHttp;
+use crate::http::{HttpResponse, ProviderHttp};
 use crate::mapping::{MapContext, MappingError};
 use crate::providers::{
     bad_token, keep_in_window, peek_field, split_array, Page, PageRequest, PageToken,
@@ -24,6 +24,33 @@ fn start_time(raw: &RawValue) -> Option<DateTime<Utc>> {
     peek_field(raw, &["start_time_utc"])
         .and_then(|s| s.parse::<i64>().ok())
         .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+}
+
+/// One transactions response (asked with `limit`) to its records (in the window unless the
+/// scan is by transaction) and the next page token; an error is a malformed body (retried).
+pub(crate) fn read_page(
+    resp: &HttpResponse,
+    req: &PageRequest,
+    limit: u32,
+) -> Result<Page, String> {
+    let rows = split_array(&resp.body)?;
+    let fetched = rows.len();
+    let last_id = rows.last().and_then(|r| peek_field(r, &["transaction_id"]));
+    let next = if fetched >= limit as usize {
+        last_id.map(PageToken::AfterTransaction)
+    } else {
+        None
+    };
+    let records = if req.scan == Scan::Transactions {
+        rows
+    } else {
+        keep_in_window(rows, req.start, req.end, start_time)
+    };
+    Ok(Page {
+        records,
+        next,
+        fetched,
+    })
 }
 
 impl InvocaClient {
@@ -85,31 +112,13 @@ impl ProviderClient for InvocaClient {
             query.push(("to", last.max(from).format("%Y-%m-%d").to_string()));
         }
         let token = self.account.token.expose().to_string();
-        let rows = self
-            .http
+        self.http
             .execute(
                 "transactions",
                 |c| c.get(&url).query(&query).header("Authorization", &token),
-                |resp| split_array(&resp.body),
+                |resp| read_page(resp, req, limit),
             )
-            .await?;
-        let fetched = rows.len();
-        let last_id = rows.last().and_then(|r| peek_field(r, &["transaction_id"]));
-        let next = if fetched >= limit as usize {
-            last_id.map(PageToken::AfterTransaction)
-        } else {
-            None
-        };
-        let records = if req.scan == Scan::Transactions {
-            rows
-        } else {
-            keep_in_window(rows, req.start, req.end, start_time)
-        };
-        Ok(Page {
-            records,
-            next,
-            fetched,
-        })
+            .await
     }
 
     fn map_record(&self, raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, MappingError> {

@@ -9,6 +9,7 @@ mod mapping;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use client::read_page;
 pub use client::InvocaClient;
 pub use config::{InvocaAccount, InvocaRole};
 pub use mapping::map_transaction;

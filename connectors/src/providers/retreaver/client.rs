@@ -5,7 +5,7 @@ use serde_json::value::RawValue;
 
 use super::config::RetreaverAccount;
 use crate::error::ClientError;
-use crate::http::ProviderHttp;
+use crate::http::{HttpResponse, ProviderHttp};
 use crate::mapping::{parse_timestamp, MapContext, MappingError};
 use crate::providers::{
     bad_token, keep_in_window, peek_field, split_array, Page, PageRequest, PageToken,
@@ -43,6 +43,39 @@ fn time_of(raw: &RawValue, field: &str) -> Option<DateTime<Utc>> {
     peek_field(raw, &["call", field])
         .or_else(|| peek_field(raw, &[field]))
         .and_then(|s| parse_timestamp(&s, chrono_tz::UTC))
+}
+
+/// One list-calls response (page number `page` of `req`) to its records in the window and
+/// the next page token; an error is a malformed body (retried).
+pub(crate) fn read_page(resp: &HttpResponse, req: &PageRequest, page: u32) -> Result<Page, String> {
+    let records = split_array(&resp.body)?;
+    let has_next = link_has_next(&resp.headers);
+    let fetched = records.len();
+    let (start, end) = (req.start, req.end);
+    let (records, next) = match req.scan {
+        Scan::Updated => {
+            // newest first: once a row is older than the window start, later pages are too
+            let reached_start = records
+                .iter()
+                .any(|r| time_of(r, "updated_at").is_some_and(|t| t < start));
+            let kept = keep_in_window(records, start, end, |r| time_of(r, "updated_at"));
+            let next =
+                (has_next && !reached_start && fetched > 0).then(|| PageToken::Page(page + 1));
+            (kept, next)
+        }
+        _ => {
+            let kept = keep_in_window(records, start, end, |r| time_of(r, "created_at"));
+            (
+                kept,
+                (has_next && fetched > 0).then(|| PageToken::Page(page + 1)),
+            )
+        }
+    };
+    Ok(Page {
+        records,
+        next,
+        fetched,
+    })
 }
 
 impl RetreaverClient {
@@ -106,8 +139,7 @@ impl ProviderClient for RetreaverClient {
             }
         }
         let url = self.url();
-        let (records, has_next) = self
-            .http
+        self.http
             .execute(
                 "list_calls",
                 |c| {
@@ -115,35 +147,9 @@ impl ProviderClient for RetreaverClient {
                         .query(&query)
                         .header("Accept", "application/json")
                 },
-                |resp| Ok((split_array(&resp.body)?, link_has_next(&resp.headers))),
+                |resp| read_page(resp, req, page),
             )
-            .await?;
-        let fetched = records.len();
-        let (start, end) = (req.start, req.end);
-        let (records, next) = match req.scan {
-            Scan::Updated => {
-                // newest first: once a row is older than the window start, later pages are too
-                let reached_start = records
-                    .iter()
-                    .any(|r| time_of(r, "updated_at").is_some_and(|t| t < start));
-                let kept = keep_in_window(records, start, end, |r| time_of(r, "updated_at"));
-                let next =
-                    (has_next && !reached_start && fetched > 0).then(|| PageToken::Page(page + 1));
-                (kept, next)
-            }
-            _ => {
-                let kept = keep_in_window(records, start, end, |r| time_of(r, "created_at"));
-                (
-                    kept,
-                    (has_next && fetched > 0).then(|| PageToken::Page(page + 1)),
-                )
-            }
-        };
-        Ok(Page {
-            records,
-            next,
-            fetched,
-        })
+            .await
     }
 
     fn map_record(&self, raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, MappingError> {

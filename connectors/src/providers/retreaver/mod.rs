@@ -8,6 +8,7 @@ mod mapping;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use client::read_page;
 pub use client::RetreaverClient;
 pub use config::RetreaverAccount;
 pub use mapping::map_call;

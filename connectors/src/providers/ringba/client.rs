@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::config::RingbaAccount;
 use crate::error::ClientError;
-use crate::http::ProviderHttp;
+use crate::http::{HttpResponse, ProviderHttp};
 use crate::mapping::{MapContext, MappingError};
 use crate::providers::{
     bad_token, keep_in_window, peek_field, Page, PageRequest, PageToken, ProviderClient,
@@ -37,6 +37,34 @@ fn call_time(raw: &RawValue) -> Option<DateTime<Utc>> {
     peek_field(raw, &["callDt"])
         .and_then(|s| s.parse::<i64>().ok())
         .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+}
+
+/// One call-logs response (asked at `offset` with page `size`) to its records in the window
+/// and the next page token; an error is a malformed body (retried).
+pub(crate) fn read_page(
+    resp: &HttpResponse,
+    req: &PageRequest,
+    offset: u64,
+    size: u64,
+) -> Result<Page, String> {
+    let env: Envelope = serde_json::from_slice(&resp.body)
+        .map_err(|e| format!("expected {{\"report\": {{\"records\": [...]}}}}: {e}"))?;
+    if env.is_rate_limited {
+        return Err("rate limited (isRateLimited in a 2xx body)".to_string());
+    }
+    let report = env
+        .report
+        .ok_or_else(|| "no `report` in the response".to_string())?;
+    let (records, total) = (report.records, report.total_count);
+    let fetched = records.len() as u64;
+    let next = (fetched > 0 && offset + fetched < total && fetched >= size)
+        .then(|| PageToken::Offset(offset + fetched));
+    let records = keep_in_window(records, req.start, req.end, call_time);
+    Ok(Page {
+        records,
+        next,
+        fetched: fetched as usize,
+    })
 }
 
 impl RingbaClient {
@@ -78,34 +106,13 @@ impl ProviderClient for RingbaClient {
             "size": size,
         });
         let auth = format!("Token {}", self.account.token.expose());
-        let (records, total) = self
-            .http
+        self.http
             .execute(
                 "calllogs",
                 |c| c.post(&url).header("Authorization", &auth).json(&body),
-                |resp| {
-                    let env: Envelope = serde_json::from_slice(&resp.body).map_err(|e| {
-                        format!("expected {{\"report\": {{\"records\": [...]}}}}: {e}")
-                    })?;
-                    if env.is_rate_limited {
-                        return Err("rate limited (isRateLimited in a 2xx body)".to_string());
-                    }
-                    let report = env
-                        .report
-                        .ok_or_else(|| "no `report` in the response".to_string())?;
-                    Ok((report.records, report.total_count))
-                },
+                |resp| read_page(resp, req, offset, size),
             )
-            .await?;
-        let fetched = records.len() as u64;
-        let next = (fetched > 0 && offset + fetched < total && fetched >= size)
-            .then(|| PageToken::Offset(offset + fetched));
-        let records = keep_in_window(records, req.start, req.end, call_time);
-        Ok(Page {
-            records,
-            next,
-            fetched: fetched as usize,
-        })
+            .await
     }
 
     fn map_record(&self, raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, MappingError> {

@@ -8,6 +8,7 @@ mod mapping;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use client::read_page;
 pub use client::RingbaClient;
 pub use config::RingbaAccount;
 pub use mapping::map_call;

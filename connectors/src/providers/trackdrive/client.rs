@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use super::config::TrackDriveAccount;
 use crate::error::ClientError;
-use crate::http::ProviderHttp;
+use crate::http::{HttpResponse, ProviderHttp};
 use crate::mapping::{parse_timestamp, MapContext, MappingError};
 use crate::providers::{
     bad_token, keep_in_window, peek_field, Page, PageRequest, PageToken, ProviderClient,
@@ -39,6 +39,31 @@ fn created_at(raw: &RawValue) -> Option<DateTime<Utc>> {
 /// `2016-01-01 12:25:15 +0000`, the documented filter format.
 fn filter_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S %z").to_string()
+}
+
+/// One calls response to its records in the window and the next page token (its
+/// `metadata.next_cursor`; `0`, `""` or `null` end the scan); an error is a malformed body
+/// (retried).
+pub(crate) fn read_page(resp: &HttpResponse, req: &PageRequest) -> Result<Page, String> {
+    let env = serde_json::from_slice::<Envelope>(&resp.body).map_err(|e| {
+        format!("expected {{\"calls\": [...], \"metadata\": {{\"next_cursor\": …}}}}: {e}")
+    })?;
+    let next = match &env.metadata.next_cursor {
+        serde_json::Value::Number(n) if n.as_i64() == Some(0) => None,
+        serde_json::Value::String(s) if s == "0" || s.is_empty() => None,
+        serde_json::Value::Null => None,
+        serde_json::Value::Number(n) => Some(PageToken::Cursor(n.to_string())),
+        serde_json::Value::String(s) => Some(PageToken::Cursor(s.clone())),
+        _ => None,
+    };
+    let fetched = env.calls.len();
+    let next = if fetched == 0 { None } else { next };
+    let records = keep_in_window(env.calls, req.start, req.end, created_at);
+    Ok(Page {
+        records,
+        next,
+        fetched,
+    })
 }
 
 impl TrackDriveClient {
@@ -90,33 +115,13 @@ impl ProviderClient for TrackDriveClient {
                 self.account.private_key.expose()
             ))
         );
-        let env = self
-            .http
+        self.http
             .execute(
                 "calls",
                 |c| c.get(&url).query(&query).header("Authorization", &auth),
-                |resp| {
-                    serde_json::from_slice::<Envelope>(&resp.body)
-                        .map_err(|e| format!("expected {{\"calls\": [...], \"metadata\": {{\"next_cursor\": …}}}}: {e}"))
-                },
+                |resp| read_page(resp, req),
             )
-            .await?;
-        let next = match &env.metadata.next_cursor {
-            serde_json::Value::Number(n) if n.as_i64() == Some(0) => None,
-            serde_json::Value::String(s) if s == "0" || s.is_empty() => None,
-            serde_json::Value::Null => None,
-            serde_json::Value::Number(n) => Some(PageToken::Cursor(n.to_string())),
-            serde_json::Value::String(s) => Some(PageToken::Cursor(s.clone())),
-            _ => None,
-        };
-        let fetched = env.calls.len();
-        let next = if fetched == 0 { None } else { next };
-        let records = keep_in_window(env.calls, req.start, req.end, created_at);
-        Ok(Page {
-            records,
-            next,
-            fetched,
-        })
+            .await
     }
 
     fn map_record(&self, raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, MappingError> {

@@ -9,6 +9,7 @@ mod mapping;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use client::read_page;
 pub use client::TrackDriveClient;
 pub use config::TrackDriveAccount;
 pub use mapping::map_call;
