@@ -61,8 +61,13 @@ pub struct SyncSettings {
     pub initial_incremental_secs: u64,
     /// `full` re-reads this trailing window.
     pub full_window_days: u32,
-    /// A backfill range is split into windows this long, each resumable on its own.
+    /// A backfill range is split into windows, each resumable on its own. The first ones are
+    /// this long (and all of them for a provider that never returns a full page); later ones
+    /// are sized from the call density seen to hold `backfill_pages_per_window` pages.
     pub backfill_window_secs: u64,
+    /// Full pages a backfill window aims at: its last page is partial, so this many pages
+    /// waste about half a page (0.5% of the requests at 100).
+    pub backfill_pages_per_window: u64,
     /// Backfill windows fetched at once (all inside the account's rate limit).
     pub backfill_concurrency: usize,
     /// A progress event every this many records.
@@ -83,6 +88,7 @@ impl Default for SyncSettings {
             initial_incremental_secs: 24 * 3600,
             full_window_days: 7,
             backfill_window_secs: 24 * 3600,
+            backfill_pages_per_window: 100,
             backfill_concurrency: 4,
             progress_every: 1000,
             request_timeout_secs: 30,

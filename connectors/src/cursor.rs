@@ -25,10 +25,16 @@ pub fn full_stream(sync_id: &str) -> String {
     format!("full/{sync_id}")
 }
 
+/// The streams of one backfill share this prefix (`backfill/{sync_id}`).
+pub fn backfill_stream_prefix(sync_id: &str) -> String {
+    format!("backfill/{sync_id}")
+}
+
 /// The stream of one backfill window.
 pub fn backfill_stream(sync_id: &str, window_start: DateTime<Utc>) -> String {
     format!(
-        "backfill/{sync_id}/{}",
+        "{}/{}",
+        backfill_stream_prefix(sync_id),
         window_start.format("%Y%m%dT%H%M%S%.6fZ")
     )
 }

@@ -41,11 +41,14 @@
 //! # Ok(()) }
 //! ```
 
+mod backfill;
 pub mod bench;
 pub mod circuit;
 pub mod config;
 pub mod cursor;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod mapping;
 pub mod progress;

@@ -12,12 +12,16 @@ use callsync_schemas::{
     WireFormat,
 };
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt};
+use futures::stream::StreamExt;
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
+use crate::backfill::{coverage, Range, WindowPlanner, WindowStats};
 use crate::config::SyncSettings;
-use crate::cursor::{backfill_stream, cursor_key, full_stream, SourceCursor, INCREMENTAL_STREAM};
+use crate::cursor::{
+    backfill_stream, backfill_stream_prefix, cursor_key, full_stream, SourceCursor,
+    INCREMENTAL_STREAM,
+};
 use crate::error::{StoreError, SyncError};
 use crate::mapping::{MapContext, MappingError};
 use crate::progress::{ProgressSink, ProgressTracker};
@@ -90,9 +94,14 @@ struct WindowPlan {
 }
 
 struct Plan {
+    /// Windows to read (a backfill's: those to resume).
     windows: Vec<WindowPlan>,
     already_done: u64,
     skipped: Option<String>,
+    /// Backfill: parts of the range no window covers yet (cut into windows as it runs).
+    gaps: Vec<Range>,
+    /// Backfill: what the windows done earlier showed (for sizing new ones).
+    seen: Vec<WindowStats>,
 }
 
 fn micros_secs(secs: u64) -> chrono::Duration {
@@ -130,6 +139,8 @@ fn plan(
                                 provider,
                                 min_interval.as_secs()
                             )),
+                            gaps: Vec::new(),
+                            seen: Vec::new(),
                         });
                     }
                 }
@@ -152,6 +163,8 @@ fn plan(
                     }],
                     already_done: 0,
                     skipped: None,
+                    gaps: Vec::new(),
+                    seen: Vec::new(),
                 });
             }
             // same sync retried: resume its window where it stopped
@@ -170,6 +183,8 @@ fn plan(
                     }],
                     already_done: 0,
                     skipped: None,
+                    gaps: Vec::new(),
+                    seen: Vec::new(),
                 });
             }
             let lookback = micros_secs(if scan == Scan::Created {
@@ -202,6 +217,8 @@ fn plan(
                 }],
                 already_done: 0,
                 skipped: None,
+                gaps: Vec::new(),
+                seen: Vec::new(),
             })
         }
         SyncMode::Full => {
@@ -215,6 +232,8 @@ fn plan(
                     windows: Vec::new(),
                     already_done: 1,
                     skipped: None,
+                    gaps: Vec::new(),
+                    seen: Vec::new(),
                 });
             }
             Ok(Plan {
@@ -231,6 +250,8 @@ fn plan(
                 }],
                 already_done: 0,
                 skipped: None,
+                gaps: Vec::new(),
+                seen: Vec::new(),
             })
         }
         SyncMode::Backfill => {
@@ -240,33 +261,51 @@ fn plan(
             if start >= end {
                 return Err(format!("backfill range is empty: {start} >= {end}"));
             }
-            let step = micros_secs(settings.backfill_window_secs.max(60));
-            let mut windows = Vec::new();
-            let mut already_done = 0;
-            let mut s = start;
-            while s < end {
-                let e = (s + step).min(end);
-                let stream = backfill_stream(&request.id, s);
-                match cursors.get(&cursor_key(provider, account, &stream)) {
-                    Some(p) if p.done => already_done += 1,
-                    prev => windows.push(WindowPlan {
-                        stream,
-                        scan: Scan::Created,
-                        start: s,
-                        end: e,
-                        token: prev.and_then(|p| p.next.clone()),
-                        resumed_records: prev.map(|p| p.records).unwrap_or(0),
-                        resumed_pages: prev.map(|p| p.pages).unwrap_or(0),
-                        after_transaction_id: None,
-                        prev_watermark: None,
-                    }),
-                }
-                s = e;
-            }
+            // this sync's windows, whatever sizes an earlier run cut them to
+            let own = format!(
+                "{}/",
+                cursor_key(provider, account, &backfill_stream_prefix(&request.id))
+            );
+            let mine: Vec<&SourceCursor> = cursors
+                .iter()
+                .filter(|(k, _)| k.starts_with(&own))
+                .map(|(_, c)| c)
+                .collect();
+            let cov = coverage((start, end), &mine);
+            let windows = cov
+                .partial
+                .iter()
+                .map(|p| WindowPlan {
+                    stream: p.stream.clone(),
+                    scan: p.scan,
+                    start: p.window_start,
+                    end: p.window_end,
+                    token: p.next.clone(),
+                    resumed_records: p.records,
+                    resumed_pages: p.pages,
+                    after_transaction_id: None,
+                    prev_watermark: None,
+                })
+                .collect();
+            let seen = cov
+                .done
+                .iter()
+                .map(|d| WindowStats {
+                    rows: d.records,
+                    span_secs: (d.window_end - d.window_start)
+                        .to_std()
+                        .map(|x| x.as_secs_f64())
+                        .unwrap_or(0.0),
+                    full_page: None,
+                    complete: true,
+                })
+                .collect();
             Ok(Plan {
                 windows,
-                already_done,
+                already_done: cov.done.len() as u64,
                 skipped: None,
+                gaps: cov.gaps,
+                seen,
             })
         }
     }
@@ -366,9 +405,17 @@ impl RunState<'_> {
         (out, dlq)
     }
 
-    async fn run_window(&self, w: WindowPlan) -> Result<(), SyncError> {
+    async fn run_window(&self, w: WindowPlan) -> Result<WindowStats, SyncError> {
         let provider = self.request.provider;
         let account = &self.request.account_id;
+        let mut stats = WindowStats {
+            span_secs: (w.end - w.start)
+                .to_std()
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            complete: w.token.is_none() && w.resumed_pages == 0,
+            ..WindowStats::default()
+        };
         let mut token = w.token.clone();
         let mut records = w.resumed_records;
         let mut pages = w.resumed_pages;
@@ -403,6 +450,10 @@ impl RunState<'_> {
             records += out.len() as u64;
             pages += 1;
             let done = page.next.is_none();
+            stats.rows += (out.len() + dlq.len()) as u64;
+            if !done {
+                stats.full_page = stats.full_page.max(Some(page.fetched as u64));
+            }
             let (n_out, n_dlq) = (out.len() as u64, dlq.len() as u64);
             let event_due = {
                 let mut t = self.tracker();
@@ -461,7 +512,7 @@ impl RunState<'_> {
                 .snapshot(&self.request.id, SyncEventKind::Progress, None);
             self.progress.on_progress(&snapshot);
             if done {
-                return Ok(());
+                return Ok(stats);
             }
             token = page.next;
         }
@@ -475,10 +526,12 @@ impl RunState<'_> {
 ///   is skipped when polled more often than its minimum interval); a retried sync with the
 ///   same id resumes its unfinished window at the stored page.
 /// - `full`: the trailing `full_window_days` (or the request's window), resumable by sync id.
-/// - `backfill`: the request's `[window_start, window_end)` in windows of
-///   `backfill_window_secs`, `backfill_concurrency` at a time (all inside the account's
-///   rate limit); windows done by an earlier run of the same sync id are skipped, a partial
-///   one resumes at its stored page.
+/// - `backfill`: the request's `[window_start, window_end)` in windows read
+///   `backfill_concurrency` at a time (all inside the account's rate limit). Windows are cut
+///   as the run advances: the first `backfill_window_secs` long, later ones sized from the
+///   call density seen to hold `backfill_pages_per_window` full pages (see
+///   [`crate::backfill`]). Windows done by an earlier run of the same sync id are skipped, a
+///   partial one resumes at its stored page, and new windows cover only the rest.
 ///
 /// Every page's records, its DLQ records, its cursor and any progress event are committed
 /// in one transaction; `started`, `completed` and `failed` events are written too, and
@@ -537,7 +590,9 @@ async fn run_sync_inner(
     })?;
     let requests_before = client.http().stats.requests();
     let limited_before = client.http().stats.rate_limited();
+    // a backfill's new windows are counted as they are cut (see WindowPlanner)
     let windows_total = plan.windows.len() as u64 + plan.already_done;
+    let windows_run = std::sync::atomic::AtomicU64::new(0);
     let mut tracker = ProgressTracker::new(deps.settings.progress_every, windows_total);
     tracker.windows_done = plan.already_done;
     let state = RunState {
@@ -564,7 +619,7 @@ async fn run_sync_inner(
             records: t.records,
             dlq: t.dlq,
             pages: t.pages,
-            windows_run: windows_total - plan.already_done,
+            windows_run: windows_run.load(std::sync::atomic::Ordering::Relaxed),
             windows_already_done: plan.already_done,
             requests: client.http().stats.requests() - requests_before,
             rate_limited: client.http().stats.rate_limited() - limited_before,
@@ -600,24 +655,58 @@ async fn run_sync_inner(
     } else {
         1
     };
-    let mut results = stream::iter(plan.windows.clone())
-        .map(|w| {
+    // backfill windows are cut as the run advances, sized from what earlier ones showed
+    let mut planner = WindowPlanner::new(
+        plan.gaps.clone(),
+        Duration::from_secs(deps.settings.backfill_window_secs),
+        deps.settings.backfill_pages_per_window,
+        concurrency,
+    );
+    for seen in &plan.seen {
+        planner.observe(*seen);
+    }
+    let mut queued: std::collections::VecDeque<WindowPlan> = plan.windows.clone().into();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut failure: Option<SyncError> = None;
+    loop {
+        while failure.is_none() && running.len() < concurrency {
+            let next = queued.pop_front().or_else(|| {
+                planner.next_window().map(|(start, end)| WindowPlan {
+                    stream: backfill_stream(&request.id, start),
+                    scan: Scan::Created,
+                    start,
+                    end,
+                    token: None,
+                    resumed_records: 0,
+                    resumed_pages: 0,
+                    after_transaction_id: None,
+                    prev_watermark: None,
+                })
+            });
+            let Some(w) = next else { break };
             let span =
                 tracing::debug_span!("window", stream = %w.stream, start = %w.start, end = %w.end);
-            state.run_window(w).instrument(span)
-        })
-        .buffer_unordered(concurrency);
-    let mut failure: Option<SyncError> = None;
-    while let Some(r) = results.next().await {
-        if let Err(e) = r {
-            if failure.is_none() {
-                // stop the other windows at their next page
-                state.cancel.trigger();
-                failure = Some(e);
+            running.push(state.run_window(w).instrument(span));
+            windows_run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut t = state.tracker();
+            t.windows_total = plan.already_done
+                + windows_run.load(std::sync::atomic::Ordering::Relaxed)
+                + queued.len() as u64
+                + planner.remaining_windows();
+        }
+        match running.next().await {
+            None => break,
+            Some(Ok(stats)) => planner.observe(stats),
+            Some(Err(e)) => {
+                if failure.is_none() {
+                    // stop the other windows at their next page
+                    state.cancel.trigger();
+                    failure = Some(e);
+                }
             }
         }
     }
-    drop(results);
+    drop(running);
     match failure {
         None => {
             let ev = state

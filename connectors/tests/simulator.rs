@@ -353,20 +353,32 @@ async fn full_sync_rereads_the_trailing_window() {
 async fn a_backfill_failing_between_pages_resumes_without_duplicates_or_gaps() {
     let provider = Provider::Retreaver;
     let sim = simulator(provider, 3_000).await;
-    let (config, account) = config(
+    let (final_config, account) = config(
         &sim,
         provider,
         60_000.0,
         json!({"account": {"per_page": 25}}),
     );
     let store = MemorySyncStore::new();
-    let deps = deps(&config, Arc::new(store.clone()));
     let req = full_history(&sim, provider, &account, "resume-1");
-    for fail_after in [7u64, 13, 29] {
+    // each attempt cuts its new windows differently: resuming must not depend on the sizes
+    for (fail_after, window_secs, pages) in [
+        (7u64, 86_400, 2),
+        (13, 3 * 86_400, 5),
+        (29, 7 * 86_400, 100),
+    ] {
+        let (attempt_config, _) = config(
+            &sim,
+            provider,
+            60_000.0,
+            json!({"account": {"per_page": 25}, "sync": {"backfill_window_secs": window_secs, "backfill_pages_per_window": pages}}),
+        );
+        let attempt = deps(&attempt_config, Arc::new(store.clone()));
         store.fail_after(Some(fail_after));
-        let err = run_sync(&req, &deps, NoProgress).await;
+        let err = run_sync(&req, &attempt, NoProgress).await;
         assert!(err.is_err(), "injected failure");
     }
+    let deps = deps(&final_config, Arc::new(store.clone()));
     store.fail_after(None);
     let out = run_sync(&req, &deps, NoProgress)
         .await

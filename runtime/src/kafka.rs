@@ -71,6 +71,15 @@ impl KafkaSettings {
     }
 }
 
+/// `queue.buffering.max.kbytes` of producers (librdkafka: 1 GiB).
+pub const PRODUCER_QUEUE_KBYTES: &str = "65536";
+/// `queued.max.messages.kbytes` of consumers (librdkafka: 64 MiB).
+pub const CONSUMER_QUEUE_KBYTES: &str = "16384";
+/// `queued.min.messages` of consumers, per partition (librdkafka: 100,000).
+pub const CONSUMER_QUEUED_MIN_MESSAGES: &str = "20000";
+/// `fetch.max.bytes` of consumers (librdkafka: 50 MiB).
+pub const CONSUMER_FETCH_MAX_BYTES: &str = "16777216";
+
 /// Isolation of a consumer: what it sees of transactional producers' output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
@@ -139,7 +148,11 @@ impl KafkaClientFactory {
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            .set("message.timeout.ms", "30000");
+            .set("message.timeout.ms", "30000")
+            // librdkafka may queue 1 GiB per producer by default; every producer of callsync
+            // sends in batches it waits for (a page, a transaction), so 64 MiB is plenty and
+            // keeps memory bounded when the broker is slow
+            .set("queue.buffering.max.kbytes", PRODUCER_QUEUE_KBYTES);
         // pass-through properties win over our defaults
         for (k, v) in &self.settings.client_properties {
             cfg.set(k, v);
@@ -172,7 +185,13 @@ impl KafkaClientFactory {
             )
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            // prefetch bounds: librdkafka's defaults (64 MiB queued, 100,000 messages per
+            // partition, 50 MiB per fetch) let a consumer behind a slow stage hold far more
+            // than one batch of callsync needs
+            .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KBYTES)
+            .set("queued.min.messages", CONSUMER_QUEUED_MIN_MESSAGES)
+            .set("fetch.max.bytes", CONSUMER_FETCH_MAX_BYTES);
         for (k, v) in &self.settings.client_properties {
             cfg.set(k, v);
         }
@@ -259,6 +278,27 @@ mod tests {
         assert_eq!(cfg.get("enable.auto.commit"), Some("false"));
         assert_eq!(cfg.get("isolation.level"), Some("read_committed"));
         assert_eq!(cfg.get("group.id"), Some("g"));
+        assert_eq!(
+            cfg.get("queued.max.messages.kbytes"),
+            Some(CONSUMER_QUEUE_KBYTES)
+        );
+    }
+
+    #[test]
+    fn memory_bounds_can_be_overridden() {
+        let mut s = KafkaSettings::plaintext("127.0.0.1:1");
+        s.client_properties
+            .insert("queued.max.messages.kbytes".into(), "65536".into());
+        let f = KafkaClientFactory::new(s);
+        assert_eq!(
+            f.producer_config().get("queue.buffering.max.kbytes"),
+            Some(PRODUCER_QUEUE_KBYTES)
+        );
+        assert_eq!(
+            f.consumer_config("g", Isolation::ReadCommitted)
+                .get("queued.max.messages.kbytes"),
+            Some("65536")
+        );
     }
 
     #[test]
