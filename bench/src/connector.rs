@@ -1,20 +1,120 @@
-//! `connector`: a backfill against the simulator at 600 requests/min, as a share
-//! of the rate-limit ceiling (requests/min x page size), with the 429s counted.
+//! `connector`: two figures.
+//!
+//! 1. A backfill against the simulator at 600 requests/min: requests/min and records/min as
+//!    shares of the rate-limit ceiling (requests/min, and requests/min x page size), with
+//!    the 429s counted. Runs in this process with a counting store (`--seconds`).
+//! 2. Peak RSS of the connector role through a backfill of `--calls` calls (default 1M):
+//!    the real `callsync run --roles connector` process against the simulator and the real
+//!    broker, its `VmHWM` read from /proc, so the benchmark's own clients are not counted.
+//!    [`backfill_through_process`] is shared with the `pipeline` benchmark (all roles).
+
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use callsync_connectors::ConnectorsConfig;
-use callsync_schemas::{Provider, SyncMode, SyncRequest};
+use callsync_runtime::{
+    ensure_topics, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings,
+    TopicCatalogue,
+};
+use callsync_schemas::{Provider, RecordDecoder, SyncEvent, SyncEventKind, SyncMode, SyncRequest};
 use callsync_simulator::{RateLimitRule, Simulator, SimulatorConfig};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::json;
 
 use crate::report::{BenchOutcome, Figure};
-use crate::services;
+use crate::services::{self, CallsyncProcess};
 
 const CEILING_PER_MINUTE: u32 = 600;
 const PAGE_SIZE: u32 = 100;
+/// Calls of the memory run unless `--calls` says otherwise.
+pub const DEFAULT_MEMORY_CALLS: u64 = 1_000_000;
+const MIB: f64 = 1024.0 * 1024.0;
 
-pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
+pub async fn run(seconds: u64, calls: u64) -> anyhow::Result<BenchOutcome> {
+    let share = ceiling_share(seconds).await?;
+    let mem = backfill_through_process(calls, Roles::Connector).await?;
+    let records_ceiling = share.records_ceiling_per_minute.max(1e-9);
+    let rss_mib = mem.peak_rss_bytes as f64 / MIB;
+    Ok(BenchOutcome {
+        name: "connector".into(),
+        figures: vec![
+            Figure {
+                benchmark: "connector".into(),
+                name: format!(
+                    "backfill requests/min vs ceiling ({CEILING_PER_MINUTE} req/min), {} requests",
+                    share.requests
+                ),
+                target: ">= 95% of ceiling, zero 429s".into(),
+                measured: format!(
+                    "{:.0}/min, {} x 429",
+                    share.requests_per_minute, share.rate_limited
+                ),
+                baseline: format!("{CEILING_PER_MINUTE}/min ceiling"),
+                ratio: Some(share.ceiling_share),
+                met: Some(share.ceiling_share >= 0.95 && share.rate_limited == 0),
+            },
+            Figure {
+                benchmark: "connector".into(),
+                name: format!(
+                    "backfill records/min vs ceiling ({CEILING_PER_MINUTE} req/min x {PAGE_SIZE}), {} records",
+                    share.records
+                ),
+                target: ">= 95% of ceiling, zero 429s".into(),
+                measured: format!(
+                    "{:.0}/min, {} x 429",
+                    share.records_per_minute, share.rate_limited
+                ),
+                baseline: format!("{:.0}/min ceiling", share.records_ceiling_per_minute),
+                ratio: Some(share.records_per_minute / records_ceiling),
+                met: Some(
+                    share.records_per_minute >= 0.95 * share.records_ceiling_per_minute
+                        && share.rate_limited == 0,
+                ),
+            },
+            Figure {
+                benchmark: "connector".into(),
+                name: format!(
+                    "peak RSS of `callsync run --roles connector` through a {}-call backfill",
+                    mem.calls
+                ),
+                target: "< 128 MiB (1M-call backfill)".into(),
+                measured: format!(
+                    "{rss_mib:.0} MiB ({} records in {:.0} s, {:.0}/s)",
+                    mem.records,
+                    mem.secs,
+                    mem.records as f64 / mem.secs.max(1e-9)
+                ),
+                baseline: "-".into(),
+                ratio: None,
+                met: Some(rss_mib < 128.0 && mem.calls >= DEFAULT_MEMORY_CALLS),
+            },
+        ],
+        json: json!({
+            "records": share.records,
+            "requests": share.requests,
+            "rate_limited": share.rate_limited,
+            "elapsed_secs": share.elapsed.as_secs_f64(),
+            "requests_per_minute": share.requests_per_minute,
+            "ceiling_per_minute": share.ceiling_per_minute,
+            "ceiling_share": share.ceiling_share,
+            "records_per_minute": share.records_per_minute,
+            "records_ceiling_per_minute": share.records_ceiling_per_minute,
+            "records_ceiling_share": share.records_per_minute / records_ceiling,
+            "memory_run_calls": mem.calls,
+            "memory_run_records": mem.records,
+            "memory_run_secs": mem.secs,
+            "connector_role_peak_rss_bytes": mem.peak_rss_bytes,
+        }),
+    })
+}
+
+/// The in-process backfill at 600 requests/min.
+async fn ceiling_share(
+    seconds: u64,
+) -> anyhow::Result<callsync_connectors::bench::ConnectorBenchReport> {
     let provider = Provider::Retreaver;
     // enough calls that the run is bounded by the rate limit, not by the data
     let pages = (u64::from(CEILING_PER_MINUTE) * seconds / 60).max(10);
@@ -70,43 +170,299 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
         PAGE_SIZE,
     )
     .await?;
-    let rss_mib = services::peak_rss_bytes() as f64 / 1024.0 / 1024.0;
-    Ok(BenchOutcome {
-        name: "connector".into(),
-        figures: vec![
-            Figure {
-                benchmark: "connector".into(),
-                name: format!(
-                    "backfill records/min vs ceiling ({CEILING_PER_MINUTE} req/min x {PAGE_SIZE}), {} records",
-                    r.records
-                ),
-                target: ">= 95% of ceiling, zero 429s".into(),
-                measured: format!("{:.0}/min, {} x 429", r.records_per_minute, r.rate_limited),
-                baseline: format!("{:.0}/min ceiling", r.records_ceiling_per_minute),
-                ratio: Some(r.records_per_minute / r.records_ceiling_per_minute.max(1e-9)),
-                met: Some(r.records_per_minute >= 0.95 * r.records_ceiling_per_minute && r.rate_limited == 0),
+    eprintln!("bench: {r}");
+    Ok(r)
+}
+
+/// Which roles the measured process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roles {
+    /// `callsync run --roles connector`.
+    Connector,
+    /// `callsync run` (every role), with a Postgres database for the sink.
+    All,
+}
+
+/// What a backfill through a separate `callsync` process measured.
+#[derive(Debug, Clone)]
+pub struct ProcessBackfill {
+    pub calls: u64,
+    /// Records the sync reported in its `completed` event.
+    pub records: u64,
+    /// Connector: the sync's `started` to `completed` events. All roles: `started` to every
+    /// call being in Postgres.
+    pub secs: f64,
+    /// `VmHWM` of the callsync process.
+    pub peak_rss_bytes: u64,
+    /// All roles: rows in `calls` at the end.
+    pub rows: Option<u64>,
+}
+
+/// Backfills a simulated Ringba account of `calls` calls (pages of 1000, no rate limit)
+/// through a `callsync run` process of `roles`, and reads that process's peak RSS.
+pub async fn backfill_through_process(calls: u64, roles: Roles) -> anyhow::Result<ProcessBackfill> {
+    let provider = Provider::Ringba;
+    let sim = Simulator::start(SimulatorConfig::for_tests(13).with_accounts(provider, 1, calls))
+        .await
+        .context("starting the simulator")?;
+    let account = sim
+        .accounts(provider)
+        .first()
+        .cloned()
+        .context("the simulator has no Ringba account")?;
+    let info = sim
+        .account_info(provider, &account)
+        .context("simulator account info")?;
+
+    let bootstrap = services::kafka_bootstrap()?;
+    let prefix = format!("bench-roles-{}.", uuid::Uuid::new_v4().simple());
+    let mut settings = KafkaSettings::plaintext(&bootstrap);
+    settings.topic_prefix = prefix.clone();
+    let factory = KafkaClientFactory::new(settings.clone());
+    let partitions = 4;
+    let catalogue = TopicCatalogue::new(
+        &settings,
+        &CatalogueOptions {
+            call_partitions: partitions,
+            calls_retention_days: 1,
+        },
+    );
+    ensure_topics(&factory.admin()?, &catalogue, Duration::from_secs(60)).await?;
+
+    let db = match roles {
+        Roles::All => Some(services::database().await?),
+        Roles::Connector => None,
+    };
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let config_path = dir.path().join("callsync.toml");
+    let sink = db.as_ref().map_or(String::new(), |db| {
+        format!(
+            "[sink]\ndatabase_url = {:?}\ngroup = \"{prefix}sink\"\n",
+            db.url
+        )
+    });
+    let toml = format!(
+        r#"[kafka]
+bootstrap_servers = {bootstrap:?}
+topic_prefix = {prefix:?}
+
+[topics]
+call_partitions = {partitions}
+
+[log]
+filter = "warn"
+
+[api]
+listen = "127.0.0.1:0"
+
+[processor]
+group_id = "{prefix}processor"
+
+{sink}
+[workers]
+group_id = "{prefix}workers"
+
+[connectors.sync]
+transactional_id_prefix = "{prefix}connector"
+
+[[connectors.ringba]]
+account = {account:?}
+token = {token:?}
+base_url = {base:?}
+page_size = 1000
+
+[connectors.ringba.rate_limit]
+per_minute = 60000
+max_concurrency = 4
+
+[[scheduler.accounts]]
+provider = "ringba"
+account_id = {account:?}
+full = "off"
+incremental = "off"
+"#,
+        token = info.credentials.api_key,
+        base = sim.base_url(provider),
+    );
+    std::fs::write(&config_path, toml).context("writing the callsync config")?;
+
+    let args: &[&str] = match roles {
+        Roles::Connector => &["run", "--roles", "connector"],
+        Roles::All => &["run"],
+    };
+    let mut process = CallsyncProcess::spawn(&config_path, args, dir.path().join("callsync.log"))?;
+
+    let from = info.first_call_at - chrono::Duration::hours(1);
+    let to = sim.now() + chrono::Duration::seconds(1);
+    let sync_id = enqueue_backfill(&config_path, provider, &account, from, to).await?;
+    eprintln!(
+        "bench: backfill {sync_id} of {calls} calls enqueued for `callsync {}`",
+        args.join(" ")
+    );
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<SyncEvent>(1024);
+    let watcher = {
+        let factory = factory.clone();
+        let topic = settings.topic(names::SYNC_EVENTS);
+        let id = sync_id.clone();
+        tokio::task::spawn_blocking(move || follow_sync_events(&factory, &topic, &id, &tx))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let mut started_at: Option<DateTime<Utc>> = None;
+    let completed = loop {
+        process.check_running()?;
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the backfill did not complete within an hour");
+        }
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Err(_) => {}
+            Ok(None) => {
+                let r = watcher.await.context("sync-events watcher")?;
+                r?;
+                anyhow::bail!("the sync-events watcher stopped");
+            }
+            Ok(Some(ev)) => match ev.kind {
+                SyncEventKind::Started => {
+                    started_at.get_or_insert(ev.at);
+                }
+                SyncEventKind::Completed => break ev,
+                SyncEventKind::Failed => {
+                    anyhow::bail!("the backfill failed: {}", ev.error.unwrap_or_default())
+                }
+                _ => {}
             },
-            Figure {
-                benchmark: "connector".into(),
-                name: "peak RSS of the benchmark process (connector + simulator)".into(),
-                target: "< 128 MiB through a 1M-call backfill".into(),
-                measured: format!("{rss_mib:.0} MiB ({} records)", r.records),
-                baseline: "-".into(),
-                ratio: None,
-                met: None,
-            },
-        ],
-        json: json!({
-            "records": r.records,
-            "requests": r.requests,
-            "rate_limited": r.rate_limited,
-            "elapsed_secs": r.elapsed.as_secs_f64(),
-            "requests_per_minute": r.requests_per_minute,
-            "ceiling_per_minute": r.ceiling_per_minute,
-            "ceiling_share": r.ceiling_share,
-            "records_per_minute": r.records_per_minute,
-            "records_ceiling_per_minute": r.records_ceiling_per_minute,
-            "peak_rss_bytes": services::peak_rss_bytes(),
-        }),
+        }
+    };
+    drop(rx);
+    let started_at = started_at.unwrap_or(completed.at);
+    let records = u64::try_from(completed.records).unwrap_or(0);
+    let (secs, rows) = match &db {
+        None => (
+            (completed.at - started_at).num_milliseconds() as f64 / 1000.0,
+            None,
+        ),
+        Some(db) => {
+            // every call in Postgres
+            let rows = loop {
+                process.check_running()?;
+                let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM calls")
+                    .fetch_one(&db.pool)
+                    .await
+                    .context("counting rows")?;
+                if rows as u64 >= calls {
+                    break rows as u64;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    anyhow::bail!("only {rows} of {calls} calls reached Postgres within an hour");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            };
+            (
+                (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0,
+                Some(rows),
+            )
+        }
+    };
+    let peak_rss_bytes = process.peak_rss_bytes();
+    eprintln!(
+        "bench: `callsync {}`: {records} records in {secs:.1} s, peak RSS {:.1} MiB",
+        args.join(" "),
+        peak_rss_bytes as f64 / MIB
+    );
+    tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(30)))
+        .await
+        .context("stopping callsync")??;
+    let _ = watcher.await;
+    let admin = factory.admin()?;
+    let topics: Vec<String> = catalogue.topics().iter().map(|t| t.name.clone()).collect();
+    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let _ = admin
+        .delete_topics(&refs, &rdkafka::admin::AdminOptions::new())
+        .await;
+    Ok(ProcessBackfill {
+        calls,
+        records,
+        secs,
+        peak_rss_bytes,
+        rows,
     })
+}
+
+/// `callsync backfill --enqueue`; returns the sync id it printed.
+async fn enqueue_backfill(
+    config: &Path,
+    provider: Provider,
+    account: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> anyhow::Result<String> {
+    let bin = services::callsync_binary()?;
+    let out = tokio::process::Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .args(["backfill", "--enqueue", "--provider", provider.as_str()])
+        .args(["--account", account])
+        .arg("--from")
+        .arg(from.to_rfc3339())
+        .arg("--to")
+        .arg(to.to_rfc3339())
+        .output()
+        .await
+        .context("running callsync backfill --enqueue")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!(
+            "callsync backfill --enqueue failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "sync")
+        .nth(1)
+        .map(str::to_string)
+        .with_context(|| format!("no sync id in {stdout:?}"))
+}
+
+/// Sends every event of `sync_id` on `topic` (read_committed, from the start) until the
+/// receiver is gone.
+fn follow_sync_events(
+    factory: &KafkaClientFactory,
+    topic: &str,
+    sync_id: &str,
+    tx: &tokio::sync::mpsc::Sender<SyncEvent>,
+) -> anyhow::Result<()> {
+    let group = format!("bench-events-{}", uuid::Uuid::new_v4().simple());
+    let consumer: BaseConsumer = factory.create(
+        "sync-events reader",
+        &factory.consumer_config(&group, Isolation::ReadCommitted),
+    )?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let decoder: RecordDecoder<SyncEvent> = RecordDecoder::new();
+    while !tx.is_closed() {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(e)) => return Err(e).context("reading sync events"),
+            Some(Ok(m)) => {
+                let Some(value) = m.payload() else { continue };
+                match decoder.decode(value) {
+                    Ok(ev) if ev.sync_id == sync_id => {
+                        if tx.blocking_send(ev).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("bench: an undecodable sync event: {e}"),
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -6,7 +6,9 @@ mod connector;
 mod pipeline;
 mod report;
 mod services;
+mod sink_role;
 mod stages;
+mod webhook;
 
 use clap::{Parser, ValueEnum};
 
@@ -22,6 +24,8 @@ enum Benchmark {
     Connector,
     /// The whole pipeline calls.raw -> Postgres vs a plain Kafka read; peak RSS.
     Pipeline,
+    /// Signed webhooks at 500/s -> Postgres commit latency, zero loss; read API p99 under load.
+    Webhook,
     /// Every benchmark in turn; writes docs/benchmarks.md.
     All,
 }
@@ -36,9 +40,13 @@ struct Args {
     /// Scale: records (pipeline, processor) or rows (sink). Default per benchmark.
     #[arg(long)]
     records: Option<usize>,
-    /// Duration of time-bound benchmarks (connector), in seconds.
+    /// Duration of time-bound benchmarks (connector, webhook), in seconds.
     #[arg(long)]
     seconds: Option<u64>,
+    /// Calls of the backfill whose `callsync` process's peak RSS is measured (connector:
+    /// the connector role; pipeline: all roles). Default 1,000,000.
+    #[arg(long)]
+    calls: Option<u64>,
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -49,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         Benchmark::Processor,
         Benchmark::Connector,
         Benchmark::Pipeline,
+        Benchmark::Webhook,
     ];
     let chosen: Vec<Benchmark> = if args.benchmark == Benchmark::All {
         all.to_vec()
@@ -67,8 +76,21 @@ async fn main() -> anyhow::Result<()> {
             match bench {
                 Benchmark::Sink => stages::sink(args.records.unwrap_or(200_000)).await,
                 Benchmark::Processor => stages::processor(args.records.unwrap_or(1_000_000)).await,
-                Benchmark::Connector => connector::run(args.seconds.unwrap_or(60)).await,
-                Benchmark::Pipeline => pipeline::run(args.records.unwrap_or(200_000)).await,
+                Benchmark::Connector => {
+                    connector::run(
+                        args.seconds.unwrap_or(60),
+                        args.calls.unwrap_or(connector::DEFAULT_MEMORY_CALLS),
+                    )
+                    .await
+                }
+                Benchmark::Pipeline => {
+                    pipeline::run(
+                        args.records.unwrap_or(200_000),
+                        args.calls.unwrap_or(connector::DEFAULT_MEMORY_CALLS),
+                    )
+                    .await
+                }
+                Benchmark::Webhook => webhook::run(args.seconds.unwrap_or(60)).await,
                 Benchmark::All => unreachable_all(),
             }
         };
@@ -112,6 +134,9 @@ fn run_in_child(name: &str, args: &Args) -> anyhow::Result<BenchOutcome> {
     }
     if let Some(s) = args.seconds {
         cmd.arg("--seconds").arg(s.to_string());
+    }
+    if let Some(c) = args.calls {
+        cmd.arg("--calls").arg(c.to_string());
     }
     let out = cmd
         .stderr(std::process::Stdio::inherit())

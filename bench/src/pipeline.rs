@@ -1,27 +1,29 @@
-//! `pipeline`: records through calls.raw -> processor -> calls -> sink -> Postgres,
-//! against the floor cost of merely consuming the same records from Kafka.
+//! `pipeline`: two figures.
+//!
+//! 1. Records through calls.raw -> processor -> calls -> sink -> Postgres (in this process,
+//!    `--records`), against the floor cost of merely consuming the same records from Kafka.
+//! 2. A backfill of `--calls` calls (default 1M) through one `callsync run` process with
+//!    every role, against the simulator, the real broker and Postgres: records/s until every
+//!    call is in Postgres, and that process's peak RSS (`VmHWM` from /proc, so the
+//!    benchmark's own clients are not counted).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use callsync_processors::synthetic::call_record;
 use callsync_processors::ProcessorConfig;
 use callsync_runtime::{
     ensure_topics, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings, Shutdown,
     TopicCatalogue,
 };
-use callsync_schemas::{encode_to_vec, WireFormat};
 use callsync_sinks::{CallStore, PgStore, SinkConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 
 use crate::report::{BenchOutcome, Figure};
-use crate::services;
+use crate::{connector, services};
 
-pub async fn run(records: usize) -> anyhow::Result<BenchOutcome> {
+pub async fn run(records: usize, calls: u64) -> anyhow::Result<BenchOutcome> {
     let bootstrap = services::kafka_bootstrap()?;
     let db = services::database().await?;
     let mut settings = KafkaSettings::plaintext(&bootstrap);
@@ -37,7 +39,7 @@ pub async fn run(records: usize) -> anyhow::Result<BenchOutcome> {
     ensure_topics(&factory.admin()?, &catalogue, Duration::from_secs(30)).await?;
 
     let raw_topic = settings.topic(names::CALLS_RAW);
-    produce(&factory, &raw_topic, records)?;
+    crate::sink_role::produce_calls(&factory, &raw_topic, records)?;
 
     // baseline: a plain read_committed consumer draining the same records
     let baseline_secs = drain_with_plain_consumer(&factory, &raw_topic, records)?;
@@ -85,8 +87,12 @@ pub async fn run(records: usize) -> anyhow::Result<BenchOutcome> {
 
     let rate = records as f64 / pipeline_secs;
     let baseline_rate = records as f64 / baseline_secs;
-    let rss = services::peak_rss_bytes();
-    let rss_mib = rss as f64 / 1024.0 / 1024.0;
+    drop(store);
+    drop(db);
+
+    let all = connector::backfill_through_process(calls, connector::Roles::All).await?;
+    let all_rate = all.calls as f64 / all.secs.max(1e-9);
+    let rss_mib = all.peak_rss_bytes as f64 / 1024.0 / 1024.0;
     Ok(BenchOutcome {
         name: "pipeline".into(),
         figures: vec![
@@ -101,12 +107,27 @@ pub async fn run(records: usize) -> anyhow::Result<BenchOutcome> {
             },
             Figure {
                 benchmark: "pipeline".into(),
-                name: "peak RSS, processor + sink in one process".into(),
-                target: "< 256 MiB".into(),
+                name: format!(
+                    "`callsync run` (all roles): {}-call backfill, provider to Postgres",
+                    all.calls
+                ),
+                target: "reported".into(),
+                measured: format!("{all_rate:.0} calls/s ({:.0} s)", all.secs),
+                baseline: "-".into(),
+                ratio: None,
+                met: None,
+            },
+            Figure {
+                benchmark: "pipeline".into(),
+                name: format!(
+                    "peak RSS of `callsync run` (all roles) through a {}-call backfill",
+                    all.calls
+                ),
+                target: "< 256 MiB (1M-call backfill)".into(),
                 measured: format!("{rss_mib:.0} MiB"),
                 baseline: "-".into(),
                 ratio: None,
-                met: Some(rss_mib < 256.0),
+                met: Some(rss_mib < 256.0 && all.calls >= connector::DEFAULT_MEMORY_CALLS),
             },
         ],
         json: json!({
@@ -115,33 +136,13 @@ pub async fn run(records: usize) -> anyhow::Result<BenchOutcome> {
             "pipeline_records_per_sec": rate,
             "plain_consume_records_per_sec": baseline_rate,
             "ratio": rate / baseline_rate,
-            "peak_rss_bytes": rss,
+            "all_roles_calls": all.calls,
+            "all_roles_secs": all.secs,
+            "all_roles_calls_per_sec": all_rate,
+            "all_roles_rows": all.rows,
+            "all_roles_peak_rss_bytes": all.peak_rss_bytes,
         }),
     })
-}
-
-fn produce(factory: &KafkaClientFactory, topic: &str, records: usize) -> anyhow::Result<()> {
-    let producer: BaseProducer = factory.create("bench producer", &factory.producer_config())?;
-    for i in 0..records {
-        let record = call_record(i as u64, 1);
-        let key = record.key().into_string();
-        let value = encode_to_vec(&record, WireFormat::SingleObject)?;
-        let mut pending = BaseRecord::to(topic)
-            .key(key.as_str())
-            .payload(value.as_slice());
-        loop {
-            match producer.send(pending) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    pending = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(e).context("producing benchmark input"),
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(60))?;
-    Ok(())
 }
 
 fn drain_with_plain_consumer(

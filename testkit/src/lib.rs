@@ -24,7 +24,7 @@ mod process;
 
 pub use error::TestkitError;
 pub use kafka::{real_kafka, unique_group, unique_topic, MockKafka, RealKafka};
-pub use postgres::{pg_server, test_database, PgServer, PgStopMode, TestDatabase};
+pub use postgres::{pg_server, test_database, PgDurability, PgServer, PgStopMode, TestDatabase};
 
 /// Re-exported so tests using the macros need no direct dependency.
 #[doc(hidden)]

@@ -64,6 +64,17 @@ pub enum PgStopMode {
     Immediate,
 }
 
+/// How much durability a throwaway cluster keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgDurability {
+    /// `fsync`, `synchronous_commit` and `full_page_writes` off: fast tests, data lost on a
+    /// machine crash (a process crash or `pg_ctl stop -m immediate` still recovers from WAL).
+    Off,
+    /// PostgreSQL's own defaults (`fsync`, `synchronous_commit`, `full_page_writes` on), as a
+    /// production server runs: for benchmarks whose figures must mean something there.
+    Production,
+}
+
 impl PgStopMode {
     fn as_str(self) -> &'static str {
         match self {
@@ -125,7 +136,7 @@ pub async fn pg_server() -> Result<&'static PgServer, TestkitError> {
         .get_or_try_init(|| async {
             match std::env::var("DATABASE_URL") {
                 Ok(url) if !url.trim().is_empty() => Ok(PgServer::external(url.trim())),
-                _ => PgServer::start_owned(false).await,
+                _ => PgServer::start_owned(false, PgDurability::Off).await,
             }
         })
         .await
@@ -154,10 +165,18 @@ impl PgServer {
     /// initdb (from a cached template), loopback port, trust auth, no durability. Runs as an
     /// unprivileged user when this process is root. Dropping the handle stops it and deletes it.
     pub async fn start_throwaway() -> Result<PgServer, TestkitError> {
-        PgServer::start_owned(true).await
+        PgServer::start_owned(true, PgDurability::Off).await
     }
 
-    async fn start_owned(delete_on_drop: bool) -> Result<PgServer, TestkitError> {
+    /// [`start_throwaway`](PgServer::start_throwaway) with the given durability settings.
+    pub async fn start_throwaway_with(durability: PgDurability) -> Result<PgServer, TestkitError> {
+        PgServer::start_owned(true, durability).await
+    }
+
+    async fn start_owned(
+        delete_on_drop: bool,
+        durability: PgDurability,
+    ) -> Result<PgServer, TestkitError> {
         let bin = find_pg_bin()?;
         let run_as = if is_root() {
             Some(ensure_pg_user().await?)
@@ -204,7 +223,7 @@ impl PgServer {
         for _attempt in 0..3 {
             cluster.port = free_port()?;
             cluster.admin_url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
-            write_config(&cluster.data, cluster.port)?;
+            write_config(&cluster.data, cluster.port, durability)?;
             match cluster.pg_ctl_start().await {
                 Ok(()) => {
                     last_err = None;
@@ -537,7 +556,7 @@ async fn ensure_template(bin: &Path, run_as: Option<&str>) -> Result<PathBuf, Te
     Ok(template)
 }
 
-fn write_config(data: &Path, port: u16) -> Result<(), TestkitError> {
+fn write_config(data: &Path, port: u16, durability: PgDurability) -> Result<(), TestkitError> {
     let path = data.join("postgresql.conf");
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -547,21 +566,26 @@ fn write_config(data: &Path, port: u16) -> Result<(), TestkitError> {
             path: path.clone(),
             source,
         })?;
+    let durability_conf = match durability {
+        PgDurability::Off => {
+            "# no durability\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             wal_level = minimal\nmax_wal_senders = 0\n"
+        }
+        PgDurability::Production => {
+            "# durability as shipped\nfsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"
+        }
+    };
     // later lines win, so a retry on another port just appends again
     let conf = format!(
-        "\n# callsync testkit: throwaway cluster, loopback only, no durability\n\
+        "\n# callsync testkit: throwaway cluster, loopback only\n\
          listen_addresses = '127.0.0.1'\n\
          port = {port}\n\
          unix_socket_directories = ''\n\
          max_connections = 200\n\
          shared_buffers = 128MB\n\
-         fsync = off\n\
-         synchronous_commit = off\n\
-         full_page_writes = off\n\
-         wal_level = minimal\n\
-         max_wal_senders = 0\n\
          dynamic_shared_memory_type = mmap\n\
-         log_min_messages = warning\n"
+         log_min_messages = warning\n\
+         {durability_conf}"
     );
     f.write_all(conf.as_bytes())
         .map_err(|source| TestkitError::Io {
