@@ -389,7 +389,13 @@ impl Account {
         let (adjusted_revenue_cents, adjusted_payout_cents) = if draws.chance(0.3) {
             (0, 0) // chargeback
         } else {
-            let ratio = draws.between(60, 140) as i64;
+            // 60–140 % but never 100 %: an adjustment changes the revenue. A 100 % one
+            // would be a newer version with the same content, which the processor rightly
+            // drops as unchanged, so the truth's newer version could never reach Postgres.
+            let ratio = match draws.between(60, 139) as i64 {
+                r if r >= 100 => r + 1,
+                r => r,
+            };
             ((revenue_cents * ratio / 100) / 5 * 5, payout_cents)
         };
         let billable_minutes = i64::from(total_secs.div_ceil(60));
@@ -726,5 +732,46 @@ mod tests {
         assert_eq!(found, expected);
         assert!(found.iter().any(|c| c.stage == Stage::RevenueAdjusted));
         assert!(found.iter().any(|c| c.stage == Stage::ConversionPosted));
+    }
+
+    /// Every change a call goes through changes what the call is (status, conversion,
+    /// revenue or payout): a newer version with the same content is dropped by the
+    /// processor as unchanged, so its version would never reach Postgres (seed 5's chaos
+    /// run: a TrackDrive revenue adjustment of exactly 100 %).
+    #[test]
+    fn every_change_of_a_call_changes_its_content() {
+        let content = |s: CallState| (s.status, s.converted, s.revenue_cents, s.payout_cents);
+        let mut adjustments = 0;
+        for seed in [5, 7] {
+            let config = SimulatorConfig::for_tests(seed);
+            let dataset = Dataset::new(&config);
+            for provider in Provider::ALL {
+                for account in dataset.accounts(provider) {
+                    for index in 0..account.calls {
+                        let facts = account.facts(index);
+                        let mut times: Vec<i64> = Stage::ALL
+                            .iter()
+                            .filter_map(|&s| facts.stage_ms(s))
+                            .collect();
+                        times.sort_unstable();
+                        let states: Vec<CallState> =
+                            times.iter().filter_map(|&t| facts.state_at(t)).collect();
+                        for pair in states.windows(2) {
+                            if pair[0].stage != pair[1].stage {
+                                adjustments += u32::from(pair[1].stage == Stage::RevenueAdjusted);
+                                assert_ne!(
+                                    content(pair[0]),
+                                    content(pair[1]),
+                                    "seed {seed} {provider} call {index}: {:?} -> {:?}",
+                                    pair[0].stage,
+                                    pair[1].stage
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(adjustments > 100, "only {adjustments} adjustments checked");
     }
 }
