@@ -694,35 +694,7 @@ async fn compare_with_truth(
     loop {
         let rows = store.all_calls().await.context("reading the calls table")?;
         report.table_rows = rows.len() as u64;
-        let mut mismatches = Vec::new();
-        let mut seen = HashSet::new();
-        for row in &rows {
-            let r = &row.record;
-            let key = r.key().into_string();
-            seen.insert(key.clone());
-            match truth.get(&key) {
-                Some(t) => {
-                    if t.version.is_some_and(|v| v != r.version) {
-                        mismatches.push(format!(
-                            "{key}: version {} != truth {:?}",
-                            r.version, t.version
-                        ));
-                    } else if t.revenue != r.revenue {
-                        mismatches.push(format!(
-                            "{key}: revenue {:?} != truth {:?}",
-                            r.revenue, t.revenue
-                        ));
-                    }
-                }
-                None if extra_keys.contains(&key) => {}
-                None => mismatches.push(format!("{key}: in the table, not in the ground truth")),
-            }
-        }
-        for key in truth.keys().chain(extra_keys.iter()) {
-            if !seen.contains(key) {
-                mismatches.push(format!("{key}: missing from the table"));
-            }
-        }
+        let mismatches = summary::truth_mismatches(&rows, &truth, extra_keys);
         report.mismatches = mismatches;
         if report.mismatches.is_empty() && rows.len() == expected {
             return Ok(());

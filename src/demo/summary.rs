@@ -193,6 +193,48 @@ pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         .map(|(b, _)| *b)
 }
 
+/// How the calls table differs from the simulator's ground truth: one line per call that is
+/// missing, held twice, at another version or revenue, or not in the truth (calls in
+/// `extra_keys`, e.g. taken from webhooks, are expected without a truth record).
+pub fn truth_mismatches(
+    rows: &[callsync_sinks::StoredCall],
+    truth: &std::collections::BTreeMap<String, callsync_simulator::TruthRecord>,
+    extra_keys: &std::collections::HashSet<String>,
+) -> Vec<String> {
+    let mut mismatches = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for row in rows {
+        let r = &row.record;
+        let key = r.key().into_string();
+        if !seen.insert(key.clone()) {
+            mismatches.push(format!("{key}: more than one row"));
+        }
+        match truth.get(&key) {
+            Some(t) => {
+                if t.version.is_some_and(|v| v != r.version) {
+                    mismatches.push(format!(
+                        "{key}: version {} != truth {:?}",
+                        r.version, t.version
+                    ));
+                } else if t.revenue != r.revenue {
+                    mismatches.push(format!(
+                        "{key}: revenue {:?} != truth {:?}",
+                        r.revenue, t.revenue
+                    ));
+                }
+            }
+            None if extra_keys.contains(&key) => {}
+            None => mismatches.push(format!("{key}: in the table, not in the ground truth")),
+        }
+    }
+    for key in truth.keys().chain(extra_keys.iter()) {
+        if !seen.contains(key) {
+            mismatches.push(format!("{key}: missing from the table"));
+        }
+    }
+    mismatches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

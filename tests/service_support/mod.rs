@@ -302,37 +302,7 @@ impl Service {
             let rows = callsync_sinks::CallStore::all_calls(&store)
                 .await
                 .expect("reading calls");
-            let mut mismatches = Vec::new();
-            let mut seen = HashSet::new();
-            for row in &rows {
-                let r = &row.record;
-                let key = r.key().into_string();
-                if !seen.insert(key.clone()) {
-                    mismatches.push(format!("{key}: more than one row"));
-                }
-                match truth.get(&key) {
-                    Some(t) => {
-                        if t.version.is_some_and(|v| v != r.version) {
-                            mismatches.push(format!(
-                                "{key}: version {} != truth {:?}",
-                                r.version, t.version
-                            ));
-                        } else if t.revenue != r.revenue {
-                            mismatches.push(format!(
-                                "{key}: revenue {:?} != truth {:?}",
-                                r.revenue, t.revenue
-                            ));
-                        }
-                    }
-                    None if extra_keys.contains(&key) => {}
-                    None => mismatches.push(format!("{key}: in the table, not in the truth")),
-                }
-            }
-            for key in truth.keys().chain(extra_keys.iter()) {
-                if !seen.contains(key) {
-                    mismatches.push(format!("{key}: missing from the table"));
-                }
-            }
+            let mismatches = callsync::demo::summary::truth_mismatches(&rows, &truth, extra_keys);
             if mismatches.is_empty() && rows.len() == expected {
                 return (mismatches, rows.len(), truth.len());
             }
