@@ -300,23 +300,33 @@ mod tests {
 
     /// Replaces the `pick`-th leaf (in document order, modulo their count) of `value`.
     fn replace_leaf(value: &mut serde_json::Value, pick: usize, with: serde_json::Value) {
-        fn leaves(v: &mut serde_json::Value, out: &mut Vec<*mut serde_json::Value>) {
+        fn count(v: &serde_json::Value) -> usize {
             match v {
-                serde_json::Value::Object(m) if !m.is_empty() => {
-                    m.values_mut().for_each(|c| leaves(c, out))
-                }
-                serde_json::Value::Array(a) if !a.is_empty() => {
-                    a.iter_mut().for_each(|c| leaves(c, out))
-                }
-                _ => out.push(v as *mut _),
+                serde_json::Value::Object(m) if !m.is_empty() => m.values().map(count).sum(),
+                serde_json::Value::Array(a) if !a.is_empty() => a.iter().map(count).sum(),
+                _ => 1,
             }
         }
-        let mut all = Vec::new();
-        leaves(value, &mut all);
-        if let Some(leaf) = all.get(pick % all.len().max(1)) {
-            // SAFETY: the pointers come from one exclusive borrow of `value`, used once
-            unsafe { **leaf = with };
+        /// Descends to leaf `n` (< count(v)) and replaces it.
+        fn replace(v: &mut serde_json::Value, mut n: usize, with: serde_json::Value) {
+            let children: Vec<&mut serde_json::Value> = match v {
+                serde_json::Value::Object(m) if !m.is_empty() => m.values_mut().collect(),
+                serde_json::Value::Array(a) if !a.is_empty() => a.iter_mut().collect(),
+                _ => {
+                    *v = with;
+                    return;
+                }
+            };
+            for child in children {
+                let c = count(child);
+                if n < c {
+                    return replace(child, n, with);
+                }
+                n -= c;
+            }
         }
+        let total = count(value);
+        replace(value, pick % total, with);
     }
 
     /// Byte-level edits: overwrite, insert, delete.
