@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use callsync_schemas::{CallStatus, Provider, RecordSource};
-use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, SubsecRound, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 
@@ -471,7 +471,13 @@ pub fn parse_decimal(text: &str) -> Option<Decimal> {
 }
 
 /// Parses the time formats the providers send. A string without an offset is read in `tz`.
+/// Truncated to microseconds, the precision of the record (Avro `timestamp-micros`) and of
+/// Postgres, so a record is the same before and after the wire.
 pub fn parse_timestamp(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    parse_timestamp_exact(s, tz).map(|t| t.trunc_subsecs(6))
+}
+
+fn parse_timestamp_exact(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
@@ -660,6 +666,16 @@ mod tests {
         assert_eq!(to_e164("13015236555", us), "+13015236555");
         assert_eq!(to_e164("+44 20 7946 0958", us), "+442079460958");
         assert_eq!(to_e164("anonymous", us), "anonymous");
+    }
+
+    /// Found by the page fuzz targets: a provider time with more than six fractional digits
+    /// mapped to a record that changed through Avro's timestamp-micros.
+    #[test]
+    fn timestamps_are_truncated_to_microseconds() {
+        let t = parse_timestamp("2025-12-30T00:16:21.0222222222222Z", chrono_tz::UTC).unwrap();
+        assert_eq!(t.to_rfc3339(), "2025-12-30T00:16:21.022222+00:00");
+        let t = parse_timestamp("2025-12-31 18:46:19.4222222229 -0500", chrono_tz::UTC).unwrap();
+        assert_eq!(t.timestamp_subsec_nanos(), 422_222_000);
     }
 
     #[test]

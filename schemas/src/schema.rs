@@ -301,6 +301,18 @@ fn full_name(name: &str, namespace: Option<&str>, enclosing: &str) -> String {
     }
 }
 
+/// Whether `full` is a valid Avro full name: dot-separated parts, each `[A-Za-z_][A-Za-z0-9_]*`
+/// (the spec's rule; apache-avro panics on a name that breaks it, so it is checked first).
+fn is_valid_full_name(full: &str) -> bool {
+    full.split('.').all(|part| {
+        let mut chars = part.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
 fn namespace_of(full: &str) -> &str {
     match full.rfind('.') {
         Some(i) => &full[..i],
@@ -379,6 +391,12 @@ fn pcf(
                         .ok_or_else(|| format!("{ty} without a name"))?;
                     let namespace = map.get("namespace").and_then(Json::as_str);
                     let full = full_name(name, namespace, ns);
+                    if !is_valid_full_name(&full) {
+                        return Err(format!(
+                            "{ty} name {full:?} is not a valid Avro name (dot-separated parts of \
+                             letters, digits and _, not starting with a digit)"
+                        ));
+                    }
                     if defined.contains(&full) {
                         push_json_str(out, &full);
                         return Ok(());
@@ -660,5 +678,32 @@ mod tests {
         assert!(e.to_string().contains("registry id 7"), "{e}");
         let e = SchemaInfo::parse("registry id 8", r#"{"type":"record"}"#).unwrap_err();
         assert!(e.to_string().contains("registry id 8"), "{e}");
+    }
+
+    /// Found by the avro_resolution fuzz target: apache-avro 0.21 panics (an `unwrap` in
+    /// `Name::parse`) on a named type whose name breaks the spec's rule.
+    #[test]
+    fn an_invalid_type_name_is_an_error_not_a_panic() {
+        for name in [
+            "CallRee (connected) secocord",
+            "1abc",
+            "a..b",
+            "",
+            "ns.",
+            "a-b",
+        ] {
+            let json = format!(r#"{{"type":"record","name":{name:?},"fields":[]}}"#);
+            let e = SchemaInfo::parse("registry id 9", &json).unwrap_err();
+            assert!(
+                e.to_string().contains("not a valid Avro name"),
+                "{name}: {e}"
+            );
+        }
+        let json = r#"{"type":"enum","name":"E","namespace":"com.9x","symbols":["A"]}"#;
+        assert!(SchemaInfo::parse("registry id 10", json).is_err());
+        for ok in ["CallRecord", "_x", "callsync.v1.CallRecord"] {
+            let json = format!(r#"{{"type":"record","name":{ok:?},"fields":[]}}"#);
+            SchemaInfo::parse("registry id 11", &json).expect(ok);
+        }
     }
 }
