@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use callsync_processors::synthetic::call_record;
 use callsync_runtime::{
-    ensure_topics, names, CatalogueOptions, KafkaClientFactory, KafkaSettings, TopicCatalogue,
+    ensure_topics, names, send_waiting, CatalogueOptions, KafkaClientFactory, KafkaSettings,
+    TopicCatalogue,
 };
 use callsync_schemas::{encode_to_vec, WireFormat};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::Serialize;
 
@@ -41,19 +41,10 @@ pub fn produce_calls(
         let record = call_record(i as u64, 1);
         let key = record.key().into_string();
         let value = encode_to_vec(&record, WireFormat::SingleObject)?;
-        let mut pending = BaseRecord::to(topic)
+        let record = BaseRecord::to(topic)
             .key(key.as_str())
             .payload(value.as_slice());
-        loop {
-            match producer.send(pending) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    pending = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => return Err(e).with_context(|| format!("producing to {topic}")),
-            }
-        }
+        send_waiting(&producer, record).with_context(|| format!("producing to {topic}"))?;
     }
     producer
         .flush(Duration::from_secs(60))

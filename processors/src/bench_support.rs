@@ -19,14 +19,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callsync_runtime::{names, KafkaClientFactory, KafkaSettings, Shutdown};
+use callsync_runtime::{names, send_waiting, KafkaClientFactory, KafkaSettings, Shutdown};
 use callsync_schemas::{encode_to_vec, DedupEntry, WireFormat};
 use chrono::Utc;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::codec::DedupEntryCodec;
 use crate::config::ProcessorConfig;
@@ -183,19 +181,11 @@ pub async fn bench_processor(
         let r = call_record(index(i), 1);
         let key = r.key().into_string();
         let value = encode_to_vec(&r, WireFormat::SingleObject).unwrap_or_default();
-        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&input_topic)
+        let record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&input_topic)
             .key(key.as_str())
             .payload(value.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(BenchError::Setup(format!("producing input: {e}"))),
-            }
-        }
+        send_waiting(&producer, record)
+            .map_err(|e| BenchError::Setup(format!("producing input: {e}")))?;
     }
     producer
         .flush(Duration::from_secs(120))
@@ -274,20 +264,12 @@ pub async fn bench_processor(
             .encode(&entry, &mut value)
             .map_err(|e| BenchError::Setup(e.to_string()))?;
         let partition = (i % options.partitions as usize) as i32;
-        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&state_topic)
+        let record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&state_topic)
             .partition(partition)
             .key(key.as_str())
             .payload(value.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(BenchError::Setup(format!("producing changelog: {e}"))),
-            }
-        }
+        send_waiting(&producer, record)
+            .map_err(|e| BenchError::Setup(format!("producing changelog: {e}")))?;
     }
     producer
         .flush(Duration::from_secs(120))

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use callsync_runtime::metrics::{DEDUP_STATE_BYTES, DEDUP_STATE_ENTRIES, DLQ_TOTAL, RECORDS_TOTAL};
-use callsync_runtime::{Isolation, KafkaClientFactory, Shutdown};
+use callsync_runtime::{send_waiting, Isolation, KafkaClientFactory, Shutdown};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -496,7 +496,7 @@ impl Engine {
                     message.payload().unwrap_or_default()
                 };
                 batch.sends += 1;
-                send(
+                send_waiting(
                     &self.producer,
                     BaseRecord::to(&self.topics.output)
                         .key(key)
@@ -605,7 +605,7 @@ impl Engine {
         if let Some(payload) = message.payload() {
             record = record.payload(payload);
         }
-        send(&self.producer, record)
+        send_waiting(&self.producer, record)
     }
 
     /// Close the batch by time, and sweep expired state when due.
@@ -687,7 +687,7 @@ impl Engine {
                     }
                     None => tombstones += 1,
                 }
-                if let Err(e) = send(&self.producer, record) {
+                if let Err(e) = send_waiting(&self.producer, record) {
                     send_error = Some(e);
                     break 'changes;
                 }
@@ -1023,19 +1023,5 @@ fn classify(producer: &BaseProducer, error: &KafkaError) -> Failure {
         KafkaError::Transaction(e) if e.is_retriable() => Failure::Retry,
         KafkaError::Flush(_) => Failure::Retry,
         _ => Failure::Abort,
-    }
-}
-
-/// Enqueue `record`, waiting for room when the producer's queue is full.
-fn send(producer: &BaseProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                record = returned;
-                producer.poll(Duration::from_millis(5));
-            }
-            Err((e, _)) => return Err(e),
-        }
     }
 }

@@ -11,7 +11,9 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, Producer, ProducerContext};
 use serde::Deserialize;
 
 use crate::secret::Secret;
@@ -250,6 +252,29 @@ impl KafkaClientFactory {
             role,
             bootstrap: self.settings.bootstrap_servers.clone(),
             source,
+        }
+    }
+}
+
+/// Enqueue `record` on `producer`, serving delivery reports while its queue is full
+/// (backpressure instead of an error); any other refusal is returned.
+pub fn send_waiting<K, P, C>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+    C: ProducerContext,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
         }
     }
 }

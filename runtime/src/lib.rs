@@ -7,7 +7,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod topics;
 
-pub use kafka::{ClientError, Isolation, KafkaClientFactory, KafkaSettings};
+pub use kafka::{send_waiting, ClientError, Isolation, KafkaClientFactory, KafkaSettings};
 pub use secret::Secret;
 pub use shutdown::Shutdown;
 pub use topics::{
