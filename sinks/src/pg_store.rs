@@ -57,9 +57,10 @@ impl PgStore {
             .await
             .map_err(|source| StoreError::Connect {
                 store: "postgres",
-                target,
+                target: target.clone(),
                 source,
             })?;
+        warn_when_commits_can_be_lost(&pool, &target).await;
         Ok(PgStore {
             pool,
             copy_threshold,
@@ -666,5 +667,28 @@ impl CallStore for PgStore {
         .await
         .map_err(|e| StoreError::from_sqlx("reading all calls", e))?;
         rows.iter().map(stored_call).collect()
+    }
+}
+
+/// Exactly-once rests on a commit, once acknowledged, staying committed. With
+/// `synchronous_commit` or `fsync` off a server crash can lose the newest
+/// commits (rows and offsets together, so the table stays consistent with its
+/// offsets); the sink notices when a partition's next batch meets the offset
+/// conflict and reads again from the stored offset, but not before.
+async fn warn_when_commits_can_be_lost(pool: &PgPool, target: &str) {
+    for setting in ["synchronous_commit", "fsync"] {
+        let value: Result<String, _> = sqlx::query_scalar(&format!("SHOW {setting}"))
+            .fetch_one(pool)
+            .await;
+        if let Ok(value) = value {
+            if value == "off" {
+                tracing::warn!(
+                    %target,
+                    setting,
+                    "{setting} is off: a server crash can lose acknowledged commits; the sink \
+                     re-applies them only when their partition gets new records"
+                );
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::batch::{BatchLimits, SinkBatch, SourceRecord};
 use crate::config::SinkConfig;
 use crate::consumer::{
-    poll_until_stopped, send_command, PollerCommand, PollerEvent, SinkConsumerContext,
+    poll_until_stopped, send_command, PollerCommand, PollerEvent, SeekBoard, SinkConsumerContext,
 };
 use crate::dlq::{DeadLetterQueue, DlqError};
 use crate::store::{ApplyOutcome, CallStore, OffsetAdvance, OffsetCommit, StoreError};
@@ -40,6 +40,9 @@ pub struct SinkReport {
     pub records_read: u64,
     /// Records skipped because the stored offset is past them (already applied).
     pub records_already_applied: u64,
+    /// Records dropped because they were read before a seek the sink asked for
+    /// (they are read again from the seek's offset).
+    pub records_before_seek: u64,
     pub batches_committed: u64,
     pub rows_written: u64,
     /// Rows the version guard left alone (the table held a newer version).
@@ -114,11 +117,13 @@ pub async fn run_sink_with_decoder(
 
     let (event_tx, event_rx) = mpsc::channel(config.batch_rows.clamp(256, 16_384));
     let (command_tx, command_rx) = sync_channel(1024);
+    let seeks = Arc::new(SeekBoard::default());
     let closing = Arc::new(AtomicBool::new(false));
     let context = SinkConsumerContext::new(
         topic.clone(),
         event_tx.clone(),
         command_rx,
+        seeks.clone(),
         closing,
         Duration::from_secs(30),
     );
@@ -161,6 +166,7 @@ pub async fn run_sink_with_decoder(
         dlq,
         decoder,
         commands: command_tx,
+        seeks,
         shutdown,
         partitions: HashMap::new(),
         report: SinkReport::default(),
@@ -189,6 +195,7 @@ struct SinkLoop {
     dlq: DeadLetterQueue,
     decoder: CallDecoder,
     commands: SyncSender<PollerCommand>,
+    seeks: Arc<SeekBoard>,
     shutdown: Shutdown,
     batch: SinkBatch,
     partitions: HashMap<i32, PartitionState>,
@@ -213,12 +220,14 @@ impl SinkLoop {
                 _ = self.shutdown.wait() => break,
                 event = events.recv() => match event {
                     None => return Err(SinkError::PollerStopped),
-                    Some(PollerEvent::Record(record)) => {
-                        self.accept(record).await?;
+                    Some(PollerEvent::Record { record, seek_epoch }) => {
+                        self.accept(record, seek_epoch).await?;
                         if self.batch.is_full() {
                             self.flush(FlushMode::Normal).await?;
                         }
                     }
+                    // Nothing more to read now: commit rather than wait for the timer.
+                    Some(PollerEvent::Idle) => self.flush(FlushMode::Normal).await?,
                     Some(PollerEvent::Assigned { partitions, reply }) => {
                         let stored = self.assigned(&partitions).await;
                         let _ = reply.send(stored);
@@ -323,15 +332,9 @@ impl SinkLoop {
                         verified: true,
                     };
                     self.partitions.insert(partition, state);
-                    if s.is_some() {
-                        send_command(
-                            &self.commands,
-                            PollerCommand::Seek {
-                                partition,
-                                offset: s,
-                            },
-                        );
-                    }
+                    // The consumer started at Kafka's committed offset (or the
+                    // earliest); the database is the source of truth.
+                    self.seeks.request(partition, s);
                     return Ok(state);
                 }
                 Err(e) if e.is_transient() => {
@@ -352,12 +355,17 @@ impl SinkLoop {
         }
     }
 
-    async fn accept(&mut self, record: SourceRecord) -> Result<(), SinkError> {
+    async fn accept(&mut self, record: SourceRecord, seek_epoch: u64) -> Result<(), SinkError> {
         let p = record.partition;
         let mut state = match self.partitions.get(&p) {
             Some(s) if s.verified => *s,
             _ => self.verify(p).await?,
         };
+        if seek_epoch < self.seeks.requested(p) {
+            // read before a seek we asked for: it will be read again from there
+            self.report.records_before_seek += 1;
+            return Ok(());
+        }
         if record.offset < state.accept_from {
             self.report.records_already_applied += 1;
             return Ok(());
@@ -506,13 +514,9 @@ impl SinkLoop {
                         if let Some(state) = self.partitions.get_mut(&c.partition) {
                             state.stored = c.stored;
                             state.accept_from = c.stored.unwrap_or(0);
-                            send_command(
-                                &self.commands,
-                                PollerCommand::Seek {
-                                    partition: c.partition,
-                                    offset: c.stored,
-                                },
-                            );
+                            // Records already queued past the stored offset must
+                            // not be taken: read the partition again from there.
+                            self.seeks.request(c.partition, c.stored);
                         }
                     }
                     if self.batch.is_empty() {

@@ -375,6 +375,65 @@ async fn postgres_restarted_mid_run_the_sink_waits_retries_and_loses_nothing() {
     assert_applied_at_most_once(&db.pool).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_moved_back_under_a_running_sink_are_read_again_from_there() {
+    // A database restored from an older backup (or commits lost with
+    // synchronous_commit off) holds offsets behind the sink's. The sink's next
+    // batch meets the offset conflict and must read again from the stored
+    // offsets, ignoring the records it had already queued from further on.
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let db = callsync_testkit::skip_unless_postgres!();
+    let topic = topics(&kafka, "sink-restored").await;
+    let store = Arc::new(PgStore::connect(&db.url, 4, 500).await.unwrap());
+    install_application_counter(&db.pool, &store).await;
+    let group = kafka.unique_group("sink");
+    let first = dataset(3000, "b");
+    let second = dataset(3000, "c");
+    produce(&kafka, &topic, &first).await;
+    let sink = start_sink(&kafka, config(&db.url, &topic, &group), store.clone());
+    wait_caught_up(&kafka, &db.pool, &group, &topic, Duration::from_secs(120)).await;
+
+    // the backup: taken before anything was applied
+    sqlx::raw_sql(&format!(
+        "BEGIN; DELETE FROM calls; TRUNCATE applications; \
+         UPDATE callsync_offsets SET next_offset = 0 WHERE consumer_group = '{group}'; COMMIT;"
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    produce(&kafka, &topic, &second).await;
+    wait_caught_up(&kafka, &db.pool, &group, &topic, Duration::from_secs(120)).await;
+    let report = sink.stop().await;
+    eprintln!("sink across the restore: {report:?}");
+    assert!(report.offset_conflicts > 0, "{report:?}");
+    let all: Vec<CallRecord> = first.iter().chain(&second).cloned().collect();
+    assert_table_is(store.as_ref(), &expected(&all)).await;
+    assert_applied_at_most_once(&db.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_commits_when_the_consumer_goes_idle_not_at_its_timer() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let db = callsync_testkit::skip_unless_postgres!();
+    let topic = topics(&kafka, "sink-idle").await;
+    let store = Arc::new(PgStore::connect(&db.url, 2, 500).await.unwrap());
+    let group = kafka.unique_group("sink");
+    let mut cfg = config(&db.url, &topic, &group);
+    cfg.batch_max_ms = 60_000;
+    let sink = start_sink(&kafka, cfg, store.clone());
+    // one record, then one more once the first is in: each must land long before the
+    // 60 s timer, because the consumer had nothing more to read
+    for (i, record) in dataset(2, "idle").into_iter().take(2).enumerate() {
+        let started = Instant::now();
+        produce(&kafka, &topic, std::slice::from_ref(&record)).await;
+        wait_caught_up(&kafka, &db.pool, &group, &topic, Duration::from_secs(20)).await;
+        eprintln!("record {i} applied after {:?}", started.elapsed());
+    }
+    let report = sink.stop().await;
+    assert_eq!(report.batches_committed, 2, "{report:?}");
+    assert_eq!(store.all_calls().await.unwrap().len(), 2);
+}
+
 // ---------------------------------------------------------------- kill -9
 
 const WORKER_ENV: &str = "CALLSYNC_SINK_KILL_WORKER";
