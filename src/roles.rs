@@ -724,7 +724,7 @@ async fn run_role(
 }
 
 /// Sets `callsync_consumer_lag{group,topic,partition}` for the processor's and the sink's
-/// groups every `interval` (high watermark minus the group's committed offset).
+/// groups every `interval`: the records left to read after the group's committed offset.
 async fn report_consumer_lag(
     config: CallsyncConfig,
     factory: KafkaClientFactory,
@@ -774,6 +774,11 @@ fn measure_lag(
     groups: &[(String, String)],
 ) -> anyhow::Result<Vec<Lag>> {
     let timeout = Duration::from_secs(5);
+    let reader = crate::ops::scan::scan_consumer(
+        factory,
+        crate::ops::scan::READ_ONLY_GROUP,
+        Isolation::ReadCommitted,
+    )?;
     let mut out = Vec::new();
     for (group, topic) in groups {
         let consumer: BaseConsumer = factory.create(
@@ -784,14 +789,18 @@ fn measure_lag(
         let marks = crate::ops::offsets::watermarks(&consumer, topic, &partitions, timeout)?;
         let committed =
             crate::ops::offsets::committed_offsets(&consumer, group, topic, &partitions, timeout)?;
-        for (partition, mark) in marks {
-            let position = committed.get(&partition).copied().unwrap_or(mark.low);
-            out.push((
-                group.clone(),
-                topic.clone(),
-                partition,
-                (mark.high - position).max(0),
-            ));
+        let gaps = marks
+            .iter()
+            .map(|(&p, mark)| {
+                (
+                    p,
+                    (committed.get(&p).copied().unwrap_or(mark.low), mark.high),
+                )
+            })
+            .collect();
+        let left = crate::ops::scan::records_left(&reader, topic, &gaps)?;
+        for (partition, lag) in left {
+            out.push((group.clone(), topic.clone(), partition, lag));
         }
     }
     Ok(out)

@@ -856,10 +856,12 @@ async fn wait_for_table(pool: &sqlx::PgPool, truth: &Truth, timeout: Duration) -
 
 /// The lag of one group on one topic, summed over partitions: `(records, offsets)`.
 /// `offsets` is the high watermark minus the committed offset (what lag tools show);
-/// `records` counts the committed records a read_committed consumer starting at the
-/// committed offset would still receive. They differ by the transaction markers (and aborted
-/// records) after the last record a group consumed.
+/// `records` is `callsync::ops::scan::records_left`: the committed records a read_committed
+/// consumer starting at the committed offset would still receive (counted for short tails,
+/// offsets beyond). They differ by the transaction markers (and aborted records) after the
+/// last record a group consumed.
 fn group_lag(factory: &KafkaClientFactory, group: &str, topic: &str) -> anyhow::Result<(i64, i64)> {
+    use callsync::ops::scan::{records_left, scan_consumer, READ_ONLY_GROUP};
     let timeout = Duration::from_secs(10);
     let consumer: BaseConsumer = factory.create(
         "lag probe",
@@ -869,50 +871,13 @@ fn group_lag(factory: &KafkaClientFactory, group: &str, topic: &str) -> anyhow::
     let marks = callsync::ops::offsets::watermarks(&consumer, topic, &partitions, timeout)?;
     let committed =
         callsync::ops::offsets::committed_offsets(&consumer, group, topic, &partitions, timeout)?;
-    let mut offsets = 0;
-    let mut records = 0;
-    for (p, m) in &marks {
-        let from = committed.get(p).copied().unwrap_or(m.low);
-        if from >= m.high {
-            continue;
-        }
-        offsets += m.high - from;
-        // read what is left, without joining the group
-        let reader: BaseConsumer = factory.create(
-            "lag reader",
-            &factory.consumer_config(
-                &format!("chaos-lag-{}", uuid::Uuid::new_v4().simple()),
-                Isolation::ReadCommitted,
-            ),
-        )?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, *p, Offset::Offset(from))?;
-        reader.assign(&tpl)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            match reader.poll(Duration::from_millis(200)) {
-                Some(Ok(msg)) if msg.offset() < m.high => records += 1,
-                Some(Ok(_)) => break,
-                Some(Err(e)) => anyhow::bail!("reading {topic}/{p}: {e}"),
-                None => {}
-            }
-            let position =
-                reader
-                    .position()?
-                    .find_partition(topic, *p)
-                    .and_then(|e| match e.offset() {
-                        Offset::Offset(o) => Some(o),
-                        _ => None,
-                    });
-            if position.is_some_and(|o| o >= m.high) {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "reading the rest of {topic}/{p} timed out"
-            );
-        }
-    }
+    let gaps: BTreeMap<i32, (i64, i64)> = marks
+        .iter()
+        .map(|(p, m)| (*p, (committed.get(p).copied().unwrap_or(m.low), m.high)))
+        .collect();
+    let offsets = gaps.values().map(|(from, end)| (end - from).max(0)).sum();
+    let reader = scan_consumer(factory, READ_ONLY_GROUP, Isolation::ReadCommitted)?;
+    let records = records_left(&reader, topic, &gaps)?.values().sum();
     Ok((records, offsets))
 }
 

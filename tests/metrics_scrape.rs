@@ -99,9 +99,9 @@ async fn metrics_endpoint_reports_every_stage_after_real_traffic() {
     assert_eq!(rows, truth_calls + WEBHOOK_CALLS);
 
     // the API's lag reporter runs every second: wait for a scrape that shows both groups
-    // caught up. Lag is the high watermark minus the group's committed offset, so a partition
-    // whose last entry is a transaction marker (the connectors and the processor write
-    // transactionally) stays at 1 when fully consumed, as Kafka's own tools report it.
+    // caught up. Lag counts records, not offsets: a fully consumed partition whose last
+    // entries are transaction markers (the connectors and the processor write
+    // transactionally) shows 0, where Kafka's own tools show 1.
     let processor_group = service.config.processor.group_id.clone();
     let sink_group = service.config.sink.as_ref().expect("sink").group.clone();
     let partitions = service_support::CALL_PARTITIONS as usize;
@@ -120,8 +120,8 @@ async fn metrics_endpoint_reports_every_stage_after_real_traffic() {
         let (sink_partitions, sink_lag) = lag(&sink_group);
         if processor_partitions == partitions
             && sink_partitions == partitions
-            && processor_lag <= 1.0
-            && sink_lag <= 1.0
+            && processor_lag == 0.0
+            && sink_lag == 0.0
         {
             break metrics;
         }

@@ -21,8 +21,10 @@ pub const CIRCUIT_STATE: &str = "callsync_circuit_state";
 pub const SINK_BATCH_ROWS: &str = "callsync_sink_batch_rows";
 /// Sink batch commit latency in seconds.
 pub const SINK_BATCH_SECONDS: &str = "callsync_sink_batch_seconds";
-/// Consumer lag, labelled `group`, `topic`, `partition`: the high watermark minus the group's
-/// committed offset (a fully consumed partition that ends in a transaction marker shows 1).
+/// Consumer lag, labelled `group`, `topic`, `partition`: the records a read_committed consumer
+/// still has to read after the group's committed offset (a tail of up to 64 offsets is read and
+/// counted, so a partition that ends in transaction markers shows 0 once consumed; beyond that,
+/// the high watermark minus the committed offset).
 pub const CONSUMER_LAG: &str = "callsync_consumer_lag";
 /// Records sent to the DLQ, labelled `stage`, `reason`.
 pub const DLQ_TOTAL: &str = "callsync_dlq_total";

@@ -120,3 +120,39 @@ pub fn scan_partitions(
     let _ = consumer.unassign();
     Ok(outcome)
 }
+
+/// Gaps up to this many offsets are counted record by record in [`records_left`].
+pub const EXACT_LAG_TAIL: i64 = 64;
+
+/// The records a read_committed consumer positioned at `from` still has to read before `end`,
+/// per partition of `gaps` (partition -> `(from, end)`). A transactional topic ends each
+/// transaction with a marker that takes an offset but is no record, so a fully consumed
+/// partition can sit one or more offsets before its end: gaps of up to [`EXACT_LAG_TAIL`]
+/// offsets are read and counted (markers and aborted records excluded), larger ones are
+/// given in offsets (an upper bound, exact for topics written without transactions).
+pub fn records_left(
+    reader: &BaseConsumer,
+    topic: &str,
+    gaps: &BTreeMap<i32, (i64, i64)>,
+) -> Result<BTreeMap<i32, i64>, OpsError> {
+    let mut left: BTreeMap<i32, i64> = gaps
+        .iter()
+        .map(|(&p, &(from, end))| (p, (end - from).max(0)))
+        .collect();
+    let tails: BTreeMap<i32, (i64, i64)> = gaps
+        .iter()
+        .filter(|(_, (from, end))| (1..=EXACT_LAG_TAIL).contains(&(end - from)))
+        .map(|(&p, &range)| (p, range))
+        .collect();
+    if tails.is_empty() {
+        return Ok(left);
+    }
+    for p in tails.keys() {
+        left.insert(*p, 0);
+    }
+    scan_partitions(reader, topic, &tails, super::scan_idle(), |m| {
+        *left.entry(m.partition()).or_default() += 1;
+        Ok(Visit::Continue)
+    })?;
+    Ok(left)
+}

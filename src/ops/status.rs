@@ -28,7 +28,7 @@ use serde::Serialize;
 use super::dlq::message_reason;
 use super::group::{describe_group, GroupMember, PartitionOwner};
 use super::offsets::{topic_partitions, watermarks, Watermarks};
-use super::scan::{scan_consumer, scan_partitions, Visit, READ_ONLY_GROUP};
+use super::scan::{records_left, scan_consumer, scan_partitions, Visit, READ_ONLY_GROUP};
 use super::table::{opt_cell, TextTable};
 use super::{blocking, OpsError, DEFAULT_KAFKA_TIMEOUT};
 
@@ -59,7 +59,9 @@ pub struct PartitionLag {
     pub committed: Option<i64>,
     pub low: i64,
     pub high: i64,
-    /// high - committed (high - low when nothing is committed).
+    /// Records left to read after the committed offset (after `low` when nothing is committed):
+    /// counted for a tail of up to `EXACT_LAG_TAIL` offsets (transaction markers are no
+    /// records), else `high - committed`.
     pub lag: i64,
     /// The member holding the partition, when the group is active and not rebalancing.
     pub owner: Option<PartitionOwner>,
@@ -193,7 +195,7 @@ fn status_blocking(
     }
     let mut groups = Vec::new();
     for group in &group_names {
-        match group_status(factory, group, &topics) {
+        match group_status(factory, &reader, group, &topics) {
             Ok(g) => groups.push(g),
             Err(e) => problems.push(e.to_string()),
         }
@@ -237,6 +239,7 @@ fn status_blocking(
 
 fn group_status(
     factory: &KafkaClientFactory,
+    reader: &BaseConsumer,
     group: &str,
     topics: &BTreeMap<String, BTreeMap<i32, Watermarks>>,
 ) -> Result<GroupStatus, OpsError> {
@@ -277,18 +280,20 @@ fn group_status(
         if offsets.is_empty() && !assigned.contains(topic) {
             continue;
         }
+        let gaps: BTreeMap<i32, (i64, i64)> = marks
+            .iter()
+            .map(|(&p, w)| (p, (offsets.get(&p).copied().unwrap_or(w.low), w.high)))
+            .collect();
+        let left = records_left(reader, topic, &gaps)?;
         let partitions: Vec<PartitionLag> = marks
             .iter()
-            .map(|(&partition, w)| {
-                let c = offsets.get(&partition).copied();
-                PartitionLag {
-                    partition,
-                    committed: c,
-                    low: w.low,
-                    high: w.high,
-                    lag: (w.high - c.unwrap_or(w.low)).max(0),
-                    owner: description.owner_of(topic, partition),
-                }
+            .map(|(&partition, w)| PartitionLag {
+                partition,
+                committed: offsets.get(&partition).copied(),
+                low: w.low,
+                high: w.high,
+                lag: left.get(&partition).copied().unwrap_or(0),
+                owner: description.owner_of(topic, partition),
             })
             .collect();
         topic_lags.push(TopicLag {
