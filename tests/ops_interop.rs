@@ -1,26 +1,49 @@
-//! Schema-registry interop: callsync writes CallRecords in the Confluent wire format,
-//! registering the schema through `callsync_schemas::SchemaRegistryClient`; Confluent's own
-//! Python consumer (confluent-kafka with its AvroDeserializer, fetching the writer schema
-//! from the registry) reads them, and the values must be the same.
+//! Schema-registry interop against a real Confluent-compatible registry: callsync writes
+//! CallRecords in the Confluent wire format, registering the schema through
+//! `callsync_schemas::SchemaRegistryClient`; Confluent's own Python consumer (confluent-kafka
+//! with its AvroDeserializer, fetching the writer schema from the registry) reads them, and
+//! the values must be the same. A second test checks the registry API our client relies on
+//! (subjects, versions, schema by id, compatibility, content type) against the same registry.
 //!
-//! Registry: `SCHEMA_REGISTRY_URL` when set (e.g. Karapace started by scripts/karapace.sh),
-//! else `tests/interop/mini_registry.py` (a minimal in-memory server of the registry's REST
-//! API). Python: a venv in `.work/interop-venv` with tests/interop/requirements.txt, created
-//! on first use. Needs `KAFKA_BOOTSTRAP`; skipped without it or without python3 (fails under CI).
+//! Registry: `SCHEMA_REGISTRY_URL`, the Confluent API of Apicurio Registry started by
+//! `scripts/schema-registry.sh start` (scripts/test.sh starts it). Python: a venv in
+//! `.work/interop-venv` with tests/interop/requirements.txt, created on first use. The first
+//! test needs `KAFKA_BOOTSTRAP` and `SCHEMA_REGISTRY_URL`, the second `SCHEMA_REGISTRY_URL`:
+//! a missing one skips them, and under `CI=true` fails them.
 
 mod ops_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use callsync_schemas::{encode_to_vec, CallRecord, Provider, SchemaRegistryClient, WireFormat};
+use callsync_schemas::{
+    encode_to_vec, value_subject, AvroRecord, CallRecord, Provider, RegistryDecoder, RegistryError,
+    SchemaRegistryClient, WireFormat,
+};
 use callsync_sinks::testing::sample_call;
 use ops_support::*;
 use rdkafka::message::OwnedHeaders;
+use serde_json::{json, Value};
+
+/// The content type of the registry API.
+const REGISTRY_JSON: &str = "application/vnd.schemaregistry.v1+json";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `SCHEMA_REGISTRY_URL`, or None (after `require`: a failure under CI) when it is unset.
+fn registry_url() -> Option<String> {
+    match std::env::var("SCHEMA_REGISTRY_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url.trim().trim_end_matches('/').to_string()),
+        _ => {
+            callsync_testkit::require(
+                "schema registry",
+                "SCHEMA_REGISTRY_URL is not set (scripts/schema-registry.sh start prints it)",
+            );
+            None
+        }
+    }
 }
 
 /// The venv's python with confluent-kafka installed, or None (after `require`) when python3
@@ -79,49 +102,62 @@ fn interop_python() -> Option<PathBuf> {
     Some(python)
 }
 
-/// A child process killed when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// A raw call to the registry's REST API (what our client does not wrap): the status, the
+/// response content type and the JSON body.
+async fn registry_call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (u16, String, Value) {
+    let mut req = http
+        .request(method.clone(), &url)
+        .header(reqwest::header::ACCEPT, REGISTRY_JSON);
+    if let Some(body) = body {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, REGISTRY_JSON)
+            .body(body.to_string());
     }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let text = resp.text().await.expect("response body");
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {url}: HTTP {status}, not JSON ({e}): {text}"));
+    (status, content_type, json)
 }
 
-fn start_mini_registry(python: &Path) -> (KillOnDrop, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port_file = dir.path().join("port");
-    let child = Command::new(python)
-        .arg(repo_root().join("tests/interop/mini_registry.py"))
-        .arg(&port_file)
-        .spawn()
-        .expect("start mini_registry.py");
-    let guard = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(port) = std::fs::read_to_string(&port_file) {
-            if !port.trim().is_empty() {
-                return (guard, format!("http://127.0.0.1:{}", port.trim()));
-            }
-        }
-        assert!(Instant::now() < deadline, "mini_registry.py did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// CallRecord's schema with one more field appended.
+fn call_schema_with(field: Value) -> String {
+    let mut schema: Value =
+        serde_json::from_str(CallRecord::schema_info().json()).expect("our schema is JSON");
+    schema["fields"]
+        .as_array_mut()
+        .expect("a record schema has fields")
+        .push(field);
+    schema.to_string()
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_python_consumer_decodes_our_confluent_wire_format_records() {
     let kafka = callsync_testkit::skip_unless_kafka!();
-    let Some(python) = interop_python() else {
+    let Some(registry_url) = registry_url() else {
         return;
     };
-    let (_registry_process, registry_url) = match std::env::var("SCHEMA_REGISTRY_URL") {
-        Ok(url) if !url.trim().is_empty() => (None, url.trim().to_string()),
-        _ => {
-            let (guard, url) = start_mini_registry(&python);
-            (Some(guard), url)
-        }
+    let Some(python) = interop_python() else {
+        return;
     };
 
     let prefix = unique_prefix(&kafka, "ops-interop");
@@ -154,20 +190,28 @@ async fn confluent_python_consumer_decodes_our_confluent_wire_format_records() {
     calls[2].revenue = None;
     calls[2].tags.clear();
     calls[2].raw = None;
-    let records = calls
-        .iter()
-        .map(|c| {
-            let bytes = encode_to_vec(c, format).expect("encode");
-            assert_eq!(bytes[0], 0, "Confluent magic byte");
-            (
-                c.key().into_string(),
-                bytes,
-                None,
-                None,
-                OwnedHeaders::new(),
-            )
-        })
-        .collect();
+    // our own consumer side too: a decoder with an empty cache fetches the writer schema
+    // from the registry by the id in each value
+    let decoder = RegistryDecoder::<CallRecord>::new(Some(std::sync::Arc::new(
+        SchemaRegistryClient::new(&registry_url).expect("registry client"),
+    )));
+    let mut records = Vec::new();
+    for c in &calls {
+        let bytes = encode_to_vec(c, format).expect("encode");
+        assert_eq!(bytes[0], 0, "Confluent magic byte");
+        let decoded = decoder
+            .decode(&bytes)
+            .await
+            .expect("decode via the registry");
+        assert_eq!(&decoded, c);
+        records.push((
+            c.key().into_string(),
+            bytes,
+            None,
+            None,
+            OwnedHeaders::new(),
+        ));
+    }
     produce(&f, &topic, records).await;
 
     let output = Command::new(&python)
@@ -232,4 +276,142 @@ async fn confluent_python_consumer_decodes_our_confluent_wire_format_records() {
             .map(|r| base64::engine::general_purpose::STANDARD.encode(r));
         assert_eq!(v["raw"], serde_json::json!(raw));
     }
+}
+
+/// The registry calls our client makes and the ones around them, against the real registry:
+/// register (idempotent, same id for the same schema), subjects and versions, schema by id
+/// (from a client with an empty cache), the content type, and compatibility (a subject set to
+/// BACKWARD refuses a breaking change with HTTP 409 through our client and accepts a
+/// compatible one as version 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_registry_speaks_the_confluent_api_our_client_uses() {
+    let Some(base) = registry_url() else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("interop-api-{run}.calls");
+    let subject = value_subject(&topic);
+    let ours = CallRecord::schema_info().json();
+
+    // register: an id, the same id again from a client with an empty cache
+    let client = SchemaRegistryClient::new(&base).expect("registry client");
+    let id = client
+        .register_record::<CallRecord>(&topic)
+        .await
+        .expect("register");
+    let fresh = SchemaRegistryClient::new(&base).expect("registry client");
+    assert_eq!(
+        fresh
+            .register_record::<CallRecord>(&topic)
+            .await
+            .expect("register again"),
+        id,
+        "the same schema under the same subject keeps its id"
+    );
+
+    // schema by id, uncached: the registry gives back our schema
+    let by_id = fresh.schema_by_id(id).await.expect("schema by id");
+    assert_eq!(json_of(&by_id), json_of(ours));
+    // an unknown id is a 404 with the registry's error body
+    match fresh.schema_by_id(u32::MAX - 7).await {
+        Err(RegistryError::Status { status, body, .. }) => {
+            assert_eq!(status, 404, "{body}");
+            assert_eq!(json_of(&body)["error_code"], 40403, "{body}");
+        }
+        other => panic!("an unknown schema id: expected HTTP 404, got {other:?}"),
+    }
+
+    // subjects and versions, in the API's own content type
+    let (status, content_type, subjects) = registry_call(
+        &http,
+        reqwest::Method::GET,
+        format!("{base}/subjects"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with(REGISTRY_JSON),
+        "content type {content_type:?}"
+    );
+    assert!(
+        subjects
+            .as_array()
+            .expect("subjects is a list")
+            .contains(&json!(subject)),
+        "{subject} not in {subjects}"
+    );
+    let versions_url = format!("{base}/subjects/{subject}/versions");
+    let (status, _, versions) =
+        registry_call(&http, reqwest::Method::GET, versions_url.clone(), None).await;
+    assert_eq!((status, versions), (200, json!([1])));
+    let (status, _, latest) = registry_call(
+        &http,
+        reqwest::Method::GET,
+        format!("{versions_url}/latest"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(latest["subject"], json!(subject));
+    assert_eq!(latest["version"], 1);
+    assert_eq!(latest["id"], id);
+    assert_eq!(
+        json_of(latest["schema"].as_str().expect("schema text")),
+        json_of(ours)
+    );
+
+    // compatibility: BACKWARD on the subject (Confluent's default level)
+    let config_url = format!("{base}/config/{subject}");
+    let (status, _, set) = registry_call(
+        &http,
+        reqwest::Method::PUT,
+        config_url.clone(),
+        Some(json!({"compatibility": "BACKWARD"})),
+    )
+    .await;
+    assert_eq!((status, &set["compatibility"]), (200, &json!("BACKWARD")));
+    let (status, _, level) = registry_call(&http, reqwest::Method::GET, config_url, None).await;
+    assert_eq!(
+        (status, &level["compatibilityLevel"]),
+        (200, &json!("BACKWARD"))
+    );
+
+    // a new field without a default cannot read the old data: incompatible
+    let breaking = call_schema_with(json!({"name": "interop_probe", "type": "string"}));
+    // a new optional field with a default can: compatible
+    let compatible = call_schema_with(
+        json!({"name": "interop_probe", "type": ["null", "string"], "default": null}),
+    );
+    let check_url = format!("{base}/compatibility/subjects/{subject}/versions/latest");
+    for (schema, expected) in [(&breaking, false), (&compatible, true)] {
+        let (status, _, verdict) = registry_call(
+            &http,
+            reqwest::Method::POST,
+            check_url.clone(),
+            Some(json!({ "schema": schema })),
+        )
+        .await;
+        assert_eq!(status, 200, "{verdict}");
+        assert_eq!(verdict["is_compatible"], expected, "{verdict}");
+    }
+    match client.register(&subject, &breaking).await {
+        Err(RegistryError::Status { status, body, .. }) => {
+            assert_eq!(status, 409, "{body}");
+        }
+        other => panic!("a breaking change: expected HTTP 409, got {other:?}"),
+    }
+    let evolved = client
+        .register(&subject, &compatible)
+        .await
+        .expect("a compatible change registers");
+    assert_ne!(evolved, id);
+    let (status, _, versions) =
+        registry_call(&http, reqwest::Method::GET, versions_url, None).await;
+    assert_eq!((status, versions), (200, json!([1, 2])));
+    assert_eq!(
+        json_of(&fresh.schema_by_id(evolved).await.expect("schema by id")),
+        json_of(&compatible)
+    );
 }
