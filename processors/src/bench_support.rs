@@ -29,7 +29,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use crate::codec::DedupEntryCodec;
 use crate::config::ProcessorConfig;
 use crate::counters::ProcessorCounters;
-use crate::dedup::{restore_partitions, PartitionState, StagedChanges};
+use crate::dedup::{restore_partitions, PartitionState, StagedChanges, StateKey};
 use crate::pipeline::RecordPipeline;
 use crate::processor::run_processor_with_counters;
 use crate::synthetic::call_record;
@@ -151,15 +151,15 @@ pub async fn bench_processor(
         let Ok(record) = pipeline.decode(Some(key), Some(value)) else {
             continue;
         };
-        let key_str = std::str::from_utf8(key).unwrap_or_default();
+        let key_str = StateKey::new(std::str::from_utf8(key).unwrap_or_default());
         if state
-            .observe_version(&mut staged, key_str, record.version, 0, i64::MAX)
+            .observe_version(&mut staged, &key_str, record.version, 0, i64::MAX)
             .is_none()
         {
             if let Ok(accepted) = pipeline.accept(record, Some(key), now) {
                 state.observe(
                     &mut staged,
-                    key_str,
+                    &key_str,
                     accepted.fingerprint,
                     accepted.record.version,
                     0,

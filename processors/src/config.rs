@@ -37,7 +37,8 @@ pub struct ProcessorConfig {
     pub state_topic: String,
     /// A batch (one transaction) closes at this many input records ...
     pub batch_max_records: usize,
-    /// ... or this long after its first record, whichever comes first.
+    /// ... or this long after its first record, whichever comes first; and at once when
+    /// the input has nothing more to read (a poll of 20 ms returns nothing).
     pub batch_max_time_ms: u64,
     /// Dedup entries not seen for this long expire and get a tombstone (default 35 days).
     pub dedup_ttl_secs: u64,

@@ -4,10 +4,10 @@
 //!   (`{prefix}callsync-processor-{instance_id}`): a restarted instance's
 //!   `init_transactions` fences its dead predecessor and aborts the transaction it left open.
 //! - A `read_committed` consumer in the processor group, auto-commit off.
-//! - Per batch (bounded by record count and time) one transaction holding the records for
-//!   `calls`, the DLQ records, the dedup changelog updates and the consumed offsets
-//!   (`send_offsets_to_transaction` with the group's metadata, so a member that lost its
-//!   partitions cannot commit them).
+//! - Per batch (closed at a record count, after a time, or as soon as the input is idle) one
+//!   transaction holding the records for `calls`, the DLQ records, the dedup changelog
+//!   updates and the consumed offsets (`send_offsets_to_transaction` with the group's
+//!   metadata, so a member that lost its partitions cannot commit them).
 //! - Rebalances are handled in the consumer's context: before partitions are revoked the
 //!   batch in flight is committed (or aborted, when the assignment was lost) and their state
 //!   dropped; after partitions are assigned their state is restored from the changelog before
@@ -36,7 +36,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::codec::DedupEntryCodec;
 use crate::config::ProcessorConfig;
 use crate::counters::{metric_names, BatchTally, ProcessorCounters, ProcessorReport};
-use crate::dedup::{restore_partitions, PartitionState, RestoreError, StagedChanges, Verdict};
+use crate::dedup::{
+    find_changelog_keys, restore_partitions, PartitionState, RestoreError, StagedChanges, StateKey,
+    Verdict,
+};
 use crate::dlq::{dlq_headers, ErrorStage, SourcePosition};
 use crate::error::ProcessorError;
 use crate::pipeline::{Accepted, RecordPipeline, Rejected};
@@ -124,9 +127,13 @@ fn run_blocking(
     let transactional_id = config.transactional_id(&settings.topic_prefix);
     let pipeline = RecordPipeline::new(&config)?;
 
+    // The queue keeps the factory's bounds (64 MiB, librdkafka's 100,000 messages): a batch
+    // sends at most `batch_max_records` outputs plus as many changelog records, and
+    // `send_waiting` serves delivery reports when the queue is full. Larger message sets per
+    // partition request (librdkafka's defaults are 10,000 messages and 1 MB) keep the
+    // produce round trips few.
     let mut producer_config = kafka.transactional_producer_config(&transactional_id);
     producer_config
-        .set("queue.buffering.max.messages", "1000000")
         .set("batch.num.messages", "10000")
         .set("batch.size", "1000000");
     for (k, v) in &settings.client_properties {
@@ -159,11 +166,12 @@ fn run_blocking(
         faults,
     }));
 
+    // The prefetch keeps the factory's bounds (16 MiB queued, 16 MiB per fetch): at ~500
+    // bytes a record that is ~30,000 records ahead, more than a batch, where the former
+    // 128 MiB queue held a quarter of a million records nobody was ready to process.
     let mut consumer_config = kafka.consumer_config(&config.group_id, Isolation::ReadCommitted);
     consumer_config
-        .set("fetch.max.bytes", "104857600")
-        .set("max.partition.fetch.bytes", "8388608")
-        .set("queued.max.messages.kbytes", "131072")
+        .set("max.partition.fetch.bytes", "4194304")
         .set("fetch.wait.max.ms", "50");
     for (k, v) in &settings.client_properties {
         consumer_config.set(k, v);
@@ -224,7 +232,9 @@ fn poll_loop(
         let mut engine = lock(shared);
         engine.take_fatal()?;
         match polled {
-            None => {}
+            // idle: nothing more to read for now, so close the batch in flight rather than
+            // hold its records back until `batch_max_time`
+            None => engine.commit_batch(consumer, &[])?,
             Some(Ok(message)) => engine.process(&message, consumer)?,
             Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
@@ -336,6 +346,9 @@ struct Engine {
 }
 
 const COMMIT_RETRIES: usize = 5;
+
+/// How long a TTL sweep may spend finding the text of expired keys in the changelog.
+const SWEEP_LOOKUP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Engine {
     /// The injected stall, once it is due.
@@ -542,14 +555,15 @@ impl Engine {
             return Ok(None);
         };
         let staged = batch.staged.entry(partition).or_default();
+        let key = StateKey::new(key);
         let verdict =
-            match state.observe_version(staged, key, record.version, now_micros, refresh_after) {
+            match state.observe_version(staged, &key, record.version, now_micros, refresh_after) {
                 Some(verdict) => verdict,
                 None => {
                     let accepted = self.pipeline.accept(record, message.key(), now)?;
                     let verdict = state.observe(
                         staged,
-                        key,
+                        &key,
                         accepted.fingerprint,
                         accepted.record.version,
                         now_micros,
@@ -608,7 +622,8 @@ impl Engine {
         send_waiting(&self.producer, record)
     }
 
-    /// Close the batch by time, and sweep expired state when due.
+    /// Close the batch by time (a busy consumer; an idle one closes it at once), and sweep
+    /// expired state when due.
     fn tick(&mut self, consumer: &BaseConsumer<ProcessorContext>) -> Result<(), ProcessorError> {
         if let Some(batch) = &self.batch {
             if batch.started.elapsed() >= self.config.batch_max_time() {
@@ -622,15 +637,58 @@ impl Engine {
         Ok(())
     }
 
-    /// Stage tombstones for entries not seen within the TTL and commit them.
+    /// Write tombstones for the entries not seen within the TTL, in a transaction of their
+    /// own. The state holds keys as hashes, so their texts are read back from the changelog
+    /// first ([`find_changelog_keys`]), after committing the batch in flight, whose open
+    /// transaction would keep that read_committed reader from reaching the changelog's end.
     fn sweep_expired(
         &mut self,
         consumer: &BaseConsumer<ProcessorContext>,
     ) -> Result<(), ProcessorError> {
         let ttl_micros = (self.config.dedup_ttl_secs as i64).saturating_mul(1_000_000);
         let cutoff = Utc::now().timestamp_micros().saturating_sub(ttl_micros);
-        let due = self.partitions.values().any(|s| s.has_expired(cutoff));
-        if !due {
+        if !self.partitions.values().any(|s| s.has_expired(cutoff)) {
+            return Ok(());
+        }
+        self.commit_batch(consumer, &[])?;
+        if self.batch.is_some() {
+            return Ok(());
+        }
+        let no_changes = StagedChanges::default();
+        let mut wanted: HashMap<_, _> = self
+            .partitions
+            .iter()
+            .map(|(&partition, state)| (partition, state.expired(&no_changes, cutoff)))
+            .collect();
+        let started = Instant::now();
+        // bounded well inside max.poll.interval.ms: the group's consumer is not polled
+        // meanwhile
+        let timeout = self.config.restore_timeout().min(SWEEP_LOOKUP_TIMEOUT);
+        let found = match find_changelog_keys(&self.kafka, &self.topics.state, &mut wanted, timeout)
+        {
+            Ok(found) => found,
+            Err(e) => {
+                // nothing staged yet: the next sweep tries again
+                tracing::warn!(error = %e, "reading expired keys back from the changelog failed; sweep skipped");
+                return Ok(());
+            }
+        };
+        // not in the changelog (it was deleted or truncated behind our back): no record for a
+        // tombstone to delete, so only forget them
+        let mut forgotten = 0usize;
+        for (partition, hashes) in &wanted {
+            if let Some(state) = self.partitions.get_mut(partition) {
+                forgotten += hashes.iter().filter(|h| state.forget(h)).count();
+            }
+        }
+        if forgotten > 0 {
+            tracing::warn!(
+                forgotten,
+                topic = %self.topics.state,
+                "expired dedup keys not found in the changelog were dropped without a tombstone"
+            );
+        }
+        if found.is_empty() {
             return Ok(());
         }
         self.begin_batch()?;
@@ -638,11 +696,19 @@ impl Engine {
             return Ok(());
         };
         let mut expired = 0;
-        for (partition, state) in &self.partitions {
-            expired += state.stage_expired(batch.staged.entry(*partition).or_default(), cutoff);
+        for (partition, keys) in &found {
+            let staged = batch.staged.entry(*partition).or_default();
+            for key in keys {
+                staged.stage_deletion(&StateKey::new(key));
+            }
+            expired += keys.len();
         }
         batch.tally.expired += expired as u64;
-        tracing::info!(expired, "dedup entries expired (tombstones staged)");
+        tracing::info!(
+            expired,
+            lookup_ms = started.elapsed().as_millis() as u64,
+            "dedup entries expired (tombstones staged)"
+        );
         self.commit_batch(consumer, &[])
     }
 

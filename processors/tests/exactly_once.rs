@@ -241,3 +241,53 @@ async fn a_fenced_instance_stops_without_writing() {
     );
     assert_eq!(emitted_before, 1_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_record_is_committed_once_the_input_is_idle_not_after_batch_max_time() {
+    let Some(kafka) = callsync_testkit::real_kafka() else {
+        return;
+    };
+    let fx = Fixture::new(kafka, 1).await;
+    let group = fx.kafka.unique_group("proc");
+    let mut config = fx.processor_config("idle", &group);
+    let batch_max_time = Duration::from_secs(10);
+    config.batch_max_time_ms = batch_max_time.as_millis() as u64;
+    let counters = Arc::new(ProcessorCounters::default());
+    let shutdown = Shutdown::new();
+    // a failing assertion must stop the stage, or the runtime waits for it forever
+    let _stop_shutdown = shutdown.trigger_on_drop();
+    let run = tokio::spawn(run_processor_with_counters(
+        config,
+        fx.factory.clone(),
+        shutdown.clone(),
+        counters.clone(),
+    ));
+    // joined the group and restored its partition: from here on only the batch timing counts
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counters.snapshot().partitions_restored < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the partition was never assigned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let sent = Instant::now();
+    fx.produce_records(&[call_record(1, 1)]);
+    let mut calls = Vec::new();
+    while calls.is_empty() {
+        assert!(
+            sent.elapsed() < batch_max_time / 2,
+            "the record was not committed within {:?} (batch_max_time {batch_max_time:?})",
+            sent.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        calls = fx.read_topic(names::CALLS);
+    }
+    let latency = sent.elapsed();
+    eprintln!("one record from calls.raw to calls (read_committed) in {latency:?}");
+    shutdown.trigger();
+    let report = run.await.unwrap().expect("processor");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(report.emitted, 1);
+}

@@ -16,6 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::key_hash::{KeyHash, StateKey};
 use super::state::{PartitionState, StoredEntry};
 use crate::codec::DedupEntryCodec;
 
@@ -89,38 +90,7 @@ pub fn restore_partitions(
     if partitions.is_empty() {
         return Ok((states, stats));
     }
-    let mut cfg = kafka.consumer_config(
-        "callsync-processor-restore",
-        callsync_runtime::Isolation::ReadCommitted,
-    );
-    cfg.set("enable.partition.eof", "true")
-        .set("fetch.max.bytes", "104857600")
-        .set("max.partition.fetch.bytes", "16777216")
-        .set("queued.max.messages.kbytes", "262144")
-        .set("fetch.wait.max.ms", "10");
-    let consumer: BaseConsumer =
-        kafka
-            .create("restore consumer", &cfg)
-            .map_err(|source| RestoreError::Client {
-                topic: topic.to_string(),
-                source,
-            })?;
-    let mut tpl = TopicPartitionList::new();
-    for &p in partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(|source| RestoreError::Assign {
-                topic: topic.to_string(),
-                partitions: partitions.to_vec(),
-                source,
-            })?;
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|source| RestoreError::Assign {
-            topic: topic.to_string(),
-            partitions: partitions.to_vec(),
-            source,
-        })?;
+    let consumer = changelog_reader(kafka, topic, partitions)?;
 
     let codec = DedupEntryCodec::new();
     let mut pending: HashSet<i32> = partitions.iter().copied().collect();
@@ -169,9 +139,9 @@ pub fn restore_partitions(
             }
         };
         match message.payload() {
-            None => state.put(key.into(), None),
+            None => state.put(key, None),
             Some(value) => match codec.decode(value) {
-                Ok(entry) => state.put(key.into(), Some(StoredEntry::from(&entry))),
+                Ok(entry) => state.put(key, Some(StoredEntry::from(&entry))),
                 Err(e) => {
                     stats.unreadable += 1;
                     tracing::warn!(topic, partition = message.partition(), offset = message.offset(), key, error = %e, "undecodable dedup changelog value skipped");
@@ -182,4 +152,127 @@ pub fn restore_partitions(
     stats.keys = states.values().map(|s| s.len() as u64).sum();
     stats.elapsed = started.elapsed();
     Ok((states, stats))
+}
+
+/// A consumer reading changelog `topic` partitions `partitions` from their beginning,
+/// read_committed, with a partition EOF at each end.
+///
+/// Its prefetch stays within the client factory's consumer bounds (16 MiB queued, 16 MiB per
+/// fetch): changelog records are ~100 bytes, so that is ~150,000 records ahead of a reader
+/// that handles ~250,000 a second, enough to keep it busy, where the former 256 MiB queue
+/// held a second copy of the whole state while it was being built. Up to 4 MiB per partition
+/// in one fetch (librdkafka's default is 1 MiB) keeps the round trips per restored key low.
+fn changelog_reader(
+    kafka: &KafkaClientFactory,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BaseConsumer, RestoreError> {
+    let mut cfg = kafka.consumer_config(
+        "callsync-processor-restore",
+        callsync_runtime::Isolation::ReadCommitted,
+    );
+    cfg.set("enable.partition.eof", "true")
+        .set("max.partition.fetch.bytes", "4194304")
+        .set("fetch.wait.max.ms", "10");
+    for (k, v) in &kafka.settings().client_properties {
+        cfg.set(k, v);
+    }
+    let consumer: BaseConsumer =
+        kafka
+            .create("changelog reader", &cfg)
+            .map_err(|source| RestoreError::Client {
+                topic: topic.to_string(),
+                source,
+            })?;
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|source| RestoreError::Assign {
+                topic: topic.to_string(),
+                partitions: partitions.to_vec(),
+                source,
+            })?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|source| RestoreError::Assign {
+            topic: topic.to_string(),
+            partitions: partitions.to_vec(),
+            source,
+        })?;
+    Ok(consumer)
+}
+
+/// The key texts of hashed keys, read back from changelog `topic` (full name), for the
+/// TTL sweep's tombstones: the state holds only [`KeyHash`]es, a tombstone needs the key.
+///
+/// Reads each partition of `wanted` from its beginning until every wanted hash of it was
+/// found or its end is reached. Expired keys are the oldest, so their records are near the
+/// beginning of the (compacted) changelog and a sweep reads a short prefix of it. Must not run
+/// while this instance's own transaction holds changelog records open: a read_committed
+/// reader cannot pass them. Returns, per partition, the texts found; what is still in
+/// `wanted` afterwards was not found.
+pub fn find_changelog_keys(
+    kafka: &KafkaClientFactory,
+    topic: &str,
+    wanted: &mut HashMap<i32, HashSet<KeyHash>>,
+    timeout: Duration,
+) -> Result<HashMap<i32, Vec<String>>, RestoreError> {
+    let started = Instant::now();
+    wanted.retain(|_, hashes| !hashes.is_empty());
+    let mut found: HashMap<i32, Vec<String>> = HashMap::new();
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    let mut partitions: Vec<i32> = wanted.keys().copied().collect();
+    partitions.sort_unstable();
+    let consumer = changelog_reader(kafka, topic, &partitions)?;
+    let mut pending: HashSet<i32> = partitions.iter().copied().collect();
+    while !pending.is_empty() {
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            let mut pending: Vec<i32> = pending.into_iter().collect();
+            pending.sort_unstable();
+            return Err(RestoreError::Timeout {
+                topic: topic.to_string(),
+                pending,
+                timeout,
+            });
+        }
+        let Some(result) = consumer.poll(left.min(Duration::from_millis(100))) else {
+            continue;
+        };
+        let message = match result {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(p)) => {
+                pending.remove(&p);
+                continue;
+            }
+            Err(source) => {
+                return Err(RestoreError::Read {
+                    topic: topic.to_string(),
+                    source,
+                })
+            }
+        };
+        let partition = message.partition();
+        let (Some(hashes), Some(Ok(key))) = (
+            wanted.get_mut(&partition),
+            message.key().map(std::str::from_utf8),
+        ) else {
+            continue;
+        };
+        let key = StateKey::new(key);
+        if hashes.remove(&key.hash) {
+            found
+                .entry(partition)
+                .or_default()
+                .push(key.text.to_string());
+            if hashes.is_empty() {
+                pending.remove(&partition);
+            }
+        }
+    }
+    wanted.retain(|_, hashes| !hashes.is_empty());
+    Ok(found)
 }

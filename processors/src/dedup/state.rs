@@ -4,14 +4,21 @@
 //! [`StagedChanges`] (looked up before the committed map), which are written to the
 //! changelog inside the batch's transaction and merged with [`PartitionState::apply`] only
 //! once that transaction commits. An aborted batch just drops its staged changes.
+//!
+//! Memory: the committed map holds, per key, its [`KeyHash`] (16 bytes) and a
+//! [`StoredEntry`] (28 bytes) inline in the table's slot, and no heap allocation of its own.
+//! The key text lives only in the changelog and, for the keys a batch changes, in its
+//! [`StagedChanges`] (the changelog record needs it). The TTL sweep, which writes tombstones
+//! for keys it holds only as hashes, reads their text back from the changelog
+//! ([`crate::dedup::find_changelog_keys`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::mem::size_of;
 
 use callsync_schemas::DedupEntry;
 use chrono::{DateTime, Utc};
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
+use super::key_hash::{KeyHash, KeyHashBuilder, StateKey};
 use crate::fingerprint::Fingerprint;
 
 /// What the processor does with a valid record.
@@ -28,42 +35,87 @@ pub enum Verdict {
     Stale,
 }
 
-/// One key's state as held in memory (32 bytes).
+/// One key's state as held in memory: 28 bytes, 4-byte aligned (the full 128-bit content
+/// fingerprint, the version, and `seen_at` in whole seconds, which is all the TTL needs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredEntry {
-    pub fingerprint: Fingerprint,
-    pub version: i64,
-    /// Microseconds since the epoch when the processor last saw the key.
-    pub seen_at_micros: i64,
+    fingerprint: [u32; 4],
+    version: [u32; 2],
+    /// Seconds since the epoch when the processor last saw the key.
+    seen_at_secs: u32,
+}
+
+impl StoredEntry {
+    /// `seen_at_micros` is kept to the second (clamped to 1970..2106).
+    pub fn new(fingerprint: Fingerprint, version: i64, seen_at_micros: i64) -> StoredEntry {
+        let v = version as u64;
+        StoredEntry {
+            fingerprint: [
+                fingerprint as u32,
+                (fingerprint >> 32) as u32,
+                (fingerprint >> 64) as u32,
+                (fingerprint >> 96) as u32,
+            ],
+            version: [v as u32, (v >> 32) as u32],
+            seen_at_secs: seen_at_micros
+                .div_euclid(1_000_000)
+                .clamp(0, i64::from(u32::MAX)) as u32,
+        }
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        let f = self.fingerprint.map(u128::from);
+        f[0] | f[1] << 32 | f[2] << 64 | f[3] << 96
+    }
+
+    pub fn version(&self) -> i64 {
+        (u64::from(self.version[0]) | u64::from(self.version[1]) << 32) as i64
+    }
+
+    /// When the key was last seen, in microseconds since the epoch (whole seconds).
+    pub fn seen_at_micros(&self) -> i64 {
+        i64::from(self.seen_at_secs) * 1_000_000
+    }
+
+    fn seen_at(self, micros: i64) -> StoredEntry {
+        StoredEntry::new(self.fingerprint(), self.version(), micros)
+    }
 }
 
 impl From<&DedupEntry> for StoredEntry {
     fn from(e: &DedupEntry) -> Self {
-        StoredEntry {
-            fingerprint: e.fingerprint,
-            version: e.version,
-            seen_at_micros: e.seen_at.timestamp_micros(),
-        }
+        StoredEntry::new(e.fingerprint, e.version, e.seen_at.timestamp_micros())
     }
 }
 
 impl From<&StoredEntry> for DedupEntry {
     fn from(e: &StoredEntry) -> Self {
         DedupEntry {
-            fingerprint: e.fingerprint,
-            version: e.version,
-            seen_at: DateTime::<Utc>::from_timestamp_micros(e.seen_at_micros).unwrap_or_default(),
+            fingerprint: e.fingerprint(),
+            version: e.version(),
+            seen_at: DateTime::<Utc>::from_timestamp_micros(e.seen_at_micros()).unwrap_or_default(),
         }
     }
 }
 
-type KeyMap<V> = HashMap<Box<str>, V, Xxh3DefaultBuilder>;
+type HashedMap<V> = HashMap<KeyHash, V, KeyHashBuilder>;
+
+/// One staged change: where its key text is in [`StagedChanges::keys`], and the new entry
+/// (`None`: a deletion).
+#[derive(Debug, Clone, Copy)]
+struct StagedChange {
+    key_start: usize,
+    key_end: usize,
+    entry: Option<StoredEntry>,
+}
 
 /// Changes a batch made to one partition's state, not yet committed. `None` is a deletion
-/// (a tombstone in the changelog).
+/// (a tombstone in the changelog). Holds the text of every changed key (in one buffer) for
+/// the changelog records.
 #[derive(Debug, Default)]
 pub struct StagedChanges {
-    changes: KeyMap<Option<StoredEntry>>,
+    changes: HashedMap<StagedChange>,
+    keys: String,
 }
 
 impl StagedChanges {
@@ -77,14 +129,30 @@ impl StagedChanges {
 
     /// Every staged change: key and new entry, `None` for a deletion.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&StoredEntry>)> {
-        self.changes.iter().map(|(k, v)| (&**k, v.as_ref()))
+        self.changes
+            .values()
+            .map(|c| (&self.keys[c.key_start..c.key_end], c.entry.as_ref()))
     }
 
-    fn stage(&mut self, key: &str, entry: Option<StoredEntry>) {
-        match self.changes.get_mut(key) {
-            Some(slot) => *slot = entry,
+    /// Stage a deletion of `key` (a tombstone in the changelog).
+    pub fn stage_deletion(&mut self, key: &StateKey<'_>) {
+        self.stage(key, None);
+    }
+
+    fn stage(&mut self, key: &StateKey<'_>, entry: Option<StoredEntry>) {
+        match self.changes.get_mut(&key.hash) {
+            Some(slot) => slot.entry = entry,
             None => {
-                self.changes.insert(key.into(), entry);
+                let key_start = self.keys.len();
+                self.keys.push_str(key.text);
+                self.changes.insert(
+                    key.hash,
+                    StagedChange {
+                        key_start,
+                        key_end: self.keys.len(),
+                        entry,
+                    },
+                );
             }
         }
     }
@@ -93,8 +161,7 @@ impl StagedChanges {
 /// The committed dedup state of one partition.
 #[derive(Debug, Default)]
 pub struct PartitionState {
-    entries: KeyMap<StoredEntry>,
-    key_bytes: usize,
+    entries: HashedMap<StoredEntry>,
 }
 
 impl PartitionState {
@@ -111,14 +178,14 @@ impl PartitionState {
     }
 
     pub fn get(&self, key: &str) -> Option<&StoredEntry> {
-        self.entries.get(key)
+        self.entries.get(&KeyHash::of(key))
     }
 
     /// The entry for `key` as the batch sees it: staged first, then committed.
-    fn current<'a>(&'a self, staged: &'a StagedChanges, key: &str) -> Option<&'a StoredEntry> {
-        match staged.changes.get(key) {
-            Some(change) => change.as_ref(),
-            None => self.entries.get(key),
+    fn current<'a>(&'a self, staged: &'a StagedChanges, key: KeyHash) -> Option<&'a StoredEntry> {
+        match staged.changes.get(&key) {
+            Some(change) => change.entry.as_ref(),
+            None => self.entries.get(&key),
         }
     }
 
@@ -128,25 +195,19 @@ impl PartitionState {
     pub fn observe_version(
         &self,
         staged: &mut StagedChanges,
-        key: &str,
+        key: &StateKey<'_>,
         version: i64,
         now_micros: i64,
         refresh_after_micros: i64,
     ) -> Option<Verdict> {
-        let held = *self.current(staged, key)?;
-        if version > held.version {
+        let held = *self.current(staged, key.hash)?;
+        if version > held.version() {
             return None;
         }
-        if now_micros.saturating_sub(held.seen_at_micros) > refresh_after_micros {
-            staged.stage(
-                key,
-                Some(StoredEntry {
-                    seen_at_micros: now_micros,
-                    ..held
-                }),
-            );
+        if now_micros.saturating_sub(held.seen_at_micros()) > refresh_after_micros {
+            staged.stage(key, Some(held.seen_at(now_micros)));
         }
-        Some(if version < held.version {
+        Some(if version < held.version() {
             Verdict::Stale
         } else {
             Verdict::Duplicate
@@ -162,26 +223,22 @@ impl PartitionState {
     pub fn observe(
         &self,
         staged: &mut StagedChanges,
-        key: &str,
+        key: &StateKey<'_>,
         fingerprint: Fingerprint,
         version: i64,
         now_micros: i64,
         refresh_after_micros: i64,
     ) -> Verdict {
-        let fresh = StoredEntry {
-            fingerprint,
-            version,
-            seen_at_micros: now_micros,
-        };
-        let Some(held) = self.current(staged, key).copied() else {
+        let fresh = StoredEntry::new(fingerprint, version, now_micros);
+        let Some(held) = self.current(staged, key.hash).copied() else {
             staged.stage(key, Some(fresh));
             return Verdict::Emit;
         };
-        let verdict = if version < held.version {
+        let verdict = if version < held.version() {
             Verdict::Stale
-        } else if version == held.version {
+        } else if version == held.version() {
             Verdict::Duplicate
-        } else if fingerprint == held.fingerprint {
+        } else if fingerprint == held.fingerprint() {
             Verdict::Unchanged
         } else {
             Verdict::Emit
@@ -189,14 +246,8 @@ impl PartitionState {
         match verdict {
             Verdict::Emit | Verdict::Unchanged => staged.stage(key, Some(fresh)),
             Verdict::Duplicate | Verdict::Stale => {
-                if now_micros.saturating_sub(held.seen_at_micros) > refresh_after_micros {
-                    staged.stage(
-                        key,
-                        Some(StoredEntry {
-                            seen_at_micros: now_micros,
-                            ..held
-                        }),
-                    );
+                if now_micros.saturating_sub(held.seen_at_micros()) > refresh_after_micros {
+                    staged.stage(key, Some(held.seen_at(now_micros)));
                 }
             }
         }
@@ -207,54 +258,64 @@ impl PartitionState {
     pub fn has_expired(&self, cutoff_micros: i64) -> bool {
         self.entries
             .values()
-            .any(|e| e.seen_at_micros < cutoff_micros)
+            .any(|e| e.seen_at_micros() < cutoff_micros)
     }
 
-    /// Stage a deletion for every committed key last seen before `cutoff_micros` (and not
-    /// touched by the batch). Returns how many expired.
-    pub fn stage_expired(&self, staged: &mut StagedChanges, cutoff_micros: i64) -> usize {
-        let mut expired = 0;
-        for (key, entry) in &self.entries {
-            if entry.seen_at_micros < cutoff_micros && !staged.changes.contains_key(key) {
-                staged.changes.insert(key.clone(), None);
-                expired += 1;
-            }
-        }
-        expired
+    /// The hashes of the committed keys last seen before `cutoff_micros` (and not touched
+    /// by `staged`). Their deletions are staged with [`StagedChanges::stage_deletion`] once
+    /// their text has been read back from the changelog.
+    pub fn expired(&self, staged: &StagedChanges, cutoff_micros: i64) -> HashSet<KeyHash> {
+        self.entries
+            .iter()
+            .filter(|(key, entry)| {
+                entry.seen_at_micros() < cutoff_micros && !staged.changes.contains_key(key)
+            })
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
+    /// Drop `key` without a tombstone (an expired key whose text the changelog no longer
+    /// holds, so there is no record a tombstone could delete).
+    pub fn forget(&mut self, key: &KeyHash) -> bool {
+        self.entries.remove(key).is_some()
     }
 
     /// Merge a committed batch's changes.
     pub fn apply(&mut self, staged: StagedChanges) {
         for (key, change) in staged.changes {
-            self.put(key, change);
+            self.put_hashed(key, change.entry);
         }
     }
 
     /// Set (or with `None`, remove) one key, as a changelog record read back does.
-    pub fn put(&mut self, key: Box<str>, entry: Option<StoredEntry>) {
+    pub fn put(&mut self, key: &str, entry: Option<StoredEntry>) {
+        self.put_hashed(KeyHash::of(key), entry);
+    }
+
+    fn put_hashed(&mut self, key: KeyHash, entry: Option<StoredEntry>) {
         match entry {
             Some(entry) => {
-                let len = key.len();
-                if self.entries.insert(key, entry).is_none() {
-                    self.key_bytes += len;
-                }
+                self.entries.insert(key, entry);
             }
             None => {
-                if self.entries.remove(&key).is_some() {
-                    self.key_bytes -= key.len();
-                }
+                self.entries.remove(&key);
             }
         }
     }
 
-    /// An estimate of the heap bytes this state holds: the table's slots and control bytes
-    /// at its capacity, plus every key's allocation (rounded up to the allocator's 16-byte
-    /// granularity). The benchmark checks it against the process's resident memory.
+    /// The heap bytes this state holds: the table's slots and control bytes. The benchmark
+    /// checks it against the process's resident memory.
     pub fn approx_heap_bytes(&self) -> usize {
-        let slot = size_of::<(Box<str>, StoredEntry)>() + 1;
-        let table = self.entries.capacity() * slot;
-        let keys = self.key_bytes + self.entries.len() * 8; // average rounding to 16 bytes
-        table + keys
+        // a table holds at most 7/8 of its buckets (a power of two) full; small ones hold
+        // one bucket less than their count
+        let capacity = self.entries.capacity();
+        let buckets = match capacity {
+            0 => 0,
+            c if c < 8 => (c + 1).next_power_of_two(),
+            c => (c * 8 / 7).next_power_of_two(),
+        };
+        let slot = size_of::<(KeyHash, StoredEntry)>() + 1;
+        buckets * slot
     }
 }
 
@@ -271,7 +332,11 @@ mod tests {
         fp: u128,
         version: i64,
     ) -> Verdict {
-        state.observe(staged, key, fp, version, 10 * DAY, DAY)
+        state.observe(staged, &StateKey::new(key), fp, version, 10 * DAY, DAY)
+    }
+
+    fn entry(fingerprint: u128, version: i64, seen_at_micros: i64) -> Option<StoredEntry> {
+        Some(StoredEntry::new(fingerprint, version, seen_at_micros))
     }
 
     #[test]
@@ -296,8 +361,9 @@ mod tests {
     fn the_version_alone_decides_stale_and_duplicate() {
         let mut state = PartitionState::new();
         let mut staged = StagedChanges::default();
+        let k = StateKey::new("k");
         assert_eq!(
-            state.observe_version(&mut staged, "k", 10, 0, DAY),
+            state.observe_version(&mut staged, &k, 10, 0, DAY),
             None,
             "unknown key"
         );
@@ -305,15 +371,15 @@ mod tests {
         state.apply(staged);
         let mut staged = StagedChanges::default();
         assert_eq!(
-            state.observe_version(&mut staged, "k", 9, 0, DAY),
+            state.observe_version(&mut staged, &k, 9, 0, DAY),
             Some(Verdict::Stale)
         );
         assert_eq!(
-            state.observe_version(&mut staged, "k", 10, 0, DAY),
+            state.observe_version(&mut staged, &k, 10, 0, DAY),
             Some(Verdict::Duplicate)
         );
         assert_eq!(
-            state.observe_version(&mut staged, "k", 11, 0, DAY),
+            state.observe_version(&mut staged, &k, 11, 0, DAY),
             None,
             "newer: needs the content"
         );
@@ -335,7 +401,7 @@ mod tests {
         assert_eq!(observe(&state, &mut staged, "k", 2, 30), Verdict::Emit);
         state.apply(staged);
         assert_eq!(
-            state.get("k").map(|e| (e.fingerprint, e.version)),
+            state.get("k").map(|e| (e.fingerprint(), e.version())),
             Some((2, 30))
         );
     }
@@ -354,32 +420,51 @@ mod tests {
     }
 
     #[test]
+    fn staged_changes_keep_each_key_text_once_with_its_last_entry() {
+        let state = PartitionState::new();
+        let mut staged = StagedChanges::default();
+        observe(&state, &mut staged, "callrail:a:1", 1, 10);
+        observe(&state, &mut staged, "callrail:a:2", 1, 10);
+        observe(&state, &mut staged, "callrail:a:1", 2, 20);
+        staged.stage_deletion(&StateKey::new("callrail:a:2"));
+        let mut changes: Vec<_> = staged
+            .iter()
+            .map(|(k, e)| (k.to_string(), e.map(|e| e.version())))
+            .collect();
+        changes.sort();
+        assert_eq!(
+            changes,
+            [
+                ("callrail:a:1".to_string(), Some(20)),
+                ("callrail:a:2".to_string(), None)
+            ]
+        );
+    }
+
+    #[test]
+    fn entries_keep_every_field_through_the_changelog_form() {
+        let fingerprint = u128::MAX - 12_345;
+        let e = StoredEntry::new(fingerprint, -7, 1_700_000_000_123_456);
+        assert_eq!(e.fingerprint(), fingerprint);
+        assert_eq!(e.version(), -7);
+        assert_eq!(
+            e.seen_at_micros(),
+            1_700_000_000_000_000,
+            "kept to the second"
+        );
+        let back = StoredEntry::from(&DedupEntry::from(&e));
+        assert_eq!(back, e);
+        let e = StoredEntry::new(1, i64::MAX, 0);
+        assert_eq!(e.version(), i64::MAX);
+        assert_eq!(size_of::<StoredEntry>(), 28);
+    }
+
+    #[test]
     fn old_entries_are_refreshed_when_seen_and_expire_when_not() {
         let mut state = PartitionState::new();
-        state.put(
-            "old".into(),
-            Some(StoredEntry {
-                fingerprint: 1,
-                version: 1,
-                seen_at_micros: 0,
-            }),
-        );
-        state.put(
-            "seen".into(),
-            Some(StoredEntry {
-                fingerprint: 1,
-                version: 1,
-                seen_at_micros: 0,
-            }),
-        );
-        state.put(
-            "new".into(),
-            Some(StoredEntry {
-                fingerprint: 1,
-                version: 1,
-                seen_at_micros: 9 * DAY,
-            }),
-        );
+        state.put("old", entry(1, 1, 0));
+        state.put("seen", entry(1, 1, 0));
+        state.put("new", entry(1, 1, 9 * DAY));
         let mut staged = StagedChanges::default();
         assert_eq!(
             observe(&state, &mut staged, "seen", 1, 1),
@@ -390,7 +475,9 @@ mod tests {
             1,
             "seen_at older than the refresh interval is refreshed"
         );
-        assert_eq!(state.stage_expired(&mut staged, 5 * DAY), 1);
+        let expired = state.expired(&staged, 5 * DAY);
+        assert_eq!(expired, HashSet::from([KeyHash::of("old")]));
+        staged.stage_deletion(&StateKey::new("old"));
         let deleted: Vec<_> = staged
             .iter()
             .filter(|(_, e)| e.is_none())
@@ -400,27 +487,32 @@ mod tests {
         state.apply(staged);
         assert_eq!(state.len(), 2);
         assert!(state.get("old").is_none());
-        assert_eq!(state.get("seen").map(|e| e.seen_at_micros), Some(10 * DAY));
+        assert_eq!(
+            state.get("seen").map(|e| e.seen_at_micros()),
+            Some(10 * DAY)
+        );
+        assert!(state.forget(&KeyHash::of("new")));
+        assert_eq!(state.len(), 1);
     }
 
     #[test]
-    fn memory_estimate_grows_with_keys() {
+    fn memory_per_key_is_the_slot_and_its_control_byte() {
         let mut state = PartitionState::new();
-        let empty = state.approx_heap_bytes();
-        for i in 0..1000 {
+        assert_eq!(state.approx_heap_bytes(), 0);
+        const N: usize = 100_000;
+        for i in 0..N {
             state.put(
-                format!("retreaver:acct-1:call-{i:08}").into(),
-                Some(StoredEntry {
-                    fingerprint: i,
-                    version: 1,
-                    seen_at_micros: 0,
-                }),
+                &format!("retreaver:acct-1:call-{i:08}"),
+                entry(i as u128, 1, 0),
             );
         }
-        let per_key = (state.approx_heap_bytes() - empty) / 1000;
-        assert!((60..200).contains(&per_key), "{per_key} bytes per key");
-        for i in 0..1000 {
-            state.put(format!("retreaver:acct-1:call-{i:08}").into(), None);
+        // 100,000 keys fill 131,072 buckets of 45 bytes
+        assert_eq!(size_of::<(KeyHash, StoredEntry)>(), 44);
+        assert_eq!(state.approx_heap_bytes(), 131_072 * 45);
+        let per_key = state.approx_heap_bytes() / N;
+        assert!((45..=90).contains(&per_key), "{per_key} bytes per key");
+        for i in 0..N {
+            state.put(&format!("retreaver:acct-1:call-{i:08}"), None);
         }
         assert!(state.is_empty());
     }
