@@ -36,7 +36,7 @@ die() { log "error: $*"; exit 1; }
 default_data_dir() {
   local home="$CALLSYNC_WORK/postgres"
   if [[ "$(id -u)" == "0" ]] && ! runuser -u nobody -- test -x "$REPO_ROOT" 2>/dev/null; then
-    home="/tmp/callsync-postgres-$(echo "$REPO_ROOT" | sha256sum | cut -c1-12)"
+    home="/tmp/callsync-postgres-$(echo "$CALLSYNC_WORK" | sha256sum | cut -c1-12)"
   fi
   echo "$home/data"
 }

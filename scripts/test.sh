@@ -143,10 +143,13 @@ if (($# == 0)) && [[ "${CALLSYNC_TEST_LANES:-2}" == "2" ]]; then
       scripts/postgres.sh stop >/dev/null 2>&1 || true
     }
     trap stop_chaos_services EXIT
+    # not the shared services' (test.sh exported those above)
+    unset CALLSYNC_PG_DATA DATABASE_URL KAFKA_BOOTSTRAP
     CALLSYNC_KAFKA_FRESH=1 scripts/kafka-broker.sh start >/dev/null || exit 1
-    scripts/postgres.sh start >/dev/null || exit 1
-    export KAFKA_BOOTSTRAP=127.0.0.1:19192 DATABASE_URL=postgres://postgres@127.0.0.1:15442/postgres \
-      CALLSYNC_PG_DATA="$chaos_work/postgres/data"
+    pg_out="$(scripts/postgres.sh start)" || exit 1
+    export_from "$pg_out"
+    [[ "$DATABASE_URL" == *":15442/"* ]] || { echo "chaos lane: unexpected DATABASE_URL=$DATABASE_URL" >&2; exit 1; }
+    export KAFKA_BOOTSTRAP=127.0.0.1:19192
     cd "$REPO_ROOT" && "$chaos_exe" --exact "$CHAOS_TEST" --nocapture
   ) >"$chaos_log" 2>&1 &
   chaos_pid=$!
