@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use callsync_runtime::KafkaClientFactory;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::key_hash::{KeyHash, StateKey};
@@ -93,37 +93,10 @@ pub fn restore_partitions(
     let consumer = changelog_reader(kafka, topic, partitions)?;
 
     let codec = DedupEntryCodec::new();
-    let mut pending: HashSet<i32> = partitions.iter().copied().collect();
-    while !pending.is_empty() {
-        let left = timeout.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            let mut pending: Vec<i32> = pending.into_iter().collect();
-            pending.sort_unstable();
-            return Err(RestoreError::Timeout {
-                topic: topic.to_string(),
-                pending,
-                timeout,
-            });
-        }
-        let Some(result) = consumer.poll(left.min(Duration::from_millis(100))) else {
-            continue;
-        };
-        let message = match result {
-            Ok(m) => m,
-            Err(KafkaError::PartitionEOF(p)) => {
-                pending.remove(&p);
-                continue;
-            }
-            Err(source) => {
-                return Err(RestoreError::Read {
-                    topic: topic.to_string(),
-                    source,
-                })
-            }
-        };
+    read_changelog(&consumer, topic, partitions, started, timeout, |message| {
         stats.records += 1;
         let Some(state) = states.get_mut(&message.partition()) else {
-            continue;
+            return ChangelogRead::Continue;
         };
         let key = match message.key().map(std::str::from_utf8) {
             Some(Ok(k)) => k,
@@ -135,7 +108,7 @@ pub fn restore_partitions(
                     offset = message.offset(),
                     "dedup changelog record without a UTF-8 key skipped"
                 );
-                continue;
+                return ChangelogRead::Continue;
             }
         };
         match message.payload() {
@@ -148,7 +121,8 @@ pub fn restore_partitions(
                 }
             },
         }
-    }
+        ChangelogRead::Continue
+    })?;
     stats.keys = states.values().map(|s| s.len() as u64).sum();
     stats.elapsed = started.elapsed();
     Ok((states, stats))
@@ -227,6 +201,47 @@ pub fn find_changelog_keys(
     let mut partitions: Vec<i32> = wanted.keys().copied().collect();
     partitions.sort_unstable();
     let consumer = changelog_reader(kafka, topic, &partitions)?;
+    read_changelog(&consumer, topic, &partitions, started, timeout, |message| {
+        let partition = message.partition();
+        let (Some(hashes), Some(Ok(key))) = (
+            wanted.get_mut(&partition),
+            message.key().map(std::str::from_utf8),
+        ) else {
+            return ChangelogRead::Continue;
+        };
+        let key = StateKey::new(key);
+        if hashes.remove(&key.hash) {
+            found
+                .entry(partition)
+                .or_default()
+                .push(key.text.to_string());
+            if hashes.is_empty() {
+                return ChangelogRead::PartitionDone;
+            }
+        }
+        ChangelogRead::Continue
+    })?;
+    wanted.retain(|_, hashes| !hashes.is_empty());
+    Ok(found)
+}
+
+/// What a changelog visitor wants after a record.
+enum ChangelogRead {
+    Continue,
+    /// Nothing more is needed from this record's partition.
+    PartitionDone,
+}
+
+/// Polls `consumer` (a [`changelog_reader`] of `partitions`) until every partition reached its
+/// end or was declared done by `visit`, failing once `timeout` since `started` has passed.
+fn read_changelog(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    started: Instant,
+    timeout: Duration,
+    mut visit: impl FnMut(&BorrowedMessage<'_>) -> ChangelogRead,
+) -> Result<(), RestoreError> {
     let mut pending: HashSet<i32> = partitions.iter().copied().collect();
     while !pending.is_empty() {
         let left = timeout.saturating_sub(started.elapsed());
@@ -242,11 +257,14 @@ pub fn find_changelog_keys(
         let Some(result) = consumer.poll(left.min(Duration::from_millis(100))) else {
             continue;
         };
-        let message = match result {
-            Ok(m) => m,
+        match result {
+            Ok(message) => {
+                if let ChangelogRead::PartitionDone = visit(&message) {
+                    pending.remove(&message.partition());
+                }
+            }
             Err(KafkaError::PartitionEOF(p)) => {
                 pending.remove(&p);
-                continue;
             }
             Err(source) => {
                 return Err(RestoreError::Read {
@@ -254,25 +272,7 @@ pub fn find_changelog_keys(
                     source,
                 })
             }
-        };
-        let partition = message.partition();
-        let (Some(hashes), Some(Ok(key))) = (
-            wanted.get_mut(&partition),
-            message.key().map(std::str::from_utf8),
-        ) else {
-            continue;
-        };
-        let key = StateKey::new(key);
-        if hashes.remove(&key.hash) {
-            found
-                .entry(partition)
-                .or_default()
-                .push(key.text.to_string());
-            if hashes.is_empty() {
-                pending.remove(&partition);
-            }
         }
     }
-    wanted.retain(|_, hashes| !hashes.is_empty());
-    Ok(found)
+    Ok(())
 }
