@@ -13,7 +13,7 @@ use callsync::demo::{run_demo, DemoArgs};
 use callsync::ops;
 use callsync::roles::{run_roles, Role};
 use callsync::scheduler::TriggerRequest;
-use callsync_runtime::{ensure_topics, KafkaClientFactory, Shutdown, TopicCatalogue};
+use callsync_runtime::{ensure_catalogue, KafkaClientFactory, Shutdown};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -178,9 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = load_config(config_path)?;
             let factory = KafkaClientFactory::new(config.kafka.clone());
-            let admin = factory.admin()?;
-            let catalogue = TopicCatalogue::new(&config.kafka, &config.topics.catalogue_options());
-            let report = ensure_topics(&admin, &catalogue, timeout)
+            let report = ensure_catalogue(&factory, &config.topics.catalogue_options(), timeout)
                 .await
                 .with_context(|| {
                     format!(

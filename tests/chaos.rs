@@ -27,8 +27,8 @@ use callsync::scheduler::status::{
 };
 use callsync_processors::synthetic::bad_record_corpus;
 use callsync_runtime::{
-    ensure_topics, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings, Shutdown,
-    TopicCatalogue,
+    ensure_catalogue, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings,
+    Shutdown,
 };
 use callsync_schemas::{
     decode_call_record, encode_to_vec, Provider, SyncMode, SyncRequest, WireFormat,
@@ -171,20 +171,13 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
     let mut settings = KafkaSettings::plaintext(kafka.bootstrap());
     settings.topic_prefix = prefix.clone();
     let factory = KafkaClientFactory::new(settings.clone());
-    let catalogue = TopicCatalogue::new(
-        &settings,
-        &CatalogueOptions {
-            call_partitions: PARTITIONS,
-            calls_retention_days: 7,
-        },
-    );
-    ensure_topics(
-        &factory.admin().expect("admin"),
-        &catalogue,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("topics");
+    let options = CatalogueOptions {
+        call_partitions: PARTITIONS,
+        calls_retention_days: 7,
+    };
+    ensure_catalogue(&factory, &options, Duration::from_secs(30))
+        .await
+        .expect("topics");
 
     let sim = start_simulator(seed, calls).await;
     let accounts: Vec<(Provider, String)> = Provider::ALL

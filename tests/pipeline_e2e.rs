@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use callsync_processors::synthetic::call_record;
 use callsync_processors::ProcessorConfig;
 use callsync_runtime::{
-    ensure_topics, names, CatalogueOptions, KafkaClientFactory, KafkaSettings, Secret, Shutdown,
-    TopicCatalogue,
+    ensure_catalogue, names, CatalogueOptions, KafkaClientFactory, KafkaSettings, Secret, Shutdown,
 };
 use callsync_schemas::{encode_to_vec, CallRecord, WireFormat};
 use callsync_sinks::{CallStore, PgStore, SinkConfig};
@@ -43,20 +42,13 @@ async fn records_produced_to_calls_raw_become_rows_in_postgres() {
     let mut settings = KafkaSettings::plaintext(kafka.bootstrap());
     settings.topic_prefix = format!("e2e{}.", uuid::Uuid::new_v4().simple());
     let factory = KafkaClientFactory::new(settings.clone());
-    let catalogue = TopicCatalogue::new(
-        &settings,
-        &CatalogueOptions {
-            call_partitions: 3,
-            calls_retention_days: 30,
-        },
-    );
-    ensure_topics(
-        &factory.admin().expect("admin"),
-        &catalogue,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("topics");
+    let options = CatalogueOptions {
+        call_partitions: 3,
+        calls_retention_days: 30,
+    };
+    ensure_catalogue(&factory, &options, Duration::from_secs(30))
+        .await
+        .expect("topics");
 
     let input: Vec<CallRecord> = (0..RECORDS)
         .map(|i| call_record(i, 1_000 + i as i64))

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use callsync_connectors::ConnectorsConfig;
 use callsync_runtime::{
-    ensure_topics, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings,
+    ensure_catalogue, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings,
     TopicCatalogue,
 };
 use callsync_schemas::{Provider, RecordDecoder, SyncEvent, SyncEventKind, SyncMode, SyncRequest};
@@ -220,14 +220,11 @@ pub async fn backfill_through_process(calls: u64, roles: Roles) -> anyhow::Resul
     settings.topic_prefix = prefix.clone();
     let factory = KafkaClientFactory::new(settings.clone());
     let partitions = 4;
-    let catalogue = TopicCatalogue::new(
-        &settings,
-        &CatalogueOptions {
-            call_partitions: partitions,
-            calls_retention_days: 1,
-        },
-    );
-    ensure_topics(&factory.admin()?, &catalogue, Duration::from_secs(60)).await?;
+    let options = CatalogueOptions {
+        call_partitions: partitions,
+        calls_retention_days: 1,
+    };
+    ensure_catalogue(&factory, &options, Duration::from_secs(60)).await?;
 
     let db = match roles {
         Roles::All => Some(services::database().await?),
@@ -374,7 +371,11 @@ incremental = "off"
         .context("stopping callsync")??;
     let _ = watcher.await;
     let admin = factory.admin()?;
-    let topics: Vec<String> = catalogue.topics().iter().map(|t| t.name.clone()).collect();
+    let topics: Vec<String> = TopicCatalogue::new(&settings, &options)
+        .topics()
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
     let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     let _ = admin
         .delete_topics(&refs, &rdkafka::admin::AdminOptions::new())

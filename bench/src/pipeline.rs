@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use callsync_processors::ProcessorConfig;
 use callsync_runtime::{
-    ensure_topics, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings, Shutdown,
-    TopicCatalogue,
+    ensure_catalogue, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings,
+    Shutdown,
 };
 use callsync_sinks::{CallStore, PgStore, SinkConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -29,14 +29,11 @@ pub async fn run(records: usize, calls: u64) -> anyhow::Result<BenchOutcome> {
     let mut settings = KafkaSettings::plaintext(&bootstrap);
     settings.topic_prefix = format!("bench-pipeline-{}.", uuid::Uuid::new_v4().simple());
     let factory = KafkaClientFactory::new(settings.clone());
-    let catalogue = TopicCatalogue::new(
-        &settings,
-        &CatalogueOptions {
-            call_partitions: 4,
-            calls_retention_days: 1,
-        },
-    );
-    ensure_topics(&factory.admin()?, &catalogue, Duration::from_secs(30)).await?;
+    let options = CatalogueOptions {
+        call_partitions: 4,
+        calls_retention_days: 1,
+    };
+    ensure_catalogue(&factory, &options, Duration::from_secs(30)).await?;
 
     let raw_topic = settings.topic(names::CALLS_RAW);
     crate::sink_role::produce_calls(&factory, &raw_topic, records)?;

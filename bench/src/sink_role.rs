@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use callsync_processors::synthetic::call_record;
 use callsync_runtime::{
-    ensure_topics, names, send_waiting, CatalogueOptions, KafkaClientFactory, KafkaSettings,
-    TopicCatalogue,
+    ensure_catalogue, names, send_waiting, CatalogueOptions, KafkaClientFactory, KafkaSettings,
 };
 use callsync_schemas::{encode_to_vec, WireFormat};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -80,14 +79,11 @@ pub async fn drain(
     let mut settings = KafkaSettings::plaintext(&bootstrap);
     settings.topic_prefix = format!("bench-sink-{}.", uuid::Uuid::new_v4().simple());
     let factory = KafkaClientFactory::new(settings.clone());
-    let catalogue = TopicCatalogue::new(
-        &settings,
-        &CatalogueOptions {
-            call_partitions: partitions,
-            calls_retention_days: 1,
-        },
-    );
-    ensure_topics(&factory.admin()?, &catalogue, Duration::from_secs(30)).await?;
+    let options = CatalogueOptions {
+        call_partitions: partitions,
+        calls_retention_days: 1,
+    };
+    ensure_catalogue(&factory, &options, Duration::from_secs(30)).await?;
     let topic = settings.topic(names::CALLS);
     produce_calls(&factory, &topic, records)?;
 

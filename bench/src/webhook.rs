@@ -22,7 +22,7 @@ use callsync::config::CallsyncConfig;
 use callsync::roles::{run_roles_with, Role, RunOptions};
 use callsync::webhooks::signature::{hmac_sha256_signature, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use callsync_runtime::{
-    ensure_topics, CatalogueOptions, KafkaClientFactory, KafkaSettings, Shutdown, TopicCatalogue,
+    ensure_catalogue, CatalogueOptions, KafkaClientFactory, KafkaSettings, Shutdown,
 };
 use callsync_schemas::Provider;
 use callsync_simulator::{AccountConfig, Simulator, SimulatorConfig};
@@ -58,14 +58,11 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
     let mut settings = KafkaSettings::plaintext(&bootstrap);
     settings.topic_prefix = format!("bench-webhook-{run_id}.");
     let factory = KafkaClientFactory::new(settings.clone());
-    let catalogue = TopicCatalogue::new(
-        &settings,
-        &CatalogueOptions {
-            call_partitions: CALL_PARTITIONS,
-            calls_retention_days: 1,
-        },
-    );
-    ensure_topics(&factory.admin()?, &catalogue, Duration::from_secs(60)).await?;
+    let options = CatalogueOptions {
+        call_partitions: CALL_PARTITIONS,
+        calls_retention_days: 1,
+    };
+    ensure_catalogue(&factory, &options, Duration::from_secs(60)).await?;
 
     // the simulator gives a real Retreaver record to use as the payload template and an
     // account the API knows

@@ -11,5 +11,6 @@ pub use kafka::{send_waiting, ClientError, Isolation, KafkaClientFactory, KafkaS
 pub use secret::Secret;
 pub use shutdown::Shutdown;
 pub use topics::{
-    ensure_topics, names, CatalogueOptions, EnsureReport, TopicCatalogue, TopicSpec, TopicStatus,
+    ensure_catalogue, ensure_topics, names, CatalogueOptions, EnsureReport, TopicCatalogue,
+    TopicSpec, TopicStatus,
 };

@@ -10,7 +10,7 @@ use rdkafka::admin::{
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
-use crate::kafka::KafkaSettings;
+use crate::kafka::{ClientError, KafkaClientFactory, KafkaSettings};
 
 /// Base names of callsync's topics (before the configured prefix).
 pub mod names {
@@ -203,6 +203,8 @@ impl fmt::Display for EnsureReport {
 /// `topics ensure` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
+    #[error(transparent)]
+    Admin(#[from] ClientError),
     #[error("cannot reach the cluster to read its metadata: {0}")]
     Metadata(#[source] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {source}")]
@@ -220,6 +222,17 @@ pub enum TopicError {
     NotVisible { topic: String, timeout: Duration },
     #[error("describing configs of topic {topic}: {message}")]
     Describe { topic: String, message: String },
+}
+
+/// [`ensure_topics`] for the catalogue of `factory`'s settings (its topic prefix included),
+/// through an admin client of that factory.
+pub async fn ensure_catalogue(
+    factory: &KafkaClientFactory,
+    options: &CatalogueOptions,
+    timeout: Duration,
+) -> Result<EnsureReport, TopicError> {
+    let catalogue = TopicCatalogue::new(factory.settings(), options);
+    ensure_topics(&factory.admin()?, &catalogue, timeout).await
 }
 
 /// Create every missing topic of the catalogue and report how existing ones differ.

@@ -12,7 +12,7 @@ use callsync::config::CallsyncConfig;
 use callsync::roles::{run_roles_with, Role, RolesReport, RunOptions};
 use callsync::webhooks::signature::{hmac_sha256_signature, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use callsync_runtime::{
-    ensure_topics, CatalogueOptions, KafkaClientFactory, KafkaSettings, Shutdown, TopicCatalogue,
+    ensure_catalogue, CatalogueOptions, KafkaClientFactory, KafkaSettings, Shutdown,
 };
 use callsync_schemas::Provider;
 use callsync_simulator::{AccountConfig, RunningSimulator, Simulator, SimulatorConfig};
@@ -60,20 +60,13 @@ impl Service {
         let mut settings = KafkaSettings::plaintext(kafka.bootstrap());
         settings.topic_prefix = prefix.clone();
         let factory = KafkaClientFactory::new(settings.clone());
-        let catalogue = TopicCatalogue::new(
-            &settings,
-            &CatalogueOptions {
-                call_partitions: CALL_PARTITIONS,
-                calls_retention_days: 30,
-            },
-        );
-        ensure_topics(
-            &factory.admin().expect("admin client"),
-            &catalogue,
-            Duration::from_secs(60),
-        )
-        .await
-        .expect("creating the topics");
+        let topics = CatalogueOptions {
+            call_partitions: CALL_PARTITIONS,
+            calls_retention_days: 30,
+        };
+        ensure_catalogue(&factory, &topics, Duration::from_secs(60))
+            .await
+            .expect("creating the topics");
 
         let sim = start_simulator(&options).await;
         let accounts: Vec<(Provider, String)> = options
