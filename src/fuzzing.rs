@@ -256,23 +256,6 @@ mod tests {
         ]
     }
 
-    fn edit(mut bytes: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
-        for &(at, byte, op) in edits {
-            if bytes.is_empty() {
-                break;
-            }
-            let i = at % bytes.len();
-            match op % 3 {
-                0 => bytes[i] = byte,
-                1 => bytes.insert(i, byte),
-                _ => {
-                    bytes.remove(i);
-                }
-            }
-        }
-        bytes
-    }
-
     fn edits(max: usize) -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
         proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 0..max)
     }
@@ -294,7 +277,7 @@ mod tests {
                 input.push(b'\n');
             }
             input.push(b'\n');
-            input.extend_from_slice(&edit(BODIES[body].to_vec(), &body_edits));
+            input.extend_from_slice(&callsync_testkit::apply_byte_edits(BODIES[body].to_vec(), &body_edits));
             let answer = webhook_request(&input);
             prop_assert!(answer.is_some());
             if method & 0x80 == 0 && method % 3 != 2 {
@@ -338,7 +321,7 @@ mod tests {
             toml_edits in edits(6),
             env in proptest::collection::vec(env_line(), 0..4),
         ) {
-            let mut toml = edit(EXAMPLE.as_bytes().to_vec(), &toml_edits);
+            let mut toml = callsync_testkit::apply_byte_edits(EXAMPLE.as_bytes().to_vec(), &toml_edits);
             toml.truncate(cut.index(toml.len() + 1).max(toml.len() / 2));
             let mut input = toml;
             input.push(0);

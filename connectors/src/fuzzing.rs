@@ -329,24 +329,6 @@ mod tests {
         replace(value, pick % total, with);
     }
 
-    /// Byte-level edits: overwrite, insert, delete.
-    fn mutate_bytes(mut bytes: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
-        for &(at, byte, op) in edits {
-            if bytes.is_empty() {
-                break;
-            }
-            let i = at % bytes.len();
-            match op % 3 {
-                0 => bytes[i] = byte,
-                1 => bytes.insert(i, byte),
-                _ => {
-                    bytes.remove(i);
-                }
-            }
-        }
-        bytes
-    }
-
     fn edits() -> impl Strategy<Value = Vec<(usize, u8, u8)>> {
         proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6)
     }
@@ -377,7 +359,7 @@ mod tests {
         #[test]
         fn pages_with_byte_edits_never_panic(which in provider(), edits in edits()) {
             let (provider, page) = PAGES[which];
-            let _ = provider_page(provider, &mutate_bytes(page.to_vec(), &edits));
+            let _ = provider_page(provider, &callsync_testkit::apply_byte_edits(page.to_vec(), &edits));
         }
 
         #[test]

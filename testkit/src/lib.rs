@@ -17,11 +17,13 @@
 
 use std::io::Write as _;
 
+mod byte_edits;
 mod error;
 mod kafka;
 mod postgres;
 mod process;
 
+pub use byte_edits::apply_byte_edits;
 pub use error::TestkitError;
 pub use kafka::{real_kafka, unique_group, unique_topic, MockKafka, RealKafka};
 pub use postgres::{pg_server, test_database, PgDurability, PgServer, PgStopMode, TestDatabase};
