@@ -49,6 +49,8 @@ if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then JAVA="$JAVA_HOME/
 
 log() { echo "kafka-broker: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/lib/service.sh
+source "$REPO_ROOT/scripts/lib/service.sh"
 
 need() {
   command -v "$1" >/dev/null 2>&1 || die "'$1' not found; $2"
@@ -205,27 +207,11 @@ format_storage() {
 
 # ---------------------------------------------------------------- process
 
-# the pid of our broker: from the pid file, else by scanning /proc for a JVM running kafka.Kafka
-# with exactly our server.properties (never matches another broker)
-broker_pid() {
-  local pid
-  if [[ -f "$PID_FILE" ]]; then
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    if [[ -n "$pid" ]] && is_our_broker "$pid"; then echo "$pid"; return 0; fi
-  fi
-  local d
-  for d in /proc/[0-9]*; do
-    pid="${d#/proc/}"
-    if is_our_broker "$pid"; then echo "$pid"; return 0; fi
-  done
-  return 1
-}
-
-is_our_broker() {
-  local cmdline
-  cmdline="$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true)"
-  [[ "$cmdline" == *" kafka.Kafka $PROPS"* ]]
-}
+# our broker: a JVM running kafka.Kafka with exactly our server.properties (never another one)
+is_our_broker() { cmdline_has "$1" " kafka.Kafka $PROPS"; }
+broker_pid() { find_our_pid "$PID_FILE" is_our_broker; }
+wait_ready() { wait_until_serving "$1" "$START_TIMEOUT" serving broker; }
+with_lock() { with_lock_in "$KAFKA_HOME" "$@"; }
 
 # a real Kafka request/response: ApiVersions v0 with correlation id 7 on the client port
 api_versions_ok() {
@@ -243,10 +229,6 @@ api_versions_ok() {
 
 serving() {
   [[ -f "$LOG_FILE" ]] && grep -q "Kafka Server started" "$LOG_FILE" && api_versions_ok
-}
-
-port_in_use() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 start() {
@@ -296,19 +278,6 @@ start() {
   echo "KAFKA_BOOTSTRAP=$BOOTSTRAP"
 }
 
-wait_ready() {
-  local pid="$1" deadline=$((SECONDS + START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "broker process $pid exited"
-      return 1
-    fi
-    if serving; then return 0; fi
-    sleep 0.2
-  done
-  return 1
-}
-
 stop() {
   local pid
   if ! pid="$(broker_pid)"; then
@@ -316,15 +285,8 @@ stop() {
     log "not running"
     return 0
   fi
-  log "stopping pid $pid"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "still running after ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
+  if ! terminate "$pid" "$STOP_TIMEOUT"; then
     rm -f "$CDS_ARCHIVE.new"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   fi
   rm -f "$PID_FILE"
   # a clean exit of a recording run leaves the class archive for the next start
@@ -341,13 +303,6 @@ status() {
   fi
   if [[ -n "${pid:-}" ]]; then log "process $pid exists but does not serve $BOOTSTRAP"; else log "not running"; fi
   return 3
-}
-
-with_lock() {
-  mkdir -p "$KAFKA_HOME"
-  exec 9>"$KAFKA_HOME/.lock"
-  flock -w 300 9 || die "timed out waiting for $KAFKA_HOME/.lock"
-  "$@"
 }
 
 case "${1:-}" in

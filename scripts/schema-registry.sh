@@ -47,6 +47,8 @@ URL="http://127.0.0.1:$PORT$API_PATH"
 
 log() { echo "schema-registry: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=scripts/lib/service.sh
+source "$REPO_ROOT/scripts/lib/service.sh"
 
 # ---------------------------------------------------------------- the distribution
 
@@ -111,27 +113,11 @@ find_java() {
 
 # ---------------------------------------------------------------- process
 
-# the pid of our registry: from the pid file, else by scanning /proc for a JVM running
-# quarkus-run.jar from our app dir (never matches another registry)
-registry_pid() {
-  local pid
-  if [[ -f "$PID_FILE" ]]; then
-    pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-    if [[ -n "$pid" ]] && is_our_registry "$pid"; then echo "$pid"; return 0; fi
-  fi
-  local d
-  for d in /proc/[0-9]*; do
-    pid="${d#/proc/}"
-    if is_our_registry "$pid"; then echo "$pid"; return 0; fi
-  done
-  return 1
-}
-
-is_our_registry() {
-  local cmdline
-  cmdline="$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true)"
-  [[ "$cmdline" == *" -jar $APP_DIR/quarkus-run.jar"* ]]
-}
+# our registry: a JVM running quarkus-run.jar from our app dir (never another registry)
+is_our_registry() { cmdline_has "$1" " -jar $APP_DIR/quarkus-run.jar"; }
+registry_pid() { find_our_pid "$PID_FILE" is_our_registry; }
+wait_ready() { wait_until_serving "$1" "$START_TIMEOUT" answering registry; }
+with_lock() { with_lock_in "$REG_HOME" "$@"; }
 
 # a real API call: GET /apis/ccompat/v7/subjects answers 200 with a JSON array
 answering() {
@@ -143,10 +129,6 @@ answering() {
     head -c 4096 <&3
   ' _ "$PORT" "$API_PATH" 2>/dev/null || true)"
   [[ "$reply" == "HTTP/1."?" 200"* && "${reply##*$'\r\n\r\n'}" == "["* ]]
-}
-
-port_in_use() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 # sets JOPTS (an array)
@@ -214,19 +196,6 @@ start() {
   echo "SCHEMA_REGISTRY_URL=$URL"
 }
 
-wait_ready() {
-  local pid="$1" deadline=$((SECONDS + START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      log "registry process $pid exited"
-      return 1
-    fi
-    if answering; then return 0; fi
-    sleep 0.2
-  done
-  return 1
-}
-
 stop() {
   local pid
   if ! pid="$(registry_pid)"; then
@@ -234,15 +203,7 @@ stop() {
     log "not running"
     return 0
   fi
-  log "stopping pid $pid"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "still running after ${STOP_TIMEOUT}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  fi
+  terminate "$pid" "$STOP_TIMEOUT" || true
   rm -f "$PID_FILE"
   log "stopped"
 }
@@ -256,13 +217,6 @@ status() {
   fi
   if [[ -n "${pid:-}" ]]; then log "process $pid exists but does not answer on $URL"; else log "not running"; fi
   return 3
-}
-
-with_lock() {
-  mkdir -p "$REG_HOME"
-  exec 9>"$REG_HOME/.lock"
-  flock -w 300 9 || die "timed out waiting for $REG_HOME/.lock"
-  "$@"
 }
 
 case "${1:-}" in
