@@ -124,6 +124,8 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // before the runtime starts any thread: arenas are handed out as threads first allocate
+    tune_malloc();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -143,6 +145,70 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Bounds what glibc's malloc keeps resident beyond what callsync holds.
+///
+/// `callsync run` has ~50 threads (tokio workers, blocking pollers, librdkafka's threads of
+/// five clients). glibc gives threads their own arenas, up to 8 per core, and each arena
+/// keeps the memory freed into it for its own threads: through a 1M-call backfill with every
+/// role, the process held 431 MiB with the defaults and 359 MiB with 2 arenas
+/// (docs/benchmarks.md). A fixed mmap threshold also stops glibc's dynamic one from rising
+/// to 32 MiB after the first large free, so the large buffers that come and go (fetched and
+/// decompressed Kafka batches, provider pages, sink batches, hash tables while they grow)
+/// are mapped and unmapped instead of being carved from, and fragmenting, an arena.
+///
+/// And glibc gives the free memory inside its heaps back only when asked: a thread calls
+/// `malloc_trim` every `CALLSYNC_MALLOC_TRIM_SECS` (default 10; 0: never), so the freed
+/// batches and buffers of one burst do not stay resident until the next.
+///
+/// Each knob is left alone when its glibc variable (`MALLOC_ARENA_MAX`,
+/// `MALLOC_MMAP_THRESHOLD_`) is set, so an operator can still choose.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    /// Malloc arenas for the whole process (glibc's default: 8 per core).
+    const MALLOC_ARENAS: libc::c_int = 2;
+    /// Allocations from this size up get their own mapping, returned to the system when freed.
+    const MALLOC_MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+    let knobs = [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, MALLOC_ARENAS),
+        (
+            "MALLOC_MMAP_THRESHOLD_",
+            libc::M_MMAP_THRESHOLD,
+            MALLOC_MMAP_THRESHOLD,
+        ),
+    ];
+    for (variable, param, value) in knobs {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: mallopt only sets a parameter of glibc's allocator (it takes the arena
+            // locks itself); called once at startup, before other threads exist
+            unsafe {
+                libc::mallopt(param, value);
+            }
+        }
+    }
+    let trim_secs = std::env::var("CALLSYNC_MALLOC_TRIM_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(10);
+    if trim_secs > 0 {
+        let period = Duration::from_secs(trim_secs);
+        let spawned = std::thread::Builder::new()
+            .name("callsync-malloc-trim".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                // SAFETY: malloc_trim takes each arena's lock itself; it only returns free pages
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("warning: starting the malloc trim thread: {e}");
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // install the metrics recorder before anything records

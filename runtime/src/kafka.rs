@@ -75,12 +75,18 @@ impl KafkaSettings {
 
 /// `queue.buffering.max.kbytes` of producers (librdkafka: 1 GiB).
 pub const PRODUCER_QUEUE_KBYTES: &str = "65536";
-/// `queued.max.messages.kbytes` of consumers (librdkafka: 64 MiB).
-pub const CONSUMER_QUEUE_KBYTES: &str = "16384";
-/// `queued.min.messages` of consumers, per partition (librdkafka: 100,000).
+/// `queued.max.messages.kbytes` of consumers (librdkafka: 64 MiB). Counts the values as
+/// decompressed: 8 MiB is ~6,000 records of a backfill with the providers' raw JSON (~1.5 KB
+/// each), a fraction of a second of work for the processor or the sink, which librdkafka
+/// refills in one round trip.
+pub const CONSUMER_QUEUE_KBYTES: &str = "8192";
+/// `queued.min.messages` of consumers (librdkafka: 100,000).
 pub const CONSUMER_QUEUED_MIN_MESSAGES: &str = "20000";
-/// `fetch.max.bytes` of consumers (librdkafka: 50 MiB).
-pub const CONSUMER_FETCH_MAX_BYTES: &str = "16777216";
+/// `fetch.max.bytes` of consumers (librdkafka: 50 MiB). Counts the batches as compressed, and
+/// one fetch response lands in the queue whole, past the queue bound: 4 MiB of lz4-compressed
+/// JSON-laden records is 10-16 MiB once decompressed, where 16 MiB could be ~60 MiB. 4 MiB a
+/// round trip is still far above what any callsync stage consumes.
+pub const CONSUMER_FETCH_MAX_BYTES: &str = "4194304";
 
 /// Isolation of a consumer: what it sees of transactional producers' output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,9 +194,9 @@ impl KafkaClientFactory {
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            // prefetch bounds: librdkafka's defaults (64 MiB queued, 100,000 messages per
-            // partition, 50 MiB per fetch) let a consumer behind a slow stage hold far more
-            // than one batch of callsync needs
+            // prefetch bounds: librdkafka's defaults (64 MiB queued, 100,000 messages,
+            // 50 MiB per fetch) let a consumer behind a slow stage hold far more than one
+            // batch of callsync needs
             .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KBYTES)
             .set("queued.min.messages", CONSUMER_QUEUED_MIN_MESSAGES)
             .set("fetch.max.bytes", CONSUMER_FETCH_MAX_BYTES);

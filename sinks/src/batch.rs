@@ -1,5 +1,5 @@
 //! A sink batch: the records read from Kafka since the last commit, bounded by
-//! rows and time, collapsed by primary key (highest version wins), with the
+//! rows, bytes and time, collapsed by primary key (highest version wins), with the
 //! next offset of every partition it covers.
 
 use std::collections::BTreeMap;
@@ -61,6 +61,11 @@ pub struct DeadLetter {
 pub struct BatchLimits {
     /// Kafka records (before collapsing) after which the batch is flushed.
     pub max_records: usize,
+    /// Kafka value bytes (before collapsing) after which the batch is flushed. A row is held
+    /// twice (decoded, and as read, for the DLQ), so this bounds the batch's memory where a
+    /// count of records cannot: a record carrying the provider's raw JSON is several times
+    /// the size of one without.
+    pub max_bytes: usize,
     /// Age of the oldest record after which the batch is flushed.
     pub max_age: Duration,
 }
@@ -86,6 +91,8 @@ pub struct SinkBatch {
     /// partition -> offset after the last record of that partition in the batch
     next_offsets: BTreeMap<i32, i64>,
     records: usize,
+    /// Value bytes of the records pushed.
+    bytes: usize,
     opened_at: Option<Instant>,
 }
 
@@ -98,6 +105,7 @@ impl SinkBatch {
             dead_letters: Vec::new(),
             next_offsets: BTreeMap::new(),
             records: 0,
+            bytes: 0,
             opened_at: None,
         }
     }
@@ -109,6 +117,7 @@ impl SinkBatch {
             topic,
             BatchLimits {
                 max_records: usize::MAX,
+                max_bytes: usize::MAX,
                 max_age: Duration::MAX,
             },
         );
@@ -124,7 +133,7 @@ impl SinkBatch {
 
     /// Add a decoded record. Offsets must grow within a partition.
     pub fn push(&mut self, record: CallRecord, source: SourceRecord) -> Pushed {
-        self.note(source.partition, source.offset);
+        self.note(&source);
         let key = RowKey::of(&record);
         match self.rows.get_mut(&key) {
             None => {
@@ -141,18 +150,22 @@ impl SinkBatch {
 
     /// Add a record that cannot be decoded; its offset still advances.
     pub fn push_dead_letter(&mut self, source: SourceRecord, reason: impl Into<String>) {
-        self.note(source.partition, source.offset);
+        self.note(&source);
         self.dead_letters.push(DeadLetter {
             source,
             reason: reason.into(),
         });
     }
 
-    fn note(&mut self, partition: i32, offset: i64) {
+    fn note(&mut self, source: &SourceRecord) {
         self.records += 1;
+        self.bytes += source.payload.as_ref().map_or(0, Vec::len);
         self.opened_at.get_or_insert_with(Instant::now);
-        let next = self.next_offsets.entry(partition).or_insert(offset + 1);
-        *next = (*next).max(offset + 1);
+        let next = self
+            .next_offsets
+            .entry(source.partition)
+            .or_insert(source.offset + 1);
+        *next = (*next).max(source.offset + 1);
     }
 
     /// Move rows the database rejected to the dead letters, with its message.
@@ -189,6 +202,11 @@ impl SinkBatch {
         self.records
     }
 
+    /// Value bytes of the Kafka records pushed (before collapsing), dead letters included.
+    pub fn byte_count(&self) -> usize {
+        self.bytes
+    }
+
     /// Dead letters not yet sent.
     pub fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
         std::mem::take(&mut self.dead_letters)
@@ -208,7 +226,7 @@ impl SinkBatch {
     }
 
     pub fn is_full(&self) -> bool {
-        self.records >= self.limits.max_records
+        self.records >= self.limits.max_records || self.bytes >= self.limits.max_bytes
     }
 
     /// When the batch must be flushed by age, if it holds anything.
@@ -221,6 +239,7 @@ impl SinkBatch {
         self.dead_letters.clear();
         self.next_offsets.clear();
         self.records = 0;
+        self.bytes = 0;
         self.opened_at = None;
     }
 }
@@ -263,6 +282,7 @@ mod tests {
     fn is_full_by_records_and_has_a_deadline_once_opened() {
         let limits = BatchLimits {
             max_records: 2,
+            max_bytes: usize::MAX,
             max_age: Duration::from_millis(50),
         };
         let mut b = SinkBatch::new("calls", limits);
@@ -274,6 +294,30 @@ mod tests {
         assert!(b.is_full());
         b.clear();
         assert!(b.is_empty() && !b.is_full() && b.deadline().is_none());
+    }
+
+    #[test]
+    fn is_full_by_value_bytes() {
+        let limits = BatchLimits {
+            max_records: 100,
+            max_bytes: 1000,
+            max_age: Duration::from_secs(1),
+        };
+        let sized = |offset: i64, len: usize| SourceRecord {
+            payload: Some(vec![0; len]),
+            ..src(0, offset)
+        };
+        let mut b = SinkBatch::new("calls", limits);
+        b.push(call("a", 1), sized(0, 600));
+        assert!(!b.is_full());
+        b.push_dead_letter(sized(1, 399), "bad bytes");
+        assert_eq!(b.byte_count(), 999);
+        assert!(!b.is_full());
+        b.push(call("a", 2), sized(2, 1));
+        assert!(b.is_full(), "replaced rows still count: they were read");
+        b.clear();
+        assert_eq!(b.byte_count(), 0);
+        assert!(!b.is_full());
     }
 
     #[test]

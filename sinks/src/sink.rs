@@ -115,7 +115,7 @@ pub async fn run_sink_with_decoder(
         .unwrap_or_else(|| kafka.settings().topic(names::CALLS_DLQ));
     let dlq = DeadLetterQueue::new(kafka.producer()?, dlq_topic);
 
-    let (event_tx, event_rx) = mpsc::channel(config.batch_rows.clamp(256, 16_384));
+    let (event_tx, event_rx) = mpsc::channel(poller_channel_capacity(config.batch_rows));
     let (command_tx, command_rx) = sync_channel(1024);
     let seeks = Arc::new(SeekBoard::default());
     let closing = Arc::new(AtomicBool::new(false));
@@ -156,6 +156,7 @@ pub async fn run_sink_with_decoder(
 
     let limits = BatchLimits {
         max_records: config.batch_rows.max(1),
+        max_bytes: config.batch_max_bytes.max(1),
         max_age: config.batch_max_age(),
     };
     let mut sink = SinkLoop {
@@ -175,6 +176,17 @@ pub async fn run_sink_with_decoder(
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || poller.join()).await;
     result.map(|()| sink.report)
+}
+
+/// Records the poller may hand ahead of the loop: an eighth of a batch (256..=2048).
+///
+/// The channel only decouples the poller thread from the loop; the read-ahead while a batch
+/// is being written is librdkafka's own prefetch queue (the client factory's consumer bounds),
+/// from which the poller refills the channel far faster than the loop empties it. A channel
+/// as long as the batch (10,000 records of ~1.5 KB, copied out of Kafka's buffers) held a
+/// third copy of a batch in memory next to the batch and librdkafka's queue.
+fn poller_channel_capacity(batch_rows: usize) -> usize {
+    (batch_rows / 8).clamp(256, 2048)
 }
 
 /// What the loop knows of a partition it owns.

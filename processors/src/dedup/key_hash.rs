@@ -35,6 +35,13 @@ impl KeyHash {
         ])
     }
 
+    /// The top `bits` (at most 32) bits of the hash, which a table (it uses the low 64 bits)
+    /// never looks at: for choosing among tables.
+    pub fn top_bits(&self, bits: u32) -> usize {
+        debug_assert!((1..=32).contains(&bits));
+        (u64::from(self.0[3]) >> (32 - bits)) as usize
+    }
+
     fn low_u64(&self) -> u64 {
         u64::from(self.0[0]) | u64::from(self.0[1]) << 32
     }
