@@ -234,7 +234,9 @@ impl SyncSession for KafkaSyncSession {
                 let _ = producer.abort_transaction(timeout);
                 return Err(e);
             }
-            if let Err(e) = producer.commit_transaction(timeout) {
+            if let Err(e) =
+                callsync_runtime::delivery::commit_future_transaction(&producer, timeout)
+            {
                 let abortable = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
                 if abortable {
                     let _ = producer.abort_transaction(timeout);

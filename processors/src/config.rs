@@ -68,7 +68,7 @@ impl Default for ProcessorConfig {
             dlq_topic: names::CALLS_DLQ.to_string(),
             state_topic: names::DEDUP_STATE.to_string(),
             batch_max_records: 10_000,
-            batch_max_time_ms: 200,
+            batch_max_time_ms: 50,
             dedup_ttl_secs: 35 * 24 * 60 * 60,
             ttl_sweep_interval_secs: 60,
             commit_timeout_secs: 30,

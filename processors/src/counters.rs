@@ -10,6 +10,10 @@ pub mod metric_names {
     pub const PROCESSOR_BATCHES_TOTAL: &str = "callsync_processor_batches_total";
     /// Seconds from a batch's first record to its commit.
     pub const PROCESSOR_BATCH_SECONDS: &str = "callsync_processor_batch_seconds";
+    /// Seconds closing a batch: changelog writes, offsets and the transaction's commit.
+    pub const PROCESSOR_COMMIT_SECONDS: &str = "callsync_processor_commit_seconds";
+    /// Input records per committed batch.
+    pub const PROCESSOR_BATCH_RECORDS: &str = "callsync_processor_batch_records";
     /// Seconds spent restoring dedup state on assignment.
     pub const PROCESSOR_RESTORE_SECONDS: &str = "callsync_processor_restore_seconds";
     /// Dedup changelog records written, labelled `kind` = `entry` | `tombstone`.

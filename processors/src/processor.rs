@@ -810,10 +810,10 @@ impl Engine {
         // 3. commit
         let mut attempt = 0;
         loop {
-            match self
-                .producer
-                .commit_transaction(self.config.commit_timeout())
-            {
+            match callsync_runtime::delivery::commit_transaction(
+                &self.producer,
+                self.config.commit_timeout(),
+            ) {
                 Ok(()) => break,
                 Err(e) => match classify(&self.producer, &e) {
                     Failure::Retry if attempt < COMMIT_RETRIES => {
@@ -858,6 +858,9 @@ impl Engine {
             .increment(1);
         metrics::histogram!(metric_names::PROCESSOR_BATCH_SECONDS)
             .record(batch.started.elapsed().as_secs_f64());
+        metrics::histogram!(metric_names::PROCESSOR_COMMIT_SECONDS)
+            .record(commit_started.elapsed().as_secs_f64());
+        metrics::histogram!(metric_names::PROCESSOR_BATCH_RECORDS).record(t.consumed as f64);
         tracing::debug!(
             consumed = t.consumed,
             emitted = t.emitted,

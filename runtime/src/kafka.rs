@@ -172,7 +172,17 @@ impl KafkaClientFactory {
     pub fn transactional_producer_config(&self, transactional_id: &str) -> ClientConfig {
         let mut cfg = self.producer_config();
         cfg.set("transactional.id", transactional_id)
-            .set("transaction.timeout.ms", "60000");
+            .set("transaction.timeout.ms", "60000")
+            // A transaction begun right after the previous commit finds the coordinator still
+            // writing that commit's markers: its AddPartitionsToTxn / AddOffsetsToTxn answer
+            // CONCURRENT_TRANSACTIONS and librdkafka retries after `retry.backoff.ms` (100 ms
+            // by default), which back-to-back transactions paid every time. The markers take a
+            // few ms on a healthy broker; the backoff still grows (to the max) if they do not.
+            .set("retry.backoff.ms", "5")
+            .set("retry.backoff.max.ms", "250");
+        for (k, v) in &self.settings.client_properties {
+            cfg.set(k, v);
+        }
         cfg
     }
 

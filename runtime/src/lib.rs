@@ -1,6 +1,7 @@
 //! Shared plumbing of callsync's stages: the Kafka client factory, the topic
 //! catalogue, graceful shutdown, metrics names and secrets.
 
+pub mod delivery;
 pub mod kafka;
 pub mod metrics;
 pub mod secret;

@@ -555,8 +555,7 @@ fn redrive_blocking(
                             e,
                         )
                     })?;
-                producer
-                    .commit_transaction(Duration::from_secs(60))
+                callsync_runtime::delivery::commit_transaction(producer, Duration::from_secs(60))
                     .map_err(|e| OpsError::kafka("committing a redrive transaction", e))
             })();
             if let Err(e) = result {
