@@ -8,6 +8,7 @@ mod report;
 mod services;
 mod sink_role;
 mod stages;
+mod topic_times;
 mod webhook;
 
 use clap::{Parser, ValueEnum};

@@ -12,7 +12,8 @@
 //!
 //! The api, processor and sink roles run in this process through `run_roles_with`, with the
 //! production defaults of `[processor]` and `[sink]` unless `CALLSYNC_BENCH_PROCESSOR_BATCH_MS`
-//! / `CALLSYNC_BENCH_SINK_BATCH_MS` are set (to compare batch timings).
+//! / `CALLSYNC_BENCH_SINK_BATCH_MS` are set (to compare batch timings);
+//! `CALLSYNC_BENCH_KAFKA_PROPS="k=v;k=v"` adds librdkafka properties to every client.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use serde_json::{json, Value};
 
 use crate::report::{BenchOutcome, Figure};
 use crate::services;
+use crate::topic_times::timestamps_by_index;
 
 /// Webhooks per second.
 const RATE: u64 = 500;
@@ -204,6 +206,19 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let reads = reads.await.context("read load task")?;
+    let stage_times = {
+        let factory = factory.clone();
+        let raw_topic = settings.topic(callsync_runtime::names::CALLS_RAW);
+        let calls_topic = settings.topic(callsync_runtime::names::CALLS);
+        tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(120);
+            let raw = timestamps_by_index(&factory, &raw_topic, CALL_PARTITIONS, timeout)?;
+            let calls = timestamps_by_index(&factory, &calls_topic, CALL_PARTITIONS, timeout)?;
+            anyhow::Ok((raw, calls))
+        })
+        .await
+        .context("reading the topics' timestamps")??
+    };
     let metrics_text = http
         .get(format!("{api}/metrics"))
         .send()
@@ -229,6 +244,10 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
             Some((*synced_at - due).num_microseconds()? as f64 / 1000.0)
         })
         .collect();
+    let stages = StageLatencies::of(&rows, &stage_times.0, &stage_times.1, |index| {
+        wall_start + chrono::Duration::microseconds((index as f64 * interval_secs * 1e6) as i64)
+    });
+    eprintln!("bench: webhook: where the time went (p50 / p99 ms): {stages}");
     let lost = accepted.len().saturating_sub(rows.len());
     let mut answer_ms: Vec<f64> = sent
         .iter()
@@ -306,11 +325,15 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
             "rows": rows.len(),
             "lost": lost,
             "webhook_to_commit_ms": {"p50": webhook_p50, "p99": webhook_p99, "max": webhook_max},
+            "stage_ms": stages.to_json(),
             "answer_ms": {"p50": answer_p50, "p99": answer_p99},
             "read_api_ms": {"p50": api_p50, "p99": api_p99, "requests": reads.len(), "errors": api_errors, "routes": per_route},
             "end_to_end_metric_mean_ms": e2e_mean_ms,
             "sink_batch_mean_ms": sink_batch_mean_ms,
             "sink_batch_mean_rows": sink_batch_mean_rows,
+            "processor_batch_mean_ms": histogram_mean(&metrics_text, "callsync_processor_batch_seconds") * 1000.0,
+            "processor_commit_mean_ms": histogram_mean(&metrics_text, "callsync_processor_commit_seconds") * 1000.0,
+            "processor_batch_mean_records": histogram_mean(&metrics_text, "callsync_processor_batch_records"),
             "processor_batch_max_time_ms": processor_batch_ms,
             "sink_batch_max_ms": sink_batch_ms,
             "peak_rss_bytes": services::peak_rss_bytes(),
@@ -353,8 +376,18 @@ fn service_config(
     if let Some(ms) = env_ms("CALLSYNC_BENCH_SINK_BATCH_MS")? {
         sink["batch_max_ms"] = json!(ms);
     }
+    // experiments: librdkafka properties for every client of the roles
+    let mut client_properties = serde_json::Map::new();
+    if let Ok(props) = std::env::var("CALLSYNC_BENCH_KAFKA_PROPS") {
+        for pair in props.split(';').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("CALLSYNC_BENCH_KAFKA_PROPS: not k=v: {pair:?}"))?;
+            client_properties.insert(k.trim().into(), json!(v.trim()));
+        }
+    }
     let value = json!({
-        "kafka": {"bootstrap_servers": settings.bootstrap_servers, "topic_prefix": settings.topic_prefix},
+        "kafka": {"bootstrap_servers": settings.bootstrap_servers, "topic_prefix": settings.topic_prefix, "client_properties": client_properties},
         "topics": {"call_partitions": CALL_PARTITIONS},
         "processor": processor,
         "sink": sink,
@@ -558,5 +591,81 @@ fn histogram_mean(text: &str, name: &str) -> f64 {
         read("sum") / count
     } else {
         0.0
+    }
+}
+
+/// The webhook -> Postgres latency split at the two topics, from the Kafka timestamps of each
+/// call's records (producer create times) and its row's commit time.
+struct StageLatencies {
+    /// due time -> the API's producer took it (`calls.raw` timestamp)
+    to_raw: Vec<f64>,
+    /// `calls.raw` -> the processor's producer took it (`calls` timestamp): consume, judge
+    to_calls: Vec<f64>,
+    /// `calls` -> the row committed: the processor's batch wait and transaction commit, the
+    /// sink's fetch, batch and upsert
+    to_commit: Vec<f64>,
+}
+
+impl StageLatencies {
+    fn of(
+        rows: &[(String, DateTime<Utc>)],
+        raw: &std::collections::HashMap<u64, i64>,
+        calls: &std::collections::HashMap<u64, i64>,
+        due: impl Fn(u64) -> DateTime<Utc>,
+    ) -> Self {
+        let mut stages = StageLatencies {
+            to_raw: Vec::with_capacity(rows.len()),
+            to_calls: Vec::with_capacity(rows.len()),
+            to_commit: Vec::with_capacity(rows.len()),
+        };
+        for (call_id, synced_at) in rows {
+            let Some(index) = call_id
+                .rsplit('-')
+                .next()
+                .and_then(|d| d.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let (Some(&raw_ms), Some(&calls_ms)) = (raw.get(&index), calls.get(&index)) else {
+                continue;
+            };
+            let due_ms = due(index).timestamp_micros() as f64 / 1000.0;
+            let synced_ms = synced_at.timestamp_micros() as f64 / 1000.0;
+            stages.to_raw.push(raw_ms as f64 - due_ms);
+            stages.to_calls.push((calls_ms - raw_ms) as f64);
+            stages.to_commit.push(synced_ms - calls_ms as f64);
+        }
+        stages
+    }
+
+    fn percentiles(values: &[f64]) -> (f64, f64) {
+        let mut v = values.to_vec();
+        (percentile(&mut v, 0.5), percentile(&mut v, 0.99))
+    }
+
+    fn to_json(&self) -> Value {
+        let entry = |values: &[f64]| {
+            let (p50, p99) = Self::percentiles(values);
+            json!({"p50": p50, "p99": p99, "calls": values.len()})
+        };
+        json!({
+            "due_to_calls_raw": entry(&self.to_raw),
+            "calls_raw_to_calls": entry(&self.to_calls),
+            "calls_to_row_commit": entry(&self.to_commit),
+        })
+    }
+}
+
+impl std::fmt::Display for StageLatencies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (name, values) in [
+            ("due -> calls.raw", &self.to_raw),
+            ("calls.raw -> calls", &self.to_calls),
+            ("calls -> row commit", &self.to_commit),
+        ] {
+            let (p50, p99) = Self::percentiles(values);
+            write!(f, "{name} {p50:.0} / {p99:.0}; ")?;
+        }
+        write!(f, "({} calls)", self.to_raw.len())
     }
 }
