@@ -166,9 +166,9 @@ fn run_blocking(
         faults,
     }));
 
-    // The prefetch keeps the factory's bounds (16 MiB queued, 16 MiB per fetch): at ~500
-    // bytes a record that is ~30,000 records ahead, more than a batch, where the former
-    // 128 MiB queue held a quarter of a million records nobody was ready to process.
+    // The prefetch keeps the factory's bounds (8 MiB queued, 4 MiB per fetch): at ~500 bytes
+    // a record that is ~16,000 records ahead, more than a batch, where the former 128 MiB
+    // queue held a quarter of a million records nobody was ready to process.
     let mut consumer_config = kafka.consumer_config(&config.group_id, Isolation::ReadCommitted);
     consumer_config
         .set("max.partition.fetch.bytes", "4194304")
