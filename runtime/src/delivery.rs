@@ -44,9 +44,7 @@ pub fn commit_transaction<C: ProducerContext>(
     producer: &BaseProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
-    let started = Instant::now();
-    await_deliveries(producer, timeout)?;
-    producer.commit_transaction(timeout.saturating_sub(started.elapsed()))
+    commit_when_delivered(producer, timeout, || producer.poll(STEP))
 }
 
 /// [`commit_transaction`] for a `FutureProducer`. Blocking: call it off the async runtime.
@@ -54,8 +52,20 @@ pub fn commit_future_transaction<C: ClientContext + 'static>(
     producer: &FutureProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
+    commit_when_delivered(producer, timeout, || std::thread::sleep(STEP))
+}
+
+fn commit_when_delivered<P, C>(
+    producer: &P,
+    timeout: Duration,
+    step: impl FnMut(),
+) -> Result<(), KafkaError>
+where
+    P: Producer<C>,
+    C: ProducerContext,
+{
     let started = Instant::now();
-    await_future_deliveries(producer, timeout)?;
+    wait_until_delivered(producer, timeout, step)?;
     producer.commit_transaction(timeout.saturating_sub(started.elapsed()))
 }
 
