@@ -388,9 +388,11 @@ impl Engine {
     fn abort_transaction(&self) -> Result<(), KafkaError> {
         let deadline = Instant::now() + self.config.commit_timeout();
         loop {
-            while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-                self.producer.poll(Duration::from_millis(10));
-            }
+            // not yet delivered by the deadline: the abort below still gets its 100 ms
+            let _ = callsync_runtime::delivery::await_deliveries(
+                &self.producer,
+                deadline.saturating_duration_since(Instant::now()),
+            );
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(100));

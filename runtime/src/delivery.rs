@@ -28,15 +28,6 @@ pub fn await_deliveries<C: ProducerContext>(
     wait_until_delivered(producer, timeout, || producer.poll(STEP))
 }
 
-/// [`await_deliveries`] for a `FutureProducer`, whose own thread serves the delivery reports.
-/// Blocking: call it off the async runtime.
-pub fn await_future_deliveries<C: ClientContext + 'static>(
-    producer: &FutureProducer<C>,
-    timeout: Duration,
-) -> Result<(), KafkaError> {
-    wait_until_delivered(producer, timeout, || std::thread::sleep(STEP))
-}
-
 /// Commits `producer`'s open transaction: [`await_deliveries`], then librdkafka's commit
 /// (whose own flush then has nothing to wait for). Errors are the transaction's, as from
 /// `Producer::commit_transaction`.
@@ -47,7 +38,8 @@ pub fn commit_transaction<C: ProducerContext>(
     commit_when_delivered(producer, timeout, || producer.poll(STEP))
 }
 
-/// [`commit_transaction`] for a `FutureProducer`. Blocking: call it off the async runtime.
+/// [`commit_transaction`] for a `FutureProducer`, whose own thread serves the delivery
+/// reports. Blocking: call it off the async runtime.
 pub fn commit_future_transaction<C: ClientContext + 'static>(
     producer: &FutureProducer<C>,
     timeout: Duration,
