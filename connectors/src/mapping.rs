@@ -39,7 +39,7 @@ pub struct MapContext {
     pub observed_at: DateTime<Utc>,
     pub source: RecordSource,
     /// Region for numbers written without a country code (default US).
-    pub default_region: phonenumber::country::Id,
+    pub default_region: rlibphonenumber::enums::Region,
     /// Currency of the account's money fields (providers do not send one per call).
     pub currency: Option<String>,
     /// The account's time zone, for providers that send local times without an offset.
@@ -53,7 +53,7 @@ impl MapContext {
             account_id: account_id.into(),
             observed_at: Utc::now(),
             source,
-            default_region: phonenumber::country::Id::US,
+            default_region: rlibphonenumber::enums::Region::US,
             currency: Some("USD".to_string()),
             time_zone: chrono_tz::UTC,
         }
@@ -516,7 +516,7 @@ fn parse_timestamp_exact(s: &str, tz: chrono_tz::Tz) -> Option<DateTime<Utc>> {
 /// 10-digit numbers in any punctuation (`866-555-1234`, `(866) 555-1234`) get `+1`; anything
 /// else is parsed with libphonenumber's rules for `region`. A number that cannot be parsed is
 /// returned trimmed but otherwise unchanged, for the processor's validation to judge.
-pub fn to_e164(raw: &str, region: phonenumber::country::Id) -> String {
+pub fn to_e164(raw: &str, region: rlibphonenumber::enums::Region) -> String {
     let s = raw.trim();
     let plus = s.starts_with('+');
     let digits: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
@@ -527,7 +527,7 @@ pub fn to_e164(raw: &str, region: phonenumber::country::Id) -> String {
         if plus && (8..=15).contains(&digits.len()) && !digits.starts_with('0') {
             return format!("+{digits}");
         }
-        if !plus && region == phonenumber::country::Id::US {
+        if !plus && region == rlibphonenumber::enums::Region::US {
             if digits.len() == 10 && !digits.starts_with('0') && !digits.starts_with('1') {
                 return format!("+1{digits}");
             }
@@ -536,8 +536,10 @@ pub fn to_e164(raw: &str, region: phonenumber::country::Id) -> String {
             }
         }
     }
-    match phonenumber::parse(Some(region), s) {
-        Ok(n) => n.format().mode(phonenumber::Mode::E164).to_string(),
+    match rlibphonenumber::PHONE_NUMBER_UTIL.parse(s, Some(region)) {
+        Ok(n) => n
+            .format_as(rlibphonenumber::PhoneNumberFormat::E164)
+            .into_owned(),
         Err(_) => s.to_string(),
     }
 }
@@ -659,7 +661,7 @@ mod tests {
 
     #[test]
     fn phone_numbers_become_e164() {
-        let us = phonenumber::country::Id::US;
+        let us = rlibphonenumber::enums::Region::US;
         assert_eq!(to_e164("866-555-1234", us), "+18665551234");
         assert_eq!(to_e164("(301) 523-6555", us), "+13015236555");
         assert_eq!(to_e164("+13015236555", us), "+13015236555");

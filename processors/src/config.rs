@@ -146,11 +146,7 @@ impl ProcessorConfig {
                 "must be at least 1",
             ));
         }
-        if self
-            .default_phone_region
-            .parse::<phonenumber::country::Id>()
-            .is_err()
-        {
+        if crate::normalize::phone_region(&self.default_phone_region).is_none() {
             return Err(err(
                 "default_phone_region",
                 &self.default_phone_region,

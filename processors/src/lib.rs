@@ -20,6 +20,7 @@ pub mod dlq;
 pub mod error;
 pub mod fingerprint;
 pub mod normalize;
+pub mod phone_memo;
 pub mod pipeline;
 pub mod processor;
 pub mod synthetic;

@@ -5,7 +5,8 @@
 //! [`crate::validate`].
 
 use callsync_schemas::CallStatus;
-use phonenumber::country;
+use rlibphonenumber::enums::Region;
+use rlibphonenumber::{PhoneNumberFormat, PHONE_NUMBER_UTIL};
 
 use crate::config::PhoneCheck;
 
@@ -31,6 +32,15 @@ const WITHHELD_MARKERS: [&str; 8] = [
     "no caller id",
 ];
 
+/// The libphonenumber region for an ISO 3166 alpha-2 code (`US`, `gb`), if the phone-number
+/// metadata knows it (any two letters make a `Region`, only some have a numbering plan).
+pub fn phone_region(code: &str) -> Option<Region> {
+    let region = code.trim().parse::<Region>().ok()?;
+    PHONE_NUMBER_UTIL
+        .get_country_code_for_region(region)
+        .map(|_| region)
+}
+
 /// Normalize a phone number to E.164 (`+15551234567`).
 ///
 /// Numbers without a country code are read in `default_region`. An empty string and the
@@ -38,7 +48,7 @@ const WITHHELD_MARKERS: [&str; 8] = [
 /// `Ok(None)`. Extensions are dropped (E.164 has none).
 pub fn normalize_phone(
     input: &str,
-    default_region: country::Id,
+    default_region: Region,
     check: PhoneCheck,
 ) -> Result<Option<String>, PhoneError> {
     let trimmed = input.trim();
@@ -49,14 +59,15 @@ pub fn normalize_phone(
     {
         return Ok(None);
     }
-    let number =
-        phonenumber::parse(Some(default_region), trimmed).map_err(|e| PhoneError::Unparseable {
+    let number = PHONE_NUMBER_UTIL
+        .parse(trimmed, Some(default_region))
+        .map_err(|e| PhoneError::Unparseable {
             input: input.to_string(),
             reason: e.to_string(),
         })?;
-    let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+    let e164 = number.format_as(PhoneNumberFormat::E164).into_owned();
     match check {
-        PhoneCheck::Valid if !phonenumber::is_valid(&number) => Err(PhoneError::NotValid {
+        PhoneCheck::Valid if !number.is_valid() => Err(PhoneError::NotValid {
             input: input.to_string(),
             e164,
         }),
@@ -123,7 +134,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn us(input: &str) -> Result<Option<String>, PhoneError> {
-        normalize_phone(input, country::Id::US, PhoneCheck::Valid)
+        normalize_phone(input, Region::US, PhoneCheck::Valid)
     }
 
     #[test]
@@ -147,11 +158,20 @@ mod tests {
             Some("+442079460958")
         );
         assert_eq!(
-            normalize_phone("020 7946 0958", country::Id::GB, PhoneCheck::Valid)
+            normalize_phone("020 7946 0958", Region::GB, PhoneCheck::Valid)
                 .unwrap()
                 .as_deref(),
             Some("+442079460958")
         );
+    }
+
+    #[test]
+    fn only_regions_with_a_numbering_plan_are_phone_regions() {
+        assert_eq!(phone_region("US"), Some(Region::US));
+        assert_eq!(phone_region("gb"), Some(Region::GB));
+        for code in ["XX", "QQ", "", "USA", "1"] {
+            assert_eq!(phone_region(code), None, "{code}");
+        }
     }
 
     #[test]
@@ -171,7 +191,7 @@ mod tests {
             us("+1 123 456 7890").unwrap_err(),
             PhoneError::NotValid { .. }
         ));
-        assert!(normalize_phone("+1 123 456 7890", country::Id::US, PhoneCheck::Parseable).is_ok());
+        assert!(normalize_phone("+1 123 456 7890", Region::US, PhoneCheck::Parseable).is_ok());
     }
 
     #[test]
@@ -205,7 +225,7 @@ mod tests {
     proptest! {
         #[test]
         fn phone_normalization_never_panics_and_yields_e164(input in "\\PC{0,40}") {
-            if let Ok(Some(e164)) = normalize_phone(&input, country::Id::US, PhoneCheck::Parseable) {
+            if let Ok(Some(e164)) = normalize_phone(&input, Region::US, PhoneCheck::Parseable) {
                 prop_assert!(e164.starts_with('+'));
                 prop_assert!(e164[1..].bytes().all(|b| b.is_ascii_digit()), "{}", e164);
                 prop_assert!((8..=16).contains(&e164.len()), "{}", e164);
@@ -214,8 +234,8 @@ mod tests {
 
         #[test]
         fn phone_normalization_is_idempotent(national in "[2-9][0-8][0-9][2-9][0-9]{6}") {
-            if let Ok(Some(first)) = normalize_phone(&national, country::Id::US, PhoneCheck::Parseable) {
-                let second = normalize_phone(&first, country::Id::GB, PhoneCheck::Parseable).unwrap();
+            if let Ok(Some(first)) = normalize_phone(&national, Region::US, PhoneCheck::Parseable) {
+                let second = normalize_phone(&first, Region::GB, PhoneCheck::Parseable).unwrap();
                 prop_assert_eq!(Some(first), second);
             }
         }
@@ -232,8 +252,8 @@ mod tests {
                 3 => format!("1-{area}-{exchange}-{line}"),
                 _ => format!("{area}.{exchange}.{line}"),
             };
-            let plain = normalize_phone(&format!("{area}{exchange}{line}"), country::Id::US, PhoneCheck::Parseable);
-            let styled = normalize_phone(&formatted, country::Id::US, PhoneCheck::Parseable);
+            let plain = normalize_phone(&format!("{area}{exchange}{line}"), Region::US, PhoneCheck::Parseable);
+            let styled = normalize_phone(&formatted, Region::US, PhoneCheck::Parseable);
             prop_assert_eq!(plain.ok(), styled.ok());
         }
 

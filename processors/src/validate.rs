@@ -15,16 +15,15 @@
 //!    status surfaces in the DLQ (and can be redriven) instead of being silently `unknown`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
 use callsync_schemas::{CallRecord, CallStatus};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::config::{ConfigError, PhoneCheck, ProcessorConfig};
-use crate::normalize::{map_provider_status, normalize_currency, normalize_phone, PhoneError};
+use crate::normalize::{map_provider_status, normalize_currency, normalize_phone};
+use crate::phone_memo::{PhoneMemo, PhoneMemoHit};
 
 /// Why a record was rejected: the value of the `callsync.error.reason` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,27 +120,20 @@ impl Rejection {
 const MONEY_SCALE: u32 = 4;
 const MONEY_MAX_ABS_EXCLUSIVE: i64 = 100_000_000_000_000; // 10^14
 
-/// Distinct phone numbers whose normalization is remembered (libphonenumber's validity
-/// check costs tens of microseconds; tracking and destination numbers, and every version of a
-/// call, repeat the same numbers). The memo is cleared when full.
-const PHONE_MEMO_CAPACITY: usize = 200_000;
-
 /// Checks and normalizes records with the processor's settings.
 #[derive(Debug, Clone)]
 pub struct RecordValidator {
-    phone_region: phonenumber::country::Id,
+    phone_region: rlibphonenumber::enums::Region,
     phone_check: PhoneCheck,
     max_future_skew: chrono::Duration,
-    phone_memo: HashMap<Box<str>, Result<Option<Box<str>>, PhoneError>, Xxh3DefaultBuilder>,
+    phone_memo: PhoneMemo,
 }
 
 impl RecordValidator {
     pub fn new(config: &ProcessorConfig) -> Result<Self, ConfigError> {
         config.check()?;
-        let phone_region = config
-            .default_phone_region
-            .parse()
-            .map_err(|_| ConfigError {
+        let phone_region = crate::normalize::phone_region(&config.default_phone_region)
+            .ok_or_else(|| ConfigError {
                 key: "default_phone_region",
                 value: config.default_phone_region.clone(),
                 reason: "not an ISO 3166 alpha-2 region known to libphonenumber",
@@ -152,7 +144,7 @@ impl RecordValidator {
             max_future_skew: chrono::Duration::seconds(
                 i64::try_from(config.max_future_skew_secs).unwrap_or(i64::MAX / 1_000_000),
             ),
-            phone_memo: HashMap::default(),
+            phone_memo: PhoneMemo::default(),
         })
     }
 
@@ -284,22 +276,23 @@ impl RecordValidator {
             return Ok(false);
         };
         let normalized = match self.phone_memo.get(input) {
-            Some(known) => known.clone(),
-            None => {
-                let result = normalize_phone(input, self.phone_region, self.phone_check)
-                    .map(|n| n.map(String::into_boxed_str));
-                if self.phone_memo.len() >= PHONE_MEMO_CAPACITY {
-                    self.phone_memo.clear();
+            PhoneMemoHit::E164(e164) if e164 == input => return Ok(false),
+            PhoneMemoHit::E164(e164) => Some(e164.to_string()),
+            PhoneMemoHit::Unknown => {
+                let normalized = normalize_phone(input, self.phone_region, self.phone_check)
+                    .map_err(|e| {
+                        Rejection::new(RejectReason::InvalidPhoneNumber, field, e.to_string())
+                    })?;
+                if let Some(e164) = &normalized {
+                    self.phone_memo.remember(input, e164);
+                    if e164 == input {
+                        return Ok(false);
+                    }
                 }
-                self.phone_memo.insert(input.into(), result.clone());
-                result
+                normalized
             }
-        }
-        .map_err(|e| Rejection::new(RejectReason::InvalidPhoneNumber, field, e.to_string()))?;
-        if normalized.as_deref() == Some(input) {
-            return Ok(false);
-        }
-        *value = normalized.map(String::from);
+        };
+        *value = normalized;
         Ok(true)
     }
 }
