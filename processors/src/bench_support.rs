@@ -112,29 +112,16 @@ pub enum BenchError {
     Restore(#[from] crate::dedup::RestoreError),
 }
 
-/// Run the processor benchmark against the broker at `bootstrap`.
-pub async fn bench_processor(
-    bootstrap: &str,
-    options: ProcessorBenchOptions,
-) -> Result<ProcessorBenchResult, BenchError> {
-    let stamp = Utc::now().timestamp_micros();
-    let mut settings = KafkaSettings::plaintext(bootstrap);
-    settings.topic_prefix = format!("bench-{}-{stamp}.", std::process::id());
-    let kafka = KafkaClientFactory::new(settings);
-    create_topics(&kafka, options.partitions).await?;
-
-    let mut result = ProcessorBenchResult {
-        records: options.records,
-        ..Default::default()
-    };
-    let distinct = options.records.div_ceil(2) as u64;
-    let index = move |i: usize| (i as u64) % distinct;
-
-    // 1. the in-memory pipeline
+/// Records per second through decode + validate + normalize + fingerprint + dedup verdict in
+/// memory (no Kafka), over `sample` records where record `i` is call `index(i)`, as the
+/// processor does it: the version first, the full rules only for records that may be emitted.
+pub fn measure_in_memory_pipeline(
+    sample: usize,
+    index: impl Fn(usize) -> u64,
+) -> Result<f64, BenchError> {
     let config = ProcessorConfig::default();
     let mut pipeline =
         RecordPipeline::new(&config).map_err(|e| BenchError::Setup(e.to_string()))?;
-    let sample = options.records.min(200_000);
     let inputs: Vec<(Vec<u8>, Vec<u8>)> = (0..sample)
         .map(|i| {
             let r = call_record(index(i), 1);
@@ -147,7 +134,6 @@ pub async fn bench_processor(
     let mut staged = StagedChanges::default();
     let t = Instant::now();
     for (key, value) in &inputs {
-        // as the processor does: version first, then the full rules for possible emits
         let Ok(record) = pipeline.decode(Some(key), Some(value)) else {
             continue;
         };
@@ -168,8 +154,30 @@ pub async fn bench_processor(
             }
         }
     }
-    result.pipeline_records_per_sec = sample as f64 / t.elapsed().as_secs_f64();
-    drop(inputs);
+    Ok(sample as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Run the processor benchmark against the broker at `bootstrap`.
+pub async fn bench_processor(
+    bootstrap: &str,
+    options: ProcessorBenchOptions,
+) -> Result<ProcessorBenchResult, BenchError> {
+    let stamp = Utc::now().timestamp_micros();
+    let mut settings = KafkaSettings::plaintext(bootstrap);
+    settings.topic_prefix = format!("bench-{}-{stamp}.", std::process::id());
+    let kafka = KafkaClientFactory::new(settings);
+    create_topics(&kafka, options.partitions).await?;
+
+    let mut result = ProcessorBenchResult {
+        records: options.records,
+        ..Default::default()
+    };
+    let distinct = options.records.div_ceil(2) as u64;
+    let index = move |i: usize| (i as u64) % distinct;
+
+    // 1. the in-memory pipeline
+    result.pipeline_records_per_sec =
+        measure_in_memory_pipeline(options.records.min(200_000), index)?;
 
     // 2. plain produce of the input (also the processor's input)
     let input_topic = kafka.settings().topic(names::CALLS_RAW);
