@@ -87,6 +87,12 @@ pub const CONSUMER_QUEUED_MIN_MESSAGES: &str = "20000";
 /// JSON-laden records is 10-16 MiB once decompressed, where 16 MiB could be ~60 MiB. 4 MiB a
 /// round trip is still far above what any callsync stage consumes.
 pub const CONSUMER_FETCH_MAX_BYTES: &str = "4194304";
+/// `fetch.queue.backoff.ms` of consumers (librdkafka: 1000): how long a partition's fetching
+/// pauses once the queue bounds above are reached. With queues this small the bounds are
+/// reached every few batches, and a full second without fetching capped the processor at
+/// ~39,000 records/s; 10 ms re-checks the queue instead (no request is sent while it is
+/// still full). `callsync-bench processor` went from 39k to 89k records/s with it.
+pub const CONSUMER_FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// Isolation of a consumer: what it sees of transactional producers' output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +215,8 @@ impl KafkaClientFactory {
             // batch of callsync needs
             .set("queued.max.messages.kbytes", CONSUMER_QUEUE_KBYTES)
             .set("queued.min.messages", CONSUMER_QUEUED_MIN_MESSAGES)
-            .set("fetch.max.bytes", CONSUMER_FETCH_MAX_BYTES);
+            .set("fetch.max.bytes", CONSUMER_FETCH_MAX_BYTES)
+            .set("fetch.queue.backoff.ms", CONSUMER_FETCH_QUEUE_BACKOFF_MS);
         for (k, v) in &self.settings.client_properties {
             cfg.set(k, v);
         }
@@ -322,6 +329,10 @@ mod tests {
         assert_eq!(
             cfg.get("queued.max.messages.kbytes"),
             Some(CONSUMER_QUEUE_KBYTES)
+        );
+        assert_eq!(
+            cfg.get("fetch.queue.backoff.ms"),
+            Some(CONSUMER_FETCH_QUEUE_BACKOFF_MS)
         );
     }
 

@@ -131,15 +131,13 @@ pub fn restore_partitions(
 /// A consumer reading changelog `topic` partitions `partitions` from their beginning,
 /// read_committed, with a partition EOF at each end.
 ///
-/// Its prefetch is bounded at 16 MiB queued and 16 MiB per fetch, twice and four times the
-/// client factory's consumer bounds (which are sized for the stages' steady reading of ~1.5 KB
-/// call records): changelog records are ~100 bytes, so that is ~150,000 records ahead of a
-/// reader that handles ~250,000 a second, enough to keep it busy, where the former 256 MiB
-/// queue held a second copy of the whole state while it was being built. With the factory's
-/// bounds a restore of 1M keys took 6.1-6.2 s instead of 3.3-3.4 s (`callsync-bench
-/// processor`, 11-30): the reader is short-lived, and it is its speed that holds a partition
-/// back. Up to 4 MiB per partition in one fetch (librdkafka's default is 1 MiB) keeps the
-/// round trips per restored key low.
+/// Its prefetch keeps the client factory's consumer bounds (8 MiB queued, 4 MiB per fetch,
+/// and a 10 ms pause when the queue is full). It used 16/16 MiB while librdkafka paused a
+/// full second at the bound: then the factory's bounds made a restore of 1M keys take 6.1 s.
+/// With the short pause they take 1.6-1.8 s, against 4.1-4.4 s with 16/16 MiB and the long
+/// pause, and the process grows by ~100-120 bytes per restored key instead of ~220-235
+/// (`callsync-bench processor`, 2026-11-30). Up to 4 MiB per partition in one fetch
+/// (librdkafka's default is 1 MiB) keeps the round trips per restored key low.
 fn changelog_reader(
     kafka: &KafkaClientFactory,
     topic: &str,
@@ -150,8 +148,6 @@ fn changelog_reader(
         callsync_runtime::Isolation::ReadCommitted,
     );
     cfg.set("enable.partition.eof", "true")
-        .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.max.bytes", "16777216")
         .set("max.partition.fetch.bytes", "4194304")
         .set("fetch.wait.max.ms", "10");
     for (k, v) in &kafka.settings().client_properties {
