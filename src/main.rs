@@ -125,7 +125,10 @@ fn humantime_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     // before the runtime starts any thread: arenas are handed out as threads first allocate
-    tune_malloc();
+    if let Err(e) = tune_malloc() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -164,7 +167,7 @@ fn main() -> ExitCode {
 /// Each knob is left alone when its glibc variable (`MALLOC_ARENA_MAX`,
 /// `MALLOC_MMAP_THRESHOLD_`) is set, so an operator can still choose.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_malloc() {
+fn tune_malloc() -> Result<(), String> {
     /// Malloc arenas for the whole process (glibc's default: 8 per core).
     const MALLOC_ARENAS: libc::c_int = 2;
     /// Allocations from this size up get their own mapping, returned to the system when freed.
@@ -186,12 +189,8 @@ fn tune_malloc() {
             }
         }
     }
-    let trim_secs = std::env::var("CALLSYNC_MALLOC_TRIM_SECS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(10);
-    if trim_secs > 0 {
-        let period = Duration::from_secs(trim_secs);
+    let trim_setting = std::env::var("CALLSYNC_MALLOC_TRIM_SECS").ok();
+    if let Some(period) = malloc_trim_period(trim_setting.as_deref())? {
         let spawned = std::thread::Builder::new()
             .name("callsync-malloc-trim".into())
             .spawn(move || loop {
@@ -205,10 +204,25 @@ fn tune_malloc() {
             eprintln!("warning: starting the malloc trim thread: {e}");
         }
     }
+    Ok(())
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
+fn tune_malloc() -> Result<(), String> {
+    Ok(())
+}
+
+/// The period of `malloc_trim` from `CALLSYNC_MALLOC_TRIM_SECS` (unset: 10 s; `0`: never).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn malloc_trim_period(setting: Option<&str>) -> Result<Option<Duration>, String> {
+    let secs = match setting {
+        None => 10,
+        Some(value) => value.trim().parse::<u64>().map_err(|_| {
+            format!("CALLSYNC_MALLOC_TRIM_SECS={value:?}: expected whole seconds (0 turns trimming off)")
+        })?,
+    };
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // install the metrics recorder before anything records

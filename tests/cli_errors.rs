@@ -90,3 +90,26 @@ fn an_unreachable_broker_is_named_in_the_error() {
         "stderr: {stderr}"
     );
 }
+
+#[test]
+fn a_malformed_malloc_trim_period_is_refused_by_name() {
+    let out = callsync()
+        .env("CALLSYNC_MALLOC_TRIM_SECS", "often")
+        .arg("--version")
+        .output()
+        .expect("run callsync");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("CALLSYNC_MALLOC_TRIM_SECS") && stderr.contains("often"),
+        "stderr: {stderr}"
+    );
+    for ok in ["0", "30"] {
+        let out = callsync()
+            .env("CALLSYNC_MALLOC_TRIM_SECS", ok)
+            .arg("--version")
+            .output()
+            .expect("run callsync");
+        assert!(out.status.success(), "{ok}: {out:?}");
+    }
+}
