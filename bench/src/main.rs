@@ -2,6 +2,7 @@
 //! baseline side by side in the same run, ending with one JSON line of figures.
 //! `all` runs every benchmark in turn and writes docs/benchmarks.md.
 
+mod bench_topics;
 mod connector;
 mod pipeline;
 mod report;
@@ -74,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
             // each benchmark in a process of its own, so peak RSS is its own
             run_in_child(&name, &args)
         } else {
-            match bench {
+            let before =
+                services::kafka_bootstrap().and_then(|b| bench_topics::TopicsBefore::snapshot(&b));
+            let result = match bench {
                 Benchmark::Sink => stages::sink(args.records.unwrap_or(200_000)).await,
                 Benchmark::Processor => stages::processor(args.records.unwrap_or(1_000_000)).await,
                 Benchmark::Connector => {
@@ -93,7 +96,15 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Benchmark::Webhook => webhook::run(args.seconds.unwrap_or(60)).await,
                 Benchmark::All => unreachable_all(),
+            };
+            match before {
+                Ok(before) => match before.delete_created().await {
+                    Ok(n) => eprintln!("bench: deleted the {n} topics {name} created"),
+                    Err(e) => eprintln!("bench: leaving {name}'s topics: {e:#}"),
+                },
+                Err(e) => eprintln!("bench: not cleaning up topics: {e:#}"),
             }
+            result
         };
         match result {
             Ok(outcome) => {
