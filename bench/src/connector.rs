@@ -108,6 +108,7 @@ pub async fn run(seconds: u64, calls: u64) -> anyhow::Result<BenchOutcome> {
             "memory_run_secs": mem.secs,
             "connector_role_peak_rss_bytes": mem.peak_rss_bytes,
         }),
+        conditions: None,
     })
 }
 

@@ -73,7 +73,18 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("bench: running {name}");
         let result = if args.benchmark == Benchmark::All {
             // each benchmark in a process of its own, so peak RSS is its own
-            run_in_child(&name, &args)
+            let (started, load_before) = (chrono::Utc::now(), report::load_average());
+            run_in_child(&name, &args).map(|mut outcome| {
+                let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.1}"));
+                outcome.conditions = Some(format!(
+                    "{}-{}, load {} -> {}",
+                    started.format("%H:%M"),
+                    chrono::Utc::now().format("%H:%M"),
+                    load(load_before),
+                    load(report::load_average()),
+                ));
+                outcome
+            })
         } else {
             let before =
                 services::kafka_bootstrap().and_then(|b| bench_topics::TopicsBefore::snapshot(&b));

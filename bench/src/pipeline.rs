@@ -139,6 +139,7 @@ pub async fn run(records: usize, calls: u64) -> anyhow::Result<BenchOutcome> {
             "all_roles_rows": all.rows,
             "all_roles_peak_rss_bytes": all.peak_rss_bytes,
         }),
+        conditions: None,
     })
 }
 

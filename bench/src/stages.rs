@@ -99,6 +99,7 @@ pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
             },
         ],
         json: json!({ "store": serde_json::to_value(&r)?, "sink_role": serde_json::to_value(&role)? }),
+        conditions: None,
     })
 }
 
@@ -152,5 +153,6 @@ pub async fn processor(records: usize) -> anyhow::Result<BenchOutcome> {
             },
         ],
         json: raw,
+        conditions: None,
     })
 }

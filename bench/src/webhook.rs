@@ -339,6 +339,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
             "peak_rss_bytes": services::peak_rss_bytes(),
             "peak_rss_mib": rss_mib,
         }),
+        conditions: None,
     })
 }
 
