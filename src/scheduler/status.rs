@@ -16,6 +16,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
+use super::follow_watchdog::{FollowWatchdog, WatchdogSettings};
 use super::publish::SyncCodec;
 
 /// Events kept per sync for `/api/syncs/{id}`.
@@ -309,17 +310,50 @@ pub fn sync_events_consumer(
 #[error("following sync events: {0}")]
 pub struct FollowError(pub String);
 
-/// Applies every event of `consumer` to `store` until shutdown. Undecodable records are
-/// counted and skipped (the topic is not ours alone to validate).
+/// Applies every event of `consumer` to `store` until shutdown, with the default
+/// [`WatchdogSettings`]. Undecodable records are counted and skipped (the topic is not ours
+/// alone to validate).
 pub async fn follow_sync_events(
     consumer: StreamConsumer,
     store: SyncStatusStore,
     codec: Arc<dyn SyncCodec>,
     shutdown: Shutdown,
 ) {
+    follow_sync_events_with(
+        Arc::new(consumer),
+        store,
+        codec,
+        shutdown,
+        WatchdogSettings::default(),
+    )
+    .await
+}
+
+/// [`follow_sync_events`] with the watchdog's settings given: between messages, every
+/// `watchdog.interval`, it re-assigns partitions that stopped receiving although records
+/// were readable (see [`super::follow_watchdog`]).
+pub async fn follow_sync_events_with(
+    consumer: Arc<StreamConsumer>,
+    store: SyncStatusStore,
+    codec: Arc<dyn SyncCodec>,
+    shutdown: Shutdown,
+    watchdog: WatchdogSettings,
+) {
+    let mut watchdog = FollowWatchdog::new(watchdog);
+    let interval = watchdog.settings().interval;
+    let mut checks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             _ = shutdown.wait() => return,
+            _ = checks.tick() => {
+                // recv() is cancellation safe: nothing is lost while the check runs
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = watchdog.check(&consumer) => {}
+                }
+                continue;
+            }
             m = consumer.recv() => m,
         };
         // the borrowed message is not Send: finish with it before any await
