@@ -197,6 +197,39 @@ pub struct ProcessBackfill {
     pub peak_rss_bytes: u64,
     /// All roles: rows in `calls` at the end.
     pub rows: Option<u64>,
+    /// All roles: the process started again on the same topics, until its processor restored
+    /// the dedup state the backfill wrote.
+    pub restart: Option<RestartRestore>,
+}
+
+/// A restart of the all-roles process that restores the dedup state of the whole backfill.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartRestore {
+    /// Keys the processor reported restored.
+    pub keys: u64,
+    /// From the process's start until the last restore was logged.
+    pub secs: f64,
+    /// `VmHWM` of the restarted process.
+    pub peak_rss_bytes: u64,
+}
+
+/// Keys in the processor's "dedup state restored" log lines of `log` so far.
+fn restored_keys(log: &Path) -> u64 {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return 0;
+    };
+    text.lines()
+        .filter(|l| l.contains("dedup state restored"))
+        .filter_map(|l| {
+            let at = l.find("keys")? + "keys".len();
+            let digits: String = l[at..]
+                .trim_start_matches(['=', '"', ':'])
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 /// Backfills a simulated Ringba account of `calls` calls (pages of 1000, no rate limit)
@@ -371,6 +404,10 @@ incremental = "off"
         .await
         .context("stopping callsync")??;
     let _ = watcher.await;
+    let restart = match roles {
+        Roles::Connector => None,
+        Roles::All => Some(restart_and_restore(&config_path, dir.path(), calls).await?),
+    };
     let admin = factory.admin()?;
     let topics: Vec<String> = TopicCatalogue::new(&settings, &options)
         .topics()
@@ -387,6 +424,62 @@ incremental = "off"
         secs,
         peak_rss_bytes,
         rows,
+        restart,
+    })
+}
+
+/// Start `callsync run` again on `config` (every role, the processor logging its restores)
+/// and wait until its processor has restored `keys` keys of dedup state.
+async fn restart_and_restore(
+    config: &Path,
+    dir: &Path,
+    keys: u64,
+) -> anyhow::Result<RestartRestore> {
+    let toml = std::fs::read_to_string(config).context("reading the callsync config")?;
+    let restart_config = dir.join("callsync-restart.toml");
+    std::fs::write(
+        &restart_config,
+        toml.replace(
+            "filter = \"warn\"",
+            "filter = \"warn,callsync_processors=info\"",
+        ),
+    )
+    .context("writing the restart config")?;
+    let log = dir.join("callsync-restart.log");
+    let started = tokio::time::Instant::now();
+    let mut process = CallsyncProcess::spawn(&restart_config, &["run"], log.clone())?;
+    let deadline = started + Duration::from_secs(300);
+    let restored = loop {
+        process.check_running()?;
+        let restored = restored_keys(&log);
+        if restored >= keys {
+            break restored;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            anyhow::bail!(
+                "the restarted process restored {restored} of {keys} keys in 300 s; its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let secs = started.elapsed().as_secs_f64();
+    // let the first batches after the restore run too
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let peak_rss_bytes = process.peak_rss_bytes();
+    eprintln!(
+        "bench: restarted `callsync run` restored {restored} keys in {secs:.1} s, peak RSS {:.1} MiB",
+        peak_rss_bytes as f64 / MIB
+    );
+    tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(30)))
+        .await
+        .context("stopping the restarted callsync")??;
+    Ok(RestartRestore {
+        keys: restored,
+        secs,
+        peak_rss_bytes,
     })
 }
 
