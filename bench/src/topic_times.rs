@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use callsync_runtime::{Isolation, KafkaClientFactory};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -24,11 +24,9 @@ pub fn timestamps_by_index(
     partitions: i32,
     timeout: Duration,
 ) -> anyhow::Result<HashMap<u64, i64>> {
-    let mut config =
-        factory.consumer_config("callsync-bench-topic-times", Isolation::ReadCommitted);
-    config.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = factory
-        .create("topic timestamps reader", &config)
+    let config = factory.consumer_config("callsync-bench-topic-times", Isolation::ReadCommitted);
+    let consumer = factory
+        .create_read_to_end("topic timestamps reader", &config)
         .with_context(|| format!("a consumer for {topic}"))?;
     let mut assignment = TopicPartitionList::new();
     for partition in 0..partitions {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use callsync_runtime::{names, Isolation, KafkaClientFactory};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -259,9 +259,8 @@ pub fn read_cursors(
     timeout: Duration,
 ) -> Result<HashMap<String, SourceCursor>, StoreError> {
     let mut cfg = factory.consumer_config("callsync-cursor-reader", Isolation::ReadCommitted);
-    cfg.set("enable.partition.eof", "true");
     cfg.remove("partition.assignment.strategy");
-    let consumer: BaseConsumer = factory.create("cursor reader", &cfg)?;
+    let consumer = factory.create_read_to_end("cursor reader", &cfg)?;
     let scope = format!("topic {topic}");
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)

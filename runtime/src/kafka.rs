@@ -10,12 +10,13 @@ use std::time::Duration;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, FromClientConfig, FromClientConfigAndContext};
-use rdkafka::consumer::ConsumerContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, Producer, ProducerContext};
 use serde::Deserialize;
 
+use crate::read_to_end::ReadToEndContext;
 use crate::secret::Secret;
 
 /// How callsync reaches Kafka. Loaded from the `[kafka]` config section.
@@ -260,6 +261,19 @@ impl KafkaClientFactory {
 
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, ClientError> {
         self.create("admin client", &self.base_config())
+    }
+
+    /// A consumer of `cfg` that reads partitions to their end: `enable.partition.eof` is set
+    /// here, and the ends it reports are not logged as errors ([`ReadToEndContext`]).
+    pub fn create_read_to_end(
+        &self,
+        role: &'static str,
+        cfg: &ClientConfig,
+    ) -> Result<BaseConsumer<ReadToEndContext>, ClientError> {
+        let mut cfg = cfg.clone();
+        cfg.set("enable.partition.eof", "true");
+        cfg.create_with_context(ReadToEndContext)
+            .map_err(|source| self.error(role, source))
     }
 
     pub fn create<T: FromClientConfig>(

@@ -4,11 +4,13 @@
 pub mod delivery;
 pub mod kafka;
 pub mod metrics;
+pub mod read_to_end;
 pub mod secret;
 pub mod shutdown;
 pub mod topics;
 
 pub use kafka::{send_waiting, ClientError, Isolation, KafkaClientFactory, KafkaSettings};
+pub use read_to_end::ReadToEndContext;
 pub use secret::Secret;
 pub use shutdown::Shutdown;
 pub use topics::{

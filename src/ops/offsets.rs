@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::OpsError;
@@ -27,7 +27,7 @@ impl Watermarks {
 
 /// The partition ids of `topic`, sorted; `UnknownTopic` when it has none.
 pub fn topic_partitions(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<impl ConsumerContext>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, OpsError> {
@@ -75,7 +75,7 @@ pub fn select_partitions(topic: &str, all: &[i32], wanted: &[i32]) -> Result<Vec
 
 /// Watermarks of each partition.
 pub fn watermarks(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<impl ConsumerContext>,
     topic: &str,
     partitions: &[i32],
     timeout: Duration,
@@ -93,7 +93,7 @@ pub fn watermarks(
 /// The offsets `consumer`'s group has committed for `partitions` of `topic`; a partition
 /// without a commit is absent.
 pub fn committed_offsets(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<impl ConsumerContext>,
     group: &str,
     topic: &str,
     partitions: &[i32],
@@ -123,7 +123,7 @@ pub fn committed_offsets(
 /// a partition with no such record maps to its high watermark (the end), as Kafka's
 /// `kafka-consumer-groups --to-datetime` does.
 pub fn offsets_for_time(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<impl ConsumerContext>,
     topic: &str,
     partitions: &[i32],
     at: DateTime<Utc>,
@@ -173,7 +173,7 @@ pub fn offsets_for_time(
 /// commit: no generation, no member id). The broker accepts it only while the group has no
 /// members.
 pub fn commit_offsets(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<impl ConsumerContext>,
     group: &str,
     topic: &str,
     offsets: &BTreeMap<i32, i64>,

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use callsync_runtime::ReadToEndContext;
 use callsync_runtime::{Isolation, KafkaClientFactory};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -37,17 +38,16 @@ pub fn scan_consumer(
     factory: &KafkaClientFactory,
     group: &str,
     isolation: Isolation,
-) -> Result<BaseConsumer, OpsError> {
-    let mut cfg = factory.consumer_config(group, isolation);
-    cfg.set("enable.partition.eof", "true");
-    Ok(factory.create("scan consumer", &cfg)?)
+) -> Result<BaseConsumer<ReadToEndContext>, OpsError> {
+    let cfg = factory.consumer_config(group, isolation);
+    Ok(factory.create_read_to_end("scan consumer", &cfg)?)
 }
 
 /// Reads `topic`'s partitions over `ranges` (partition -> `[start, end)`), calling `visit`
 /// for each record in order per partition. Fails when no record and no end-of-partition
 /// arrives for `idle_timeout`.
 pub fn scan_partitions(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ReadToEndContext>,
     topic: &str,
     ranges: &BTreeMap<i32, (i64, i64)>,
     idle_timeout: Duration,
@@ -131,7 +131,7 @@ pub const EXACT_LAG_TAIL: i64 = 64;
 /// offsets are read and counted (markers and aborted records excluded), larger ones are
 /// given in offsets (an upper bound, exact for topics written without transactions).
 pub fn records_left(
-    reader: &BaseConsumer,
+    reader: &BaseConsumer<ReadToEndContext>,
     topic: &str,
     gaps: &BTreeMap<i32, (i64, i64)>,
 ) -> Result<BTreeMap<i32, i64>, OpsError> {

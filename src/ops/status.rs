@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
+use callsync_runtime::ReadToEndContext;
 use callsync_runtime::{names, Isolation, KafkaClientFactory};
 use callsync_schemas::{Provider, RecordDecoder, SyncEvent, SyncEventKind, SyncMode};
 use chrono::{DateTime, Utc};
@@ -239,7 +240,7 @@ fn status_blocking(
 
 fn group_status(
     factory: &KafkaClientFactory,
-    reader: &BaseConsumer,
+    reader: &BaseConsumer<ReadToEndContext>,
     group: &str,
     topics: &BTreeMap<String, BTreeMap<i32, Watermarks>>,
 ) -> Result<GroupStatus, OpsError> {
@@ -334,7 +335,7 @@ fn newest_ranges(
 }
 
 fn latest_syncs(
-    reader: &BaseConsumer,
+    reader: &BaseConsumer<ReadToEndContext>,
     topic: &str,
     marks: &BTreeMap<i32, Watermarks>,
     limit: u64,
@@ -437,7 +438,7 @@ pub fn summarize_syncs(
 }
 
 fn dlq_summary(
-    reader: &BaseConsumer,
+    reader: &BaseConsumer<ReadToEndContext>,
     topic: &str,
     marks: &BTreeMap<i32, Watermarks>,
     limit: u64,

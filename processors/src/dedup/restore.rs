@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use callsync_runtime::KafkaClientFactory;
+use callsync_runtime::ReadToEndContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -142,24 +143,22 @@ fn changelog_reader(
     kafka: &KafkaClientFactory,
     topic: &str,
     partitions: &[i32],
-) -> Result<BaseConsumer, RestoreError> {
+) -> Result<BaseConsumer<ReadToEndContext>, RestoreError> {
     let mut cfg = kafka.consumer_config(
         "callsync-processor-restore",
         callsync_runtime::Isolation::ReadCommitted,
     );
-    cfg.set("enable.partition.eof", "true")
-        .set("max.partition.fetch.bytes", "4194304")
+    cfg.set("max.partition.fetch.bytes", "4194304")
         .set("fetch.wait.max.ms", "10");
     for (k, v) in &kafka.settings().client_properties {
         cfg.set(k, v);
     }
-    let consumer: BaseConsumer =
-        kafka
-            .create("changelog reader", &cfg)
-            .map_err(|source| RestoreError::Client {
-                topic: topic.to_string(),
-                source,
-            })?;
+    let consumer = kafka
+        .create_read_to_end("changelog reader", &cfg)
+        .map_err(|source| RestoreError::Client {
+            topic: topic.to_string(),
+            source,
+        })?;
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -227,6 +226,24 @@ pub fn find_changelog_keys(
     Ok(found)
 }
 
+/// A consumer error that only says the broker cannot be reached for now (a restart, a
+/// network blip), after which librdkafka reconnects and fetching goes on.
+fn is_transient(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error,
+        KafkaError::MessageConsumption(
+            Code::BrokerTransportFailure
+                | Code::AllBrokersDown
+                | Code::OperationTimedOut
+                | Code::RequestTimedOut
+                | Code::NetworkException
+                | Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+        )
+    )
+}
+
 /// What a changelog visitor wants after a record.
 enum ChangelogRead {
     Continue,
@@ -237,7 +254,7 @@ enum ChangelogRead {
 /// Polls `consumer` (a [`changelog_reader`] of `partitions`) until every partition reached its
 /// end or was declared done by `visit`, failing once `timeout` since `started` has passed.
 fn read_changelog(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<ReadToEndContext>,
     topic: &str,
     partitions: &[i32],
     started: Instant,
@@ -268,6 +285,10 @@ fn read_changelog(
             Err(KafkaError::PartitionEOF(p)) => {
                 pending.remove(&p);
             }
+            Err(source) if is_transient(&source) => {
+                // librdkafka reconnects by itself; the restore's timeout still bounds the wait
+                tracing::warn!(topic, error = %source, "reading the changelog: broker unavailable, waiting");
+            }
             Err(source) => {
                 return Err(RestoreError::Read {
                     topic: topic.to_string(),
@@ -277,4 +298,29 @@ fn read_changelog(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+
+    #[test]
+    fn only_an_unreachable_broker_is_waited_out() {
+        for code in [Code::BrokerTransportFailure, Code::AllBrokersDown] {
+            assert!(
+                is_transient(&KafkaError::MessageConsumption(code)),
+                "{code:?}"
+            );
+        }
+        assert!(!is_transient(&KafkaError::MessageConsumption(
+            Code::UnknownTopicOrPartition
+        )));
+        assert!(!is_transient(&KafkaError::MessageConsumption(
+            Code::TopicAuthorizationFailed
+        )));
+        assert!(!is_transient(&KafkaError::MessageConsumptionFatal(
+            Code::BrokerTransportFailure
+        )));
+    }
 }
