@@ -216,8 +216,13 @@ pub struct WorkerConsumerContext {
 impl ClientContext for WorkerConsumerContext {}
 
 impl ConsumerContext for WorkerConsumerContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            tracing::info!(
+                partitions = ?partition_ids(partitions),
+                lost = consumer.assignment_lost(),
+                "sync request partitions revoked"
+            );
             if let Ok(mut revoked) = self.revoked.lock() {
                 for e in partitions.elements() {
                     revoked.push((e.topic().to_string(), e.partition()));
@@ -225,6 +230,27 @@ impl ConsumerContext for WorkerConsumerContext {
             }
         }
     }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => tracing::info!(
+                partitions = ?partition_ids(partitions),
+                "sync request partitions assigned"
+            ),
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "sync request consumer rebalance failed")
+            }
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn partition_ids(partitions: &TopicPartitionList) -> Vec<i32> {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect()
 }
 
 impl WorkerConsumerContext {
