@@ -72,6 +72,9 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("{bench:?}").to_lowercase();
         eprintln!("bench: running {name}");
         let result = if args.benchmark == Benchmark::All {
+            if !outcomes.is_empty() || !failures.is_empty() {
+                settle();
+            }
             // each benchmark in a process of its own, so peak RSS is its own
             let (started, load_before) = (chrono::Utc::now(), report::load_average());
             run_in_child(&name, &args).map(|mut outcome| {
@@ -144,6 +147,27 @@ async fn main() -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("{} benchmark(s) failed", failures.len())
+    }
+}
+
+/// Between two benchmarks of `all`: wait (at most 2 minutes) until the 1-minute load average
+/// is under the number of cores, so that one benchmark's aftermath (the broker deleting the
+/// gigabytes of topics the previous one wrote, compactions, Postgres checkpoints) does not
+/// land on the next one's figures.
+fn settle() {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let started = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(120);
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    while let Some(load) = report::load_average() {
+        if load < cores || started.elapsed() >= limit {
+            eprintln!(
+                "bench: settled for {:.0} s (load {load:.1}, {cores} cores)",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(5));
     }
 }
 

@@ -97,7 +97,8 @@ and rewrites this file; `-- NAME` runs one and prints its JSON line. `--records`
 `--calls` scale them. Services: `KAFKA_BOOTSTRAP` and `DATABASE_URL` if set, else the scripts'
 broker and a throwaway Postgres (the sink benchmark always starts its own durable cluster). The
 benchmarks that measure a role's memory start the real `callsync` binary built next to the
-benchmark's executable. Each deletes the topics it created when it ends.
+benchmark's executable. Each deletes the topics it created when it ends, and between two
+benchmarks `all` waits (up to 2 minutes) for the load average to fall below the core count.
 
 How each benchmark measures, what changed between runs and the figures of earlier runs:
 [benchmark-history.md](benchmark-history.md).
