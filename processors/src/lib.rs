@@ -23,6 +23,7 @@ pub mod normalize;
 pub mod phone_memo;
 pub mod pipeline;
 pub mod processor;
+pub mod step_watch;
 pub mod synthetic;
 pub mod validate;
 

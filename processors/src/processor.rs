@@ -43,6 +43,7 @@ use crate::dedup::{
 use crate::dlq::{dlq_headers, ErrorStage, SourcePosition};
 use crate::error::ProcessorError;
 use crate::pipeline::{Accepted, RecordPipeline, Rejected};
+use crate::step_watch::StepWatch;
 use crate::validate::{RejectReason, Rejection};
 
 /// Run one processor instance until `shutdown` is triggered (the batch in flight is then
@@ -85,6 +86,9 @@ pub struct ProcessorFaults {
     /// with the batch open (longer than `max.poll.interval.ms`, the group evicts the instance
     /// and the assignment is lost).
     pub stall_after_records: Option<(u64, Duration)>,
+    /// Once, at the first batch commit, hold the thread inside `commit_transaction` for the
+    /// given time, as a librdkafka call that does not return would.
+    pub hang_in_commit: Option<Duration>,
 }
 
 /// [`run_processor_with_counters`] with injected `faults` (tests).
@@ -96,9 +100,27 @@ pub async fn run_processor_with_faults(
     faults: ProcessorFaults,
 ) -> Result<ProcessorReport, ProcessorError> {
     config.check()?;
-    tokio::task::spawn_blocking(move || run_blocking(config, kafka, shutdown, counters, faults))
-        .await
-        .map_err(|e| ProcessorError::Worker(e.to_string()))?
+    let watch = Arc::new(StepWatch::default());
+    // a transaction call that runs twice its own timeout is not coming back
+    let limit = config.commit_timeout() * 2;
+    let mut worker = tokio::task::spawn_blocking({
+        let watch = watch.clone();
+        move || run_blocking(config, kafka, shutdown, counters, faults, watch)
+    });
+    let mut checks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            done = &mut worker => {
+                return done.map_err(|e| ProcessorError::Worker(e.to_string()))?;
+            }
+            _ = checks.tick() => {
+                if let Some((step, running)) = watch.running_longer_than(limit) {
+                    tracing::error!(step, running_secs = running.as_secs(), "the processor thread is blocked in a Kafka call that did not return; stopping the instance (its thread is left behind)");
+                    return Err(ProcessorError::Stuck { step, secs: running.as_secs() });
+                }
+            }
+        }
+    }
 }
 
 /// Full topic names (prefix applied).
@@ -116,6 +138,7 @@ fn run_blocking(
     shutdown: Shutdown,
     counters: Arc<ProcessorCounters>,
     faults: ProcessorFaults,
+    watch: Arc<StepWatch>,
 ) -> Result<ProcessorReport, ProcessorError> {
     let settings = kafka.settings();
     let topics = Topics {
@@ -164,6 +187,7 @@ fn run_blocking(
         scratch: Vec::with_capacity(1024),
         consumed_total: 0,
         faults,
+        watch,
     }));
 
     // The prefetch keeps the factory's bounds (8 MiB queued, 4 MiB per fetch): at ~500 bytes
@@ -343,6 +367,8 @@ struct Engine {
     /// Input records handled since the start (committed or not), for injected faults.
     consumed_total: u64,
     faults: ProcessorFaults,
+    /// The Kafka call in progress, watched by the task that started this thread.
+    watch: Arc<StepWatch>,
 }
 
 const COMMIT_RETRIES: usize = 5;
@@ -787,12 +813,16 @@ impl Engine {
                 return self.abort_batch(consumer, revoking, true);
             };
             let mut attempt = 0;
+            let watch = self.watch.clone();
             loop {
-                match self.producer.send_offsets_to_transaction(
+                let step = watch.enter("send_offsets_to_transaction");
+                let sent = self.producer.send_offsets_to_transaction(
                     &offsets,
                     &group,
                     self.config.commit_timeout(),
-                ) {
+                );
+                drop(step);
+                match sent {
                     Ok(()) => break,
                     Err(e) => match classify(&self.producer, &e) {
                         Failure::Retry if attempt < COMMIT_RETRIES => attempt += 1,
@@ -811,11 +841,19 @@ impl Engine {
 
         // 3. commit
         let mut attempt = 0;
+        let watch = self.watch.clone();
         loop {
-            match callsync_runtime::delivery::commit_transaction(
+            let step = watch.enter("commit_transaction");
+            if let Some(hang) = self.faults.hang_in_commit.take() {
+                tracing::warn!(?hang, "injected fault: hanging in commit_transaction");
+                std::thread::sleep(hang);
+            }
+            let committed = callsync_runtime::delivery::commit_transaction(
                 &self.producer,
                 self.config.commit_timeout(),
-            ) {
+            );
+            drop(step);
+            match committed {
                 Ok(()) => break,
                 Err(e) => match classify(&self.producer, &e) {
                     Failure::Retry if attempt < COMMIT_RETRIES => {

@@ -267,3 +267,71 @@ async fn a_lost_assignment_aborts_the_batch_and_the_partitions_resume_exactly_on
     assert_eq!(fx.committed_total(&group), N as i64);
     assert_calls_hold_each_key(&fx, N, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_call_that_never_returns_stops_the_instance_and_a_new_one_resumes_exactly_once(
+) {
+    log_to_stderr();
+    let Some(kafka) = callsync_testkit::real_kafka() else {
+        return;
+    };
+    let fx = Fixture::new(kafka, 2).await;
+    const N: u64 = 500;
+    let records: Vec<_> = (0..N).map(|i| call_record(i, 1)).collect();
+    fx.produce_records(&records);
+    let group = fx.kafka.unique_group("stuck");
+    let shutdown = Shutdown::new();
+    let _stop_shutdown = shutdown.trigger_on_drop();
+    let mut config = fx.processor_config("stuck", &group);
+    // a call running twice this (4 s) is taken for one that will not return
+    config.commit_timeout_secs = 2;
+    // the hang ends after 8 s (a real one never does): the instance must have given up on
+    // it before, and when the thread wakes up its transaction has been fenced
+    let stuck = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_processor_with_faults(
+            config.clone(),
+            fx.factory.clone(),
+            shutdown.clone(),
+            Arc::default(),
+            ProcessorFaults {
+                hang_in_commit: Some(Duration::from_secs(8)),
+                ..ProcessorFaults::default()
+            },
+        ),
+    )
+    .await
+    .expect("the stuck instance was not detected within 30 s");
+    match stuck {
+        Err(callsync_processors::ProcessorError::Stuck { step, secs }) => {
+            assert_eq!(step, "commit_transaction");
+            assert!((4..8).contains(&secs), "{secs}");
+        }
+        other => panic!("expected the instance to stop as stuck: {other:?}"),
+    }
+
+    // the restarted instance (same transactional id) fences the stuck transaction and takes
+    // every record from the committed offsets
+    let counters = Arc::new(ProcessorCounters::default());
+    let restarted = Shutdown::new();
+    let _stop_restarted = restarted.trigger_on_drop();
+    let mut run = Some(tokio::spawn(run_processor_with_faults(
+        config,
+        fx.factory.clone(),
+        restarted.clone(),
+        counters.clone(),
+        ProcessorFaults::default(),
+    )));
+    wait_until(
+        &mut run,
+        &counters,
+        "processing after the restart",
+        Duration::from_secs(60),
+        |r| r.consumed >= N,
+    )
+    .await;
+    let report = stop(&mut run, &restarted).await;
+    assert_eq!(report.emitted, N);
+    assert_eq!(fx.committed_total(&group), N as i64);
+    assert_calls_hold_each_key(&fx, N, 1);
+}
