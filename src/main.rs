@@ -141,7 +141,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Dropping the runtime would wait for every blocking task, and a processor thread stuck in
+    // a librdkafka call that never returns (ProcessorError::Stuck) would then keep the process
+    // alive forever instead of letting its supervisor restart it.
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
