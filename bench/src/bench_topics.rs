@@ -10,17 +10,16 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context;
+use callsync_runtime::{KafkaClientFactory, KafkaSettings};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 
 /// Prefix shared by every benchmark's topics.
 const BENCH_PREFIX: &str = "bench-";
 
 fn admin(bootstrap: &str) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
+    KafkaClientFactory::new(KafkaSettings::plaintext(bootstrap))
+        .admin()
         .with_context(|| format!("creating an admin client for {bootstrap}"))
 }
 

@@ -15,7 +15,6 @@ use anyhow::Context;
 use callsync_connectors::ConnectorsConfig;
 use callsync_runtime::{
     ensure_catalogue, names, CatalogueOptions, Isolation, KafkaClientFactory, KafkaSettings,
-    TopicCatalogue,
 };
 use callsync_schemas::{Provider, RecordDecoder, SyncEvent, SyncEventKind, SyncMode, SyncRequest};
 use callsync_simulator::{RateLimitRule, Simulator, SimulatorConfig};
@@ -408,16 +407,7 @@ incremental = "off"
         Roles::Connector => None,
         Roles::All => Some(restart_and_restore(&config_path, dir.path(), calls).await?),
     };
-    let admin = factory.admin()?;
-    let topics: Vec<String> = TopicCatalogue::new(&settings, &options)
-        .topics()
-        .iter()
-        .map(|t| t.name.clone())
-        .collect();
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = admin
-        .delete_topics(&refs, &rdkafka::admin::AdminOptions::new())
-        .await;
+    // its topics are deleted by the benchmark runner (bench_topics) when the benchmark ends
     Ok(ProcessBackfill {
         calls,
         records,
