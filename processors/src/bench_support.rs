@@ -134,15 +134,15 @@ pub fn measure_in_memory_pipeline(
     let mut staged = StagedChanges::default();
     let t = Instant::now();
     for (key, value) in &inputs {
-        let Ok(record) = pipeline.decode(Some(key), Some(value)) else {
+        let Ok(call) = pipeline.decode(Some(key), Some(value)) else {
             continue;
         };
         let key_str = StateKey::new(std::str::from_utf8(key).unwrap_or_default());
         if state
-            .observe_version(&mut staged, &key_str, record.version, 0, i64::MAX)
+            .observe_version(&mut staged, &key_str, call.version(), 0, i64::MAX)
             .is_none()
         {
-            if let Ok(accepted) = pipeline.accept(record, Some(key), now) {
+            if let Ok(accepted) = pipeline.accept(call, Some(key), now) {
                 state.observe(
                     &mut staged,
                     &key_str,
@@ -208,6 +208,12 @@ pub async fn bench_processor(
         group_id: format!("bench-processor-{stamp}"),
         ..ProcessorConfig::default()
     };
+    let mut config = config;
+    if let Ok(ms) = std::env::var("CALLSYNC_BENCH_PROCESSOR_BATCH_MS") {
+        config.batch_max_time_ms = ms.parse().map_err(|e| {
+            BenchError::Setup(format!("CALLSYNC_BENCH_PROCESSOR_BATCH_MS={ms:?}: {e}"))
+        })?;
+    }
     let mut processor_kafka = kafka.clone();
     if let Ok(props) = std::env::var("CALLSYNC_BENCH_PROCESSOR_PROPS") {
         let mut settings = kafka.settings().clone();

@@ -2,7 +2,7 @@
 //! `calls.raw`, encoding normalized ones for `calls`, and the dedup changelog's values.
 
 use callsync_schemas::wire::{self, RecordDecoder, WireFormat};
-use callsync_schemas::{CallRecord, DecodeError, DedupEntry, EncodeError};
+use callsync_schemas::{CallRecord, DecodeError, DecodedCall, DedupEntry, EncodeError};
 
 /// Decodes and encodes call record values.
 #[derive(Debug)]
@@ -29,6 +29,12 @@ impl CallRecordCodec {
 
     pub fn decode(&self, value: &[u8]) -> Result<CallRecord, DecodeError> {
         self.decoder.decode(value)
+    }
+
+    /// Decodes `value` with the same checks as [`Self::decode`], reading a record written with
+    /// our schema in place (nothing copied until [`DecodedCall::into_record`]).
+    pub fn decode_call<'a>(&self, value: &'a [u8]) -> Result<DecodedCall<'a>, DecodeError> {
+        self.decoder.decode_call(value)
     }
 
     /// Appends `record` to `out` (cleared first).

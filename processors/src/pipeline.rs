@@ -1,7 +1,7 @@
 //! What happens to one input record before dedup: decode, validate and normalize,
 //! fingerprint. Pure (no Kafka), so it can be tested and fuzzed on its own.
 
-use callsync_schemas::CallRecord;
+use callsync_schemas::{CallRecord, DecodeError, DecodedCall};
 use chrono::{DateTime, Utc};
 
 use crate::codec::CallRecordCodec;
@@ -54,14 +54,20 @@ impl RecordPipeline {
         value: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Result<Accepted, Rejected> {
-        let record = self.decode(key, value)?;
-        self.accept(record, key, now)
+        let call = self.decode(key, value)?;
+        self.accept(call, key, now)
     }
 
     /// Decode the value and check the key rule: enough to look the record's version up in the
     /// dedup state (a stale or duplicate version is dropped whatever else it holds, so the
-    /// costlier rules run only on records that may be emitted).
-    pub fn decode(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<CallRecord, Rejected> {
+    /// costlier rules run only on records that may be emitted). A record written with our
+    /// schema is read in place: every field is checked (bytes that do not decode are rejected
+    /// here, duplicate or not) but nothing is copied until [`Self::accept`].
+    pub fn decode<'a>(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&'a [u8]>,
+    ) -> Result<DecodedCall<'a>, Rejected> {
         let Some(value) = value else {
             return Err(Rejected {
                 rejection: Rejection::new(
@@ -72,32 +78,24 @@ impl RecordPipeline {
                 stage: ErrorStage::Decode,
             });
         };
-        let record = self.codec.decode(value).map_err(|e| Rejected {
-            rejection: Rejection::new(
-                RejectReason::Undecodable,
-                e.field().map_or(std::borrow::Cow::Borrowed("value"), |f| {
-                    f.to_string().into()
-                }),
-                e.to_string(),
-            ),
-            stage: ErrorStage::Decode,
-        })?;
+        let call = self.codec.decode_call(value).map_err(undecodable)?;
         self.validator
-            .check_key(&record, key)
+            .check_key(call.provider(), call.account_id(), call.call_id(), key)
             .map_err(|rejection| Rejected {
                 rejection,
                 stage: ErrorStage::Validate,
             })?;
-        Ok(record)
+        Ok(call)
     }
 
     /// Validate and normalize a decoded record and fingerprint it.
     pub fn accept(
         &mut self,
-        mut record: CallRecord,
+        call: DecodedCall<'_>,
         key: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Result<Accepted, Rejected> {
+        let mut record = call.into_record().map_err(undecodable)?;
         let normalized = self
             .validator
             .check(&mut record, key, now)
@@ -111,6 +109,19 @@ impl RecordPipeline {
             normalized,
             fingerprint,
         })
+    }
+}
+
+fn undecodable(e: DecodeError) -> Rejected {
+    Rejected {
+        rejection: Rejection::new(
+            RejectReason::Undecodable,
+            e.field().map_or(std::borrow::Cow::Borrowed("value"), |f| {
+                f.to_string().into()
+            }),
+            e.to_string(),
+        ),
+        stage: ErrorStage::Decode,
     }
 }
 

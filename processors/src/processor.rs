@@ -573,7 +573,7 @@ impl Engine {
         now_micros: i64,
         refresh_after: i64,
     ) -> Result<Option<Accepted>, Rejected> {
-        let record = self.pipeline.decode(message.key(), message.payload())?;
+        let call = self.pipeline.decode(message.key(), message.payload())?;
         // the key rule passed: the message key is the record's UTF-8 key
         let (Some(key), Some(state), Some(batch)) = (
             message.key().and_then(|k| std::str::from_utf8(k).ok()),
@@ -585,10 +585,10 @@ impl Engine {
         let staged = batch.staged.entry(partition).or_default();
         let key = StateKey::new(key);
         let verdict =
-            match state.observe_version(staged, &key, record.version, now_micros, refresh_after) {
+            match state.observe_version(staged, &key, call.version(), now_micros, refresh_after) {
                 Some(verdict) => verdict,
                 None => {
-                    let accepted = self.pipeline.accept(record, message.key(), now)?;
+                    let accepted = self.pipeline.accept(call, message.key(), now)?;
                     let verdict = state.observe(
                         staged,
                         &key,

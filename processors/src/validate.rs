@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use callsync_schemas::{CallRecord, CallStatus};
+use callsync_schemas::{CallKey, CallRecord, CallStatus, Provider};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -156,7 +156,7 @@ impl RecordValidator {
         key: Option<&[u8]>,
         now: DateTime<Utc>,
     ) -> Result<bool, Rejection> {
-        self.check_key(record, key)?;
+        self.check_key(record.provider, &record.account_id, &record.call_id, key)?;
         check_required(record)?;
         self.check_times(record, now)?;
         check_durations(record)?;
@@ -198,7 +198,13 @@ impl RecordValidator {
     }
 
     /// Rule 1 alone: the Kafka key is present and is the record's key.
-    pub fn check_key(&self, record: &CallRecord, key: Option<&[u8]>) -> Result<(), Rejection> {
+    pub fn check_key(
+        &self,
+        provider: Provider,
+        account_id: &str,
+        call_id: &str,
+        key: Option<&[u8]>,
+    ) -> Result<(), Rejection> {
         let Some(key) = key else {
             return Err(Rejection::new(
                 RejectReason::MissingKey,
@@ -206,8 +212,8 @@ impl RecordValidator {
                 "the Kafka message has no key (expected {provider}:{account_id}:{call_id})",
             ));
         };
-        if !key_matches(key, record) {
-            let expected = record.key();
+        if !key_matches(key, provider, account_id, call_id) {
+            let expected = CallKey::new(provider, account_id, call_id);
             return Err(Rejection::new(
                 RejectReason::KeyMismatch,
                 "key",
@@ -304,11 +310,11 @@ fn is_known_currency(code: &str) -> bool {
         && iso_currency::Currency::from_code(code).is_some()
 }
 
-fn key_matches(key: &[u8], record: &CallRecord) -> bool {
+fn key_matches(key: &[u8], provider: Provider, account_id: &str, call_id: &str) -> bool {
     let parts = [
-        record.provider.as_str().as_bytes(),
-        record.account_id.as_bytes(),
-        record.call_id.as_bytes(),
+        provider.as_str().as_bytes(),
+        account_id.as_bytes(),
+        call_id.as_bytes(),
     ];
     let expected_len = parts.iter().map(|p| p.len()).sum::<usize>() + 2;
     if key.len() != expected_len {

@@ -85,7 +85,7 @@ fn assert_round_trips(record: &CallRecord) {
 /// long enough, its datum behind the foreign schema's id (the resolution path).
 pub fn decode_value(value: &[u8]) {
     let d = decoders();
-    if let Ok(record) = d.call_record.decode(value) {
+    if let Ok(record) = assert_decode_call_agrees(&d.call_record, value) {
         assert_round_trips(&record);
     }
     let _ = d.sync_request.decode(value);
@@ -97,10 +97,26 @@ pub fn decode_value(value: &[u8]) {
         let mut foreign = FOREIGN_SCHEMA_ID.to_be_bytes().to_vec();
         foreign.insert(0, 0);
         foreign.extend_from_slice(&value[5..]);
-        if let Ok(record) = d.call_record.decode(&foreign) {
+        if let Ok(record) = assert_decode_call_agrees(&d.call_record, &foreign) {
             assert_round_trips(&record);
         }
     }
+}
+
+/// Decodes `value` both ways, owned and in place ([`RecordDecoder::decode_call`], what the
+/// processor uses): they must accept the same values, with the same record or the same error.
+fn assert_decode_call_agrees(
+    decoder: &RecordDecoder<CallRecord>,
+    value: &[u8],
+) -> Result<CallRecord, crate::DecodeError> {
+    let decoded = decoder.decode(value);
+    let in_place = decoder.decode_call(value).and_then(|c| c.into_record());
+    match (&decoded, &in_place) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "decode and decode_call read different records"),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("decode gave {decoded:?}, decode_call gave {in_place:?}"),
+    }
+    decoded
 }
 
 /// What [`resolve_writer_schema`] came to.

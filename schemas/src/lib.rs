@@ -32,6 +32,7 @@ pub mod model;
 pub mod records;
 pub mod registry;
 pub mod schema;
+pub mod view;
 pub mod wire;
 
 pub use binary::{DatumError, DatumReader, DecimalProblem, Problem};
@@ -46,7 +47,8 @@ pub use schema::{
     call_record_schema, dedup_entry_schema, sync_event_schema, sync_request_schema, SchemaError,
     SchemaInfo,
 };
+pub use view::{CallRecordView, TagsView};
 pub use wire::{
     call_record_decoder, decode_call_record, detect_format, encode, encode_call_record,
-    encode_to_vec, RecordDecoder, RecordEncoder, WireFormat,
+    encode_to_vec, DecodedCall, RecordDecoder, RecordEncoder, WireFormat,
 };

@@ -23,6 +23,7 @@ use crate::model::{CallRecord, DedupEntry, SyncEvent, SyncRequest};
 use crate::schema::{
     call_record_schema, dedup_entry_schema, sync_event_schema, sync_request_schema, SchemaInfo,
 };
+use crate::view::CallRecordView;
 
 /// A record type with an Avro schema in `schemas/avro/` and codecs for it.
 ///
@@ -407,77 +408,7 @@ impl AvroRecord for CallRecord {
     }
 
     fn read_datum(r: &mut DatumReader<'_>) -> Result<Self, DatumError> {
-        let provider = r.at("provider").parse_str()?;
-        let account_id = r.at("account_id").string()?;
-        let call_id = r.at("call_id").string()?;
-        let version = r.at("version").long()?;
-        let started_at = r.at("started_at").timestamp()?;
-        let answered_at = r.at("answered_at").opt(|r| r.timestamp())?;
-        let ended_at = r.at("ended_at").opt(|r| r.timestamp())?;
-        let duration_secs = r.at("duration_secs").opt(|r| r.int())?;
-        let billable_secs = r.at("billable_secs").opt(|r| r.int())?;
-        let caller_number = r.at("caller_number").opt(|r| r.string())?;
-        let tracking_number = r.at("tracking_number").opt(|r| r.string())?;
-        let destination_number = r.at("destination_number").opt(|r| r.string())?;
-        let campaign_id = r.at("campaign_id").opt(|r| r.string())?;
-        let campaign_name = r.at("campaign_name").opt(|r| r.string())?;
-        let publisher_id = r.at("publisher_id").opt(|r| r.string())?;
-        let publisher_name = r.at("publisher_name").opt(|r| r.string())?;
-        let buyer_id = r.at("buyer_id").opt(|r| r.string())?;
-        let buyer_name = r.at("buyer_name").opt(|r| r.string())?;
-        let status = r.at("status").parse_str()?;
-        let provider_status = r.at("provider_status").opt(|r| r.string())?;
-        let converted = r.at("converted").opt(|r| r.boolean())?;
-        let revenue = r.at("revenue").opt(|r| r.decimal())?;
-        let payout = r.at("payout").opt(|r| r.decimal())?;
-        let currency = r.at("currency").opt(|r| r.string())?;
-        let recording_url = r.at("recording_url").opt(|r| r.string())?;
-        let mut tags = BTreeMap::new();
-        r.at("tags");
-        // An entry is at least two length bytes.
-        while let Some(n) = r.block_count("map", 2)? {
-            for _ in 0..n {
-                let k = r.string()?;
-                let v = r.string()?;
-                tags.insert(k, v);
-            }
-        }
-        let source = r.at("source").parse_str()?;
-        let observed_at = r.at("observed_at").timestamp()?;
-        let provider_updated_at = r.at("provider_updated_at").opt(|r| r.timestamp())?;
-        let raw = r.at("raw").opt(|r| r.bytes().map(<[u8]>::to_vec))?;
-        Ok(CallRecord {
-            provider,
-            account_id,
-            call_id,
-            version,
-            started_at,
-            answered_at,
-            ended_at,
-            duration_secs,
-            billable_secs,
-            caller_number,
-            tracking_number,
-            destination_number,
-            campaign_id,
-            campaign_name,
-            publisher_id,
-            publisher_name,
-            buyer_id,
-            buyer_name,
-            status,
-            provider_status,
-            converted,
-            revenue,
-            payout,
-            currency,
-            recording_url,
-            tags,
-            source,
-            observed_at,
-            provider_updated_at,
-            raw,
-        })
+        CallRecordView::read(r)?.to_record()
     }
 
     fn to_avro_value(&self) -> Result<Value, EncodeError> {

@@ -17,9 +17,10 @@ use apache_avro::schema::{Name, Namespace, ResolvedSchema, Schema, UnionSchema};
 
 use crate::binary::{DatumError, DatumReader, Problem};
 use crate::error::{magic_hint, DecodeError, DetectedFormat, EncodeError};
-use crate::model::CallRecord;
+use crate::model::{CallRecord, Provider};
 use crate::records::AvroRecord;
 use crate::schema::{SchemaError, SchemaInfo};
+use crate::view::CallRecordView;
 
 /// Length of the single-object header: `C3 01` + 8-byte fingerprint.
 pub const SINGLE_OBJECT_HEADER_LEN: usize = 10;
@@ -366,17 +367,15 @@ impl<T: AvroRecord> RecordDecoder<T> {
         detect(value, T::NAME)
     }
 
-    /// Decodes one value in either wire format.
-    pub fn decode(&self, value: &[u8]) -> Result<T, DecodeError> {
-        let format = detect(value, T::NAME)?;
-        let body = &value[format.header_len()..];
+    /// The writer schema of a value in `format`: `None` for our own schema by fingerprint (the
+    /// fast path, no lookup), else the one this decoder was given for that fingerprint or id.
+    fn writer(&self, format: DetectedFormat) -> Result<Option<Arc<Writer>>, DecodeError> {
         match format {
             DetectedFormat::SingleObject { fingerprint } => {
                 let info = T::schema_info();
                 if info.is_own_fingerprint(fingerprint) {
-                    return decode_fast::<T>(format, body);
+                    return Ok(None);
                 }
-                let ours = info.fingerprint();
                 let writer = self
                     .by_fingerprint
                     .read()
@@ -384,11 +383,11 @@ impl<T: AvroRecord> RecordDecoder<T> {
                     .get(&fingerprint)
                     .cloned();
                 match writer {
-                    Some(w) => self.decode_with(format, &w, body),
+                    Some(w) => Ok(Some(w)),
                     None => Err(DecodeError::UnknownFingerprint {
                         record: T::NAME,
                         fingerprint,
-                        ours,
+                        ours: info.fingerprint(),
                     }),
                 }
             }
@@ -400,13 +399,23 @@ impl<T: AvroRecord> RecordDecoder<T> {
                     .get(&schema_id)
                     .cloned();
                 match writer {
-                    Some(w) => self.decode_with(format, &w, body),
+                    Some(w) => Ok(Some(w)),
                     None => Err(DecodeError::UnknownSchemaId {
                         record: T::NAME,
                         schema_id,
                     }),
                 }
             }
+        }
+    }
+
+    /// Decodes one value in either wire format.
+    pub fn decode(&self, value: &[u8]) -> Result<T, DecodeError> {
+        let format = detect(value, T::NAME)?;
+        let body = &value[format.header_len()..];
+        match self.writer(format)? {
+            None => decode_fast::<T>(format, body),
+            Some(writer) => self.decode_with(format, &writer, body),
         }
     }
 }
@@ -529,6 +538,99 @@ fn decode_fast<T: AvroRecord>(format: DetectedFormat, body: &[u8]) -> Result<T, 
         });
     }
     Ok(record)
+}
+
+/// A call record decoded from a Kafka value by [`RecordDecoder::decode_call`].
+#[derive(Debug, Clone)]
+pub enum DecodedCall<'a> {
+    /// Written with our schema: read in place, every field checked, nothing copied yet.
+    View {
+        view: CallRecordView<'a>,
+        format: DetectedFormat,
+    },
+    /// Written with another schema: decoded and resolved into an owned record.
+    Owned(CallRecord),
+}
+
+impl DecodedCall<'_> {
+    pub fn provider(&self) -> Provider {
+        match self {
+            DecodedCall::View { view, .. } => view.provider,
+            DecodedCall::Owned(r) => r.provider,
+        }
+    }
+
+    pub fn account_id(&self) -> &str {
+        match self {
+            DecodedCall::View { view, .. } => view.account_id,
+            DecodedCall::Owned(r) => &r.account_id,
+        }
+    }
+
+    pub fn call_id(&self) -> &str {
+        match self {
+            DecodedCall::View { view, .. } => view.call_id,
+            DecodedCall::Owned(r) => &r.call_id,
+        }
+    }
+
+    pub fn version(&self) -> i64 {
+        match self {
+            DecodedCall::View { view, .. } => view.version,
+            DecodedCall::Owned(r) => r.version,
+        }
+    }
+
+    /// The owned record (a copy of the view's fields).
+    pub fn into_record(self) -> Result<CallRecord, DecodeError> {
+        match self {
+            DecodedCall::View { view, format } => {
+                view.to_record().map_err(|error| DecodeError::Datum {
+                    format,
+                    record: CallRecord::NAME,
+                    error,
+                })
+            }
+            DecodedCall::Owned(r) => Ok(r),
+        }
+    }
+}
+
+impl RecordDecoder<CallRecord> {
+    /// Decodes a call record value as [`Self::decode`] does (the same checks, the same
+    /// errors), but reads one written with our schema in place: a caller that only needs the
+    /// key and version (the processor's dedup lookup) allocates nothing.
+    pub fn decode_call<'a>(&self, value: &'a [u8]) -> Result<DecodedCall<'a>, DecodeError> {
+        let format = detect(value, CallRecord::NAME)?;
+        let body = &value[format.header_len()..];
+        match self.writer(format)? {
+            None => decode_view(format, body),
+            Some(writer) => match &*writer {
+                Writer::Ours => decode_view(format, body),
+                _ => self
+                    .decode_with(format, &writer, body)
+                    .map(DecodedCall::Owned),
+            },
+        }
+    }
+}
+
+fn decode_view(format: DetectedFormat, body: &[u8]) -> Result<DecodedCall<'_>, DecodeError> {
+    let mut r = DatumReader::new(body, format.header_len());
+    let view = CallRecordView::read(&mut r).map_err(|error| DecodeError::Datum {
+        format,
+        record: CallRecord::NAME,
+        error,
+    })?;
+    if r.remaining() != 0 {
+        return Err(DecodeError::TrailingBytes {
+            format,
+            record: CallRecord::NAME,
+            offset: r.offset(),
+            count: r.remaining(),
+        });
+    }
+    Ok(DecodedCall::View { view, format })
 }
 
 /// Decodes a datum written with another schema, resolving it against ours.

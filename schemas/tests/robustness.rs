@@ -45,13 +45,41 @@ fn all_decoders(bytes: &[u8], d: &RecordDecoder<CallRecord>) {
             RecordDecoder::new(),
         )
     });
-    let _ = d.decode(bytes);
+    decode_call_agrees(bytes, d);
     let _ = OTHERS.0.decode(bytes);
     let _ = OTHERS.1.decode(bytes);
     let _ = OTHERS.2.decode(bytes);
     let _ = callsync_schemas::decode_call_record(bytes);
     // the `avro_decode` fuzz target's body: the same decoders plus the round-trip check
     callsync_schemas::fuzzing::decode_value(bytes);
+}
+
+/// `decode_call` (the in-place read the processor uses) accepts exactly what `decode` accepts,
+/// with the same record or the same error.
+fn decode_call_agrees(bytes: &[u8], d: &RecordDecoder<CallRecord>) {
+    let decoded = d.decode(bytes);
+    let called = d.decode_call(bytes);
+    match (&decoded, called) {
+        (Ok(record), Ok(call)) => {
+            assert_eq!(
+                (
+                    call.provider(),
+                    call.account_id(),
+                    call.call_id(),
+                    call.version()
+                ),
+                (
+                    record.provider,
+                    record.account_id.as_str(),
+                    record.call_id.as_str(),
+                    record.version
+                )
+            );
+            assert_eq!(&call.into_record().unwrap(), record);
+        }
+        (Err(e), Err(c)) => assert_eq!(e.to_string(), c.to_string()),
+        (decoded, called) => panic!("decode gave {decoded:?}, decode_call gave {called:?}"),
+    }
 }
 
 fn headers() -> &'static [Vec<u8>] {
@@ -121,7 +149,7 @@ proptest! {
         if bytes.len() > 5 {
             let mut foreign = vec![0, 0, 0, 0, 2];
             foreign.extend_from_slice(&bytes[5..]);
-            let _ = d.decode(&foreign);
+            decode_call_agrees(&foreign, d);
         }
         let n = cut.index(bytes.len() + 1);
         all_decoders(&bytes[..n], d);
