@@ -40,6 +40,15 @@ pub struct ProcessorConfig {
     /// ... or this long after its first record, whichever comes first; and at once when
     /// the input has nothing more to read (a poll of 20 ms returns nothing).
     pub batch_max_time_ms: u64,
+    /// While the input is behind (the batch's newest record was written to the input topic
+    /// more than `catch_up_after_ms` before it was read), a batch stays open up to this long
+    /// instead of `batch_max_time_ms` (never less than it; still closing at `batch_max_records` or when the input
+    /// runs dry). Those records are late already; fewer, bigger transactions drain the backlog
+    /// faster (each commit costs a few round trips to the broker whatever its size).
+    pub catch_up_batch_max_time_ms: u64,
+    /// How old (by its Kafka timestamp) a record must be when read for the input to count as
+    /// behind. Producers' clocks skewed by more than this only change batch sizes.
+    pub catch_up_after_ms: u64,
     /// Dedup entries not seen for this long expire and get a tombstone (default 35 days).
     pub dedup_ttl_secs: u64,
     /// How often the state of each partition is swept for expired entries.
@@ -69,6 +78,8 @@ impl Default for ProcessorConfig {
             state_topic: names::DEDUP_STATE.to_string(),
             batch_max_records: 10_000,
             batch_max_time_ms: 50,
+            catch_up_batch_max_time_ms: 200,
+            catch_up_after_ms: 1_000,
             dedup_ttl_secs: 35 * 24 * 60 * 60,
             ttl_sweep_interval_secs: 60,
             commit_timeout_secs: 30,
@@ -166,6 +177,15 @@ impl ProcessorConfig {
         Duration::from_millis(self.batch_max_time_ms)
     }
 
+    /// `catch_up_batch_max_time_ms`, never less than `batch_max_time_ms`.
+    pub fn catch_up_batch_max_time(&self) -> Duration {
+        Duration::from_millis(self.catch_up_batch_max_time_ms.max(self.batch_max_time_ms))
+    }
+
+    pub fn catch_up_after(&self) -> Duration {
+        Duration::from_millis(self.catch_up_after_ms)
+    }
+
     pub fn dedup_ttl(&self) -> Duration {
         Duration::from_secs(self.dedup_ttl_secs)
     }
@@ -190,6 +210,15 @@ impl ProcessorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_catch_up_batch_time_is_never_shorter_than_the_batch_time() {
+        let cfg: ProcessorConfig =
+            toml::from_str("batch_max_time_ms = 300\ncatch_up_batch_max_time_ms = 200").unwrap();
+        assert_eq!(cfg.catch_up_batch_max_time(), Duration::from_millis(300));
+        let cfg: ProcessorConfig = toml::from_str("catch_up_batch_max_time_ms = 400").unwrap();
+        assert_eq!(cfg.catch_up_batch_max_time(), Duration::from_millis(400));
+    }
 
     #[test]
     fn an_empty_section_gives_the_defaults() {

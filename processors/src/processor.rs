@@ -335,6 +335,26 @@ struct Batch {
     tally: BatchTally,
     dead_letters: HashMap<(ErrorStage, RejectReason), u64>,
     sends: usize,
+    /// Whether the newest record read was older than `catch_up_after` (the input is behind):
+    /// the batch may then stay open up to `catch_up_batch_max_time`.
+    catching_up: bool,
+}
+
+impl Batch {
+    /// How long this batch may stay open.
+    fn max_time(&self, config: &ProcessorConfig) -> Duration {
+        if self.catching_up {
+            config.catch_up_batch_max_time()
+        } else {
+            config.batch_max_time()
+        }
+    }
+}
+
+/// Whether a record with Kafka timestamp `timestamp` (ms since the epoch), read at `now_ms`,
+/// was written more than `behind_after` ago. A record without a timestamp does not count.
+fn is_behind(timestamp: Option<i64>, now_ms: i64, behind_after: Duration) -> bool {
+    timestamp.is_some_and(|ts| now_ms.saturating_sub(ts) > behind_after.as_millis() as i64)
 }
 
 /// How a failed transactional call is handled.
@@ -468,6 +488,7 @@ impl Engine {
             tally: BatchTally::default(),
             dead_letters: HashMap::new(),
             sends: 0,
+            catching_up: false,
         });
         Ok(())
     }
@@ -494,6 +515,11 @@ impl Engine {
         batch.first_offsets.entry(partition).or_insert(offset);
         batch.next_offsets.insert(partition, offset + 1);
         batch.tally.consumed += 1;
+        batch.catching_up = is_behind(
+            message.timestamp().to_millis(),
+            batch.now.timestamp_millis(),
+            self.config.catch_up_after(),
+        );
         self.consumed_total += 1;
         let now = batch.now;
 
@@ -654,7 +680,7 @@ impl Engine {
     /// expired state when due.
     fn tick(&mut self, consumer: &BaseConsumer<ProcessorContext>) -> Result<(), ProcessorError> {
         if let Some(batch) = &self.batch {
-            if batch.started.elapsed() >= self.config.batch_max_time() {
+            if batch.started.elapsed() >= batch.max_time(&self.config) {
                 self.commit_batch(consumer, &[])?;
             }
         }
@@ -796,6 +822,8 @@ impl Engine {
         metrics::counter!(metric_names::PROCESSOR_STATE_WRITES_TOTAL, "kind" => "tombstone")
             .increment(tombstones);
 
+        // (how long each step took, for the debug log)
+        let t_changelog = commit_started.elapsed();
         // 2. the consumed offsets, with the group's metadata
         if !batch.next_offsets.is_empty() {
             let mut offsets = TopicPartitionList::new();
@@ -839,6 +867,7 @@ impl Engine {
             }
         }
 
+        let t_offsets = commit_started.elapsed();
         // 3. commit
         let mut attempt = 0;
         let watch = self.watch.clone();
@@ -907,6 +936,13 @@ impl Engine {
             duplicates = t.duplicates,
             stale = t.stale,
             dead_letters = t.invalid + t.undecodable,
+            changelog_ms = t_changelog.as_secs_f64() * 1e3,
+            offsets_ms = t_offsets.saturating_sub(t_changelog).as_secs_f64() * 1e3,
+            commit_ms = commit_started
+                .elapsed()
+                .saturating_sub(t_offsets)
+                .as_secs_f64()
+                * 1e3,
             "batch committed"
         );
         self.publish_state_size();
@@ -1132,5 +1168,41 @@ fn classify(producer: &BaseProducer, error: &KafkaError) -> Failure {
         KafkaError::Transaction(e) if e.is_retriable() => Failure::Retry,
         KafkaError::Flush(_) => Failure::Retry,
         _ => Failure::Abort,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_counts_as_behind_only_past_the_threshold() {
+        let after = Duration::from_millis(1_000);
+        assert!(!is_behind(Some(10_000), 10_500, after));
+        assert!(!is_behind(Some(10_000), 11_000, after));
+        assert!(is_behind(Some(10_000), 11_001, after));
+        assert!(!is_behind(None, 11_001, after), "no timestamp: not behind");
+        // a producer clock ahead of ours is not behind
+        assert!(!is_behind(Some(20_000), 11_001, after));
+    }
+
+    #[test]
+    fn a_batch_that_is_catching_up_may_stay_open_longer() {
+        let config = ProcessorConfig::default();
+        let mut batch = Batch {
+            started: Instant::now(),
+            now: Utc::now(),
+            first_offsets: BTreeMap::new(),
+            next_offsets: BTreeMap::new(),
+            staged: HashMap::new(),
+            tally: BatchTally::default(),
+            dead_letters: HashMap::new(),
+            sends: 0,
+            catching_up: false,
+        };
+        assert_eq!(batch.max_time(&config), config.batch_max_time());
+        batch.catching_up = true;
+        assert_eq!(batch.max_time(&config), config.catch_up_batch_max_time());
+        assert!(config.catch_up_batch_max_time() > config.batch_max_time());
     }
 }
