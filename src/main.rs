@@ -142,9 +142,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli));
-    // Dropping the runtime would wait for every blocking task, and a processor thread stuck in
-    // a librdkafka call that never returns (ProcessorError::Stuck) would then keep the process
-    // alive forever instead of letting its supervisor restart it.
+    // Dropping the runtime would wait for every blocking task, and a thread stuck in a
+    // librdkafka call that never returns (the processor's: ProcessorError::Stuck; a connector
+    // sync's: StoreError::Stuck) would then keep the process alive forever instead of letting
+    // its supervisor restart it.
     runtime.shutdown_timeout(Duration::from_secs(10));
     match result {
         Ok(code) => code,

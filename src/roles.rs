@@ -462,13 +462,27 @@ async fn catch_up_sync_events(
 }
 
 /// Runs syncs with the connectors' [`run_sync`]; a rejected credential is permanent.
+///
+/// A sync whose Kafka transaction call did not return ([`SyncError::is_stuck`]) fails as
+/// retryable, and it also asks the process to stop: the connector role then ends with that
+/// error ([`ConnectorExecutor::stuck`]) so its supervisor restarts it, and the restart fences
+/// the stuck transaction.
 pub struct ConnectorExecutor {
     deps: SyncDeps,
+    stuck: std::sync::OnceLock<String>,
 }
 
 impl ConnectorExecutor {
     pub fn new(deps: SyncDeps) -> Self {
-        ConnectorExecutor { deps }
+        ConnectorExecutor {
+            deps,
+            stuck: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The first stuck sync's error, once one got stuck.
+    pub fn stuck(&self) -> Option<&str> {
+        self.stuck.get().map(String::as_str)
     }
 }
 
@@ -506,7 +520,15 @@ impl SyncExecutor for ConnectorExecutor {
                     pages: i64::try_from(outcome.pages).unwrap_or(i64::MAX),
                 })
             }
-            Err(e) => Err(classify_failure(&e)),
+            Err(e) => {
+                if e.is_stuck() {
+                    let message = e.to_string();
+                    tracing::error!(sync_id = %request.id, error = %message, "a sync's Kafka transaction is stuck; stopping so that the restarted connector fences it");
+                    let _ = self.stuck.set(message);
+                    self.deps.shutdown.trigger();
+                }
+                Err(classify_failure(&e))
+            }
         }
     }
 }
@@ -627,15 +649,19 @@ async fn run_role(
                 shutdown.clone(),
             );
             let publisher: Arc<dyn SyncPublisher> = service.publisher.clone();
+            let executor = Arc::new(ConnectorExecutor::new(deps));
             let workers = SyncWorkers::new(
                 consumer,
-                Arc::new(ConnectorExecutor::new(deps)),
+                executor.clone(),
                 publisher,
                 Arc::clone(&service.codec),
                 service.store.clone(),
                 settings,
             );
             workers.run(shutdown).await;
+            if let Some(stuck) = executor.stuck() {
+                anyhow::bail!("connector: a sync's Kafka transaction got stuck: {stuck}");
+            }
             Ok(RoleOutput::None)
         }
         Role::Scheduler => {
@@ -804,4 +830,67 @@ fn measure_lag(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callsync_connectors::{ConnectorsConfig, StoreError, SyncSession, SyncStore};
+    use callsync_schemas::SyncMode;
+
+    /// A Kafka store whose `init_transactions` never returned.
+    struct StuckStore;
+
+    #[async_trait]
+    impl SyncStore for StuckStore {
+        async fn open(&self, scope: &str) -> Result<Arc<dyn SyncSession>, StoreError> {
+            Err(StoreError::Stuck {
+                step: "init_transactions",
+                scope: scope.to_string(),
+                transactional_id: format!("callsync-{scope}"),
+                secs: 61,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_sync_fails_retryable_and_stops_the_connector() {
+        let config: ConnectorsConfig = serde_json::from_value(serde_json::json!({
+            "retreaver": [{"account": "a", "api_key": "k", "company_id": "a",
+                           "base_url": "http://127.0.0.1:1"}]
+        }))
+        .expect("config");
+        let shutdown = Shutdown::new();
+        let deps = SyncDeps {
+            connectors: Arc::new(Connectors::from_config(&config, &shutdown).expect("connectors")),
+            store: Arc::new(StuckStore),
+            settings: config.sync.clone(),
+            wire_format: WireFormat::SingleObject,
+            shutdown: shutdown.clone(),
+        };
+        let executor = ConnectorExecutor::new(deps);
+        let request = SyncRequest {
+            id: "stuck-1".into(),
+            provider: Provider::Retreaver,
+            account_id: "a".into(),
+            mode: SyncMode::Incremental,
+            window_start: None,
+            window_end: None,
+            requested_at: Utc::now(),
+            requested_by: "test".into(),
+            attempt: 1,
+            not_before: None,
+        };
+        let failure = executor.execute(&request).await.expect_err("stuck");
+        // the sync runs again (after the restart), from its last committed cursor
+        assert!(failure.retryable, "{failure:?}");
+        assert!(failure.message.contains("init_transactions"), "{failure:?}");
+        // and the role ends with the error
+        let stuck = executor.stuck().expect("the connector role must end");
+        assert!(
+            stuck.contains("callsync-retreaver-a-incremental"),
+            "{stuck}"
+        );
+        assert!(shutdown.is_triggered());
+    }
 }

@@ -119,8 +119,26 @@ pub enum StoreError {
     },
     #[error("reading {topic} to its end timed out after {waited:?}")]
     ReadTimeout { topic: String, waited: Duration },
+    /// A transactional call into librdkafka ran past its bound (twice its timeout) and was
+    /// given up: its producer is abandoned, and the connector must restart so that a new
+    /// producer with the same transactional id fences the transaction.
+    #[error("Kafka {step} for {scope} (transactional id {transactional_id}) has not returned after {secs} s; its producer is abandoned, restart the connector to fence it")]
+    Stuck {
+        step: &'static str,
+        scope: String,
+        transactional_id: String,
+        secs: u64,
+    },
     #[error("{0}")]
     Other(String),
+}
+
+impl StoreError {
+    /// A transactional call did not return: the store's session is unusable and the process
+    /// must restart (see [`StoreError::Stuck`]).
+    pub fn is_stuck(&self) -> bool {
+        matches!(self, StoreError::Stuck { .. })
+    }
 }
 
 /// A sync failed.
@@ -157,6 +175,12 @@ pub enum SyncError {
 impl SyncError {
     pub fn is_auth(&self) -> bool {
         matches!(self, SyncError::Client(c) if c.is_auth())
+    }
+
+    /// The sync's Kafka transaction got stuck ([`StoreError::Stuck`]): the worker that ran it
+    /// must end, so that its restart fences the transaction.
+    pub fn is_stuck(&self) -> bool {
+        matches!(self, SyncError::Store { source, .. } if source.is_stuck())
     }
 }
 

@@ -70,4 +70,6 @@ pub use progress::{NoProgress, Progress, ProgressSink};
 pub use providers::{Page, PageRequest, PageToken, ProviderClient, Scan};
 pub use registry::{AccountHandle, Connectors, ProviderHealth};
 pub use runner::{run_sync, SyncDeps, SyncOutcome};
-pub use store::{CommitBatch, KafkaSyncStore, MemorySyncStore, SyncSession, SyncStore};
+pub use store::{
+    CommitBatch, KafkaSyncStore, MemorySyncStore, StoreFaults, SyncSession, SyncStore,
+};

@@ -7,13 +7,23 @@
 //! `transactional.id`, so a killed sync's half-written page never becomes visible — and a
 //! read_committed read of `callsync.source-offsets` to its end. [`MemorySyncStore`] serves
 //! unit tests and the benchmark.
+//!
+//! A transactional call into librdkafka can block without a bound (see
+//! [`callsync_runtime::step_watch`]). The Kafka store gives `init_transactions` and each
+//! page's commit (begin, commit, abort) twice its timeout ([`KafkaSyncStore::stuck_after`]);
+//! past that, the call fails with [`StoreError::Stuck`] naming the step, the scope and the
+//! transactional id, and the session is abandoned: its producer is never used again (its
+//! transaction's state is unknown) and every later commit of it fails the same way. The
+//! connector role then ends with that error. The stuck transaction is aborted by the broker
+//! (`transaction.timeout.ms`) or fenced when the scope is opened again, and the sync resumes
+//! from the last committed cursor: the page given up is written once or not at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use callsync_runtime::{names, Isolation, KafkaClientFactory};
+use callsync_runtime::{names, Isolation, KafkaClientFactory, StepWatch};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -85,6 +95,18 @@ impl StoreTopics {
     }
 }
 
+/// Faults a test injects into a [`KafkaSyncStore`], to drive it down its failure paths on a
+/// real broker. [`StoreFaults::default`] injects none.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFaults {
+    /// In every session's first commit, once its records are sent, hold the thread inside the
+    /// `commit_transaction` step for the given time (then commit), as a librdkafka call that
+    /// does not return would.
+    pub hang_in_commit: Option<Duration>,
+    /// In `open`, hold the thread inside the `init_transactions` step for the given time.
+    pub hang_in_open: Option<Duration>,
+}
+
 /// The exactly-once store on Kafka.
 #[derive(Debug, Clone)]
 pub struct KafkaSyncStore {
@@ -92,6 +114,8 @@ pub struct KafkaSyncStore {
     topics: StoreTopics,
     transactional_id_prefix: String,
     timeout: Duration,
+    stuck_after: Duration,
+    faults: StoreFaults,
 }
 
 impl KafkaSyncStore {
@@ -105,11 +129,67 @@ impl KafkaSyncStore {
             factory,
             transactional_id_prefix: transactional_id_prefix.into(),
             timeout,
+            stuck_after: timeout.saturating_mul(2),
+            faults: StoreFaults::default(),
         }
     }
 
     pub fn topics(&self) -> &StoreTopics {
         &self.topics
+    }
+
+    /// How long a transactional call may run before the session gives it up as stuck
+    /// (default: twice the store's timeout, which librdkafka is given for each call).
+    pub fn stuck_after(&self) -> Duration {
+        self.stuck_after
+    }
+
+    /// Gives transactional calls up after `limit` instead of twice the timeout (tests).
+    pub fn with_stuck_after(mut self, limit: Duration) -> Self {
+        self.stuck_after = limit;
+        self
+    }
+
+    /// Injects `faults` (tests).
+    pub fn with_faults(mut self, faults: StoreFaults) -> Self {
+        self.faults = faults;
+        self
+    }
+}
+
+/// Runs `call` on a blocking thread whose transactional steps `watch` marks, and gives it up
+/// (`StoreError::Stuck`) once a step has run longer than `limit`. A call given up keeps its
+/// thread: it is left behind, and whatever it holds must not be used again.
+async fn run_watched<T: Send + 'static>(
+    call: impl FnOnce(&StepWatch) -> Result<T, StoreError> + Send + 'static,
+    task: &'static str,
+    limit: Duration,
+    scope: &str,
+    transactional_id: &str,
+) -> Result<T, StoreError> {
+    let watch = Arc::new(StepWatch::default());
+    let blocking = tokio::task::spawn_blocking({
+        let watch = watch.clone();
+        move || call(&watch)
+    });
+    tokio::select! {
+        done = blocking => done.map_err(|e| StoreError::Other(format!("{task} task: {e}")))?,
+        (step, running) = watch.stuck_longer_than(limit) => {
+            tracing::error!(
+                step,
+                scope,
+                transactional_id,
+                running_secs = running.as_secs(),
+                limit_secs = limit.as_secs(),
+                "a Kafka transaction call did not return; abandoning its producer (its thread is left behind)"
+            );
+            Err(StoreError::Stuck {
+                step,
+                scope: scope.to_string(),
+                transactional_id: transactional_id.to_string(),
+                secs: running.as_secs(),
+            })
+        }
     }
 }
 
@@ -119,16 +199,35 @@ impl SyncStore for KafkaSyncStore {
         let id = format!("{}-{}", self.transactional_id_prefix, scope);
         let factory = self.factory.clone();
         let timeout = self.timeout;
-        let producer =
-            tokio::task::spawn_blocking(move || factory.transactional_producer(&id, timeout))
-                .await
-                .map_err(|e| StoreError::Other(format!("transactional producer task: {e}")))??;
+        let hang = self.faults.hang_in_open;
+        let producer = run_watched(
+            {
+                let id = id.clone();
+                move |watch| {
+                    let _step = watch.enter("init_transactions");
+                    if let Some(hang) = hang {
+                        tracing::warn!(?hang, "injected fault: hanging in init_transactions");
+                        std::thread::sleep(hang);
+                    }
+                    Ok(factory.transactional_producer(&id, timeout)?)
+                }
+            },
+            "transactional producer",
+            self.stuck_after,
+            scope,
+            &id,
+        )
+        .await?;
         Ok(Arc::new(KafkaSyncSession {
             producer,
             factory: self.factory.clone(),
             topics: self.topics.clone(),
             scope: scope.to_string(),
+            transactional_id: id,
             timeout: self.timeout,
+            stuck_after: self.stuck_after,
+            hang_in_commit: Mutex::new(self.faults.hang_in_commit),
+            abandoned: Mutex::new(None),
             lock: tokio::sync::Mutex::new(()),
         }))
     }
@@ -139,8 +238,26 @@ struct KafkaSyncSession {
     factory: KafkaClientFactory,
     topics: StoreTopics,
     scope: String,
+    transactional_id: String,
     timeout: Duration,
+    stuck_after: Duration,
+    /// Injected once, at the first commit.
+    hang_in_commit: Mutex<Option<Duration>>,
+    /// The step given up as stuck and how long it had run: the producer is not used again.
+    abandoned: Mutex<Option<(&'static str, u64)>>,
     lock: tokio::sync::Mutex<()>,
+}
+
+impl KafkaSyncSession {
+    fn abandoned(&self) -> Option<StoreError> {
+        let abandoned = *self.abandoned.lock().unwrap_or_else(|p| p.into_inner());
+        abandoned.map(|(step, secs)| StoreError::Stuck {
+            step,
+            scope: self.scope.clone(),
+            transactional_id: self.transactional_id.clone(),
+            secs,
+        })
+    }
 }
 
 fn kafka_err<'a>(
@@ -204,14 +321,25 @@ impl SyncSession for KafkaSyncSession {
 
     async fn commit(&self, batch: CommitBatch) -> Result<(), StoreError> {
         let _guard = self.lock.lock().await;
+        // a session whose transaction call was given up never touches its producer again
+        if let Some(stuck) = self.abandoned() {
+            return Err(stuck);
+        }
         let producer = self.producer.clone();
         let topics = self.topics.clone();
         let scope = self.scope.clone();
         let timeout = self.timeout;
-        tokio::task::spawn_blocking(move || {
+        let hang = self
+            .hang_in_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let call = move |watch: &StepWatch| {
+            let step = watch.enter("begin_transaction");
             producer
                 .begin_transaction()
                 .map_err(kafka_err("begin transaction", &scope))?;
+            drop(step);
             let mut result = send_all(&producer, &topics.calls_raw, &batch.records, &scope)
                 .and_then(|_| send_all(&producer, &topics.calls_dlq, &batch.dlq, &scope))
                 .and_then(|_| send_all(&producer, &topics.sync_events, &batch.events, &scope));
@@ -231,22 +359,40 @@ impl SyncSession for KafkaSyncSession {
                 }
             }
             if let Err(e) = result {
+                let _step = watch.enter("abort_transaction");
                 let _ = producer.abort_transaction(timeout);
                 return Err(e);
             }
-            if let Err(e) =
-                callsync_runtime::delivery::commit_future_transaction(&producer, timeout)
-            {
+            let step = watch.enter("commit_transaction");
+            if let Some(hang) = hang {
+                tracing::warn!(?hang, "injected fault: hanging in commit_transaction");
+                std::thread::sleep(hang);
+            }
+            let committed =
+                callsync_runtime::delivery::commit_future_transaction(&producer, timeout);
+            drop(step);
+            if let Err(e) = committed {
                 let abortable = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
                 if abortable {
+                    let _step = watch.enter("abort_transaction");
                     let _ = producer.abort_transaction(timeout);
                 }
                 return Err(kafka_err("commit transaction", &scope)(e));
             }
             Ok(())
-        })
-        .await
-        .map_err(|e| StoreError::Other(format!("commit task: {e}")))?
+        };
+        let result = run_watched(
+            call,
+            "commit",
+            self.stuck_after,
+            &self.scope,
+            &self.transactional_id,
+        )
+        .await;
+        if let Err(StoreError::Stuck { step, secs, .. }) = &result {
+            *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = Some((*step, *secs));
+        }
+        result
     }
 }
 

@@ -7,12 +7,14 @@ pub mod metrics;
 pub mod read_to_end;
 pub mod secret;
 pub mod shutdown;
+pub mod step_watch;
 pub mod topics;
 
 pub use kafka::{send_waiting, ClientError, Isolation, KafkaClientFactory, KafkaSettings};
 pub use read_to_end::ReadToEndContext;
 pub use secret::Secret;
 pub use shutdown::Shutdown;
+pub use step_watch::StepWatch;
 pub use topics::{
     ensure_catalogue, ensure_topics, names, CatalogueOptions, EnsureReport, TopicCatalogue,
     TopicSpec, TopicStatus,
