@@ -407,6 +407,11 @@ incremental = "off"
         Roles::Connector => None,
         Roles::All => Some(restart_and_restore(&config_path, dir.path(), calls).await?),
     };
+    // the database holds the whole backfill (2.2 GB at 1M calls); on the error paths above,
+    // dropping the guard (after the process guards, declared later) drops it
+    if let Some(db) = db {
+        db.drop_database().await;
+    }
     // its topics are deleted by the benchmark runner (bench_topics) when the benchmark ends
     Ok(ProcessBackfill {
         calls,

@@ -88,7 +88,8 @@ pub async fn run(records: usize, calls: u64) -> anyhow::Result<BenchOutcome> {
     let rate = records as f64 / pipeline_secs;
     let baseline_rate = records as f64 / baseline_secs;
     drop(store);
-    drop(db);
+    // on the error paths above, dropping the guard drops the database
+    db.drop_database().await;
 
     let all = connector::backfill_through_process(calls, connector::Roles::All).await?;
     let all_rate = all.calls as f64 / all.secs.max(1e-9);

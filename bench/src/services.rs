@@ -5,8 +5,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use callsync_testkit::TestDatabase;
 
 /// The repository root (bench/ sits one level below it).
 pub fn repo_root() -> PathBuf {
@@ -53,15 +55,109 @@ pub fn kafka_bootstrap() -> anyhow::Result<String> {
     }
 }
 
-/// A fresh database on `DATABASE_URL`'s server or a throwaway cluster.
-pub async fn database() -> anyhow::Result<callsync_testkit::TestDatabase> {
+/// A fresh database on `DATABASE_URL`'s server or a throwaway cluster, dropped when the
+/// benchmark is done with it (see [`BenchDatabase`]).
+pub async fn database() -> anyhow::Result<BenchDatabase> {
     let server = callsync_testkit::pg_server()
         .await
         .context("starting Postgres")?;
-    server
+    let db = server
         .create_database()
         .await
-        .context("creating the benchmark database")
+        .context("creating the benchmark database")?;
+    Ok(BenchDatabase::new(db))
+}
+
+/// A benchmark's own database, which must not outlive the benchmark (a 1M-call backfill
+/// leaves 2.2 GB): [`BenchDatabase::drop_database`] drops it at the end, and on every other
+/// path (an error returned early, a panic) dropping this guard drops it, from a thread of its
+/// own with a new connection (`DROP DATABASE ... WITH (FORCE)`: the pool, or a `callsync`
+/// process still connected, does not keep it alive). Reads as the [`TestDatabase`] it holds.
+pub struct BenchDatabase {
+    /// `Some` until the database is dropped.
+    db: Option<TestDatabase>,
+    name: String,
+    admin_url: String,
+}
+
+impl BenchDatabase {
+    pub fn new(db: TestDatabase) -> Self {
+        BenchDatabase {
+            name: db.name.clone(),
+            admin_url: db.admin_url().to_string(),
+            db: Some(db),
+        }
+    }
+
+    /// Drops the database now (its pool closed first); a failure is reported, not returned,
+    /// so that it never hides the benchmark's own result.
+    pub async fn drop_database(mut self) {
+        if let Some(db) = self.db.take() {
+            db.pool.close().await;
+        }
+        report_dropped(&self.name, drop_by_name(&self.admin_url, &self.name).await);
+    }
+}
+
+impl std::ops::Deref for BenchDatabase {
+    type Target = TestDatabase;
+
+    fn deref(&self) -> &TestDatabase {
+        // only `drop_database` (which consumes the guard) and `drop` take it
+        self.db
+            .as_ref()
+            .expect("a BenchDatabase holds its database until it is dropped")
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        let Some(db) = self.db.take() else {
+            return;
+        };
+        drop(db);
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop cannot await, and may run on a runtime's thread: a thread and runtime of its own
+        let result = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("a runtime to drop the benchmark database")?;
+            runtime.block_on(drop_by_name(&admin_url, &name))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the thread dropping it panicked")));
+        report_dropped(&self.name, result);
+    }
+}
+
+/// `DROP DATABASE IF EXISTS name WITH (FORCE)` over a new connection to `admin_url`.
+async fn drop_by_name(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let limit = Duration::from_secs(60);
+    let dropped = async {
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .context("connecting to the server")?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .context("DROP DATABASE")?;
+        let _ = admin.close().await;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(limit, dropped)
+        .await
+        .with_context(|| format!("no answer within {limit:?}"))?
+}
+
+fn report_dropped(name: &str, result: anyhow::Result<()>) {
+    match result {
+        Ok(()) => eprintln!("bench: dropped the benchmark database {name}"),
+        Err(e) => eprintln!(
+            "bench: could not drop the benchmark database {name} (drop it by hand): {e:#}"
+        ),
+    }
 }
 
 /// Peak resident set size of this process (VmHWM) in bytes; 0 where unknown.
@@ -211,5 +307,49 @@ impl Drop for CallsyncProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn exists(db_pool: &sqlx::PgPool, name: &str) -> bool {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_one(db_pool)
+            .await
+            .expect("pg_database");
+        n == 1
+    }
+
+    /// A benchmark that fails after creating its database.
+    async fn failing_benchmark(db: BenchDatabase) -> anyhow::Result<()> {
+        sqlx::query("CREATE TABLE t AS SELECT 1 AS x")
+            .execute(&db.pool)
+            .await?;
+        bail!("the benchmark failed")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_benchmark_database_is_dropped_at_the_end_and_on_failure() {
+        // (a panic unwinds through the same Drop as the early return)
+        // a database that stays, to look from
+        let observer = callsync_testkit::skip_unless_postgres!();
+
+        // the normal end: dropped explicitly
+        let db = BenchDatabase::new(callsync_testkit::test_database().await.expect("db"));
+        let name = db.name.clone();
+        assert!(exists(&observer.pool, &name).await);
+        db.drop_database().await;
+        assert!(!exists(&observer.pool, &name).await, "{name} left behind");
+
+        // an error returned early: the guard drops it (on a runtime thread, pool still open)
+        let db = BenchDatabase::new(callsync_testkit::test_database().await.expect("db"));
+        let name = db.name.clone();
+        assert!(failing_benchmark(db).await.is_err());
+        assert!(!exists(&observer.pool, &name).await, "{name} left behind");
+
+        observer.drop_database().await.expect("drop the observer");
     }
 }
