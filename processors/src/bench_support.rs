@@ -157,6 +157,17 @@ pub fn measure_in_memory_pipeline(
     Ok(sample as f64 / t.elapsed().as_secs_f64())
 }
 
+/// An experiment's override of a processor setting, from the environment.
+fn env_number(name: &str) -> Result<Option<u64>, BenchError> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| BenchError::Setup(format!("{name}={v:?}: {e}"))),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Run the processor benchmark against the broker at `bootstrap`.
 pub async fn bench_processor(
     bootstrap: &str,
@@ -176,8 +187,11 @@ pub async fn bench_processor(
     let index = move |i: usize| (i as u64) % distinct;
 
     // 1. the in-memory pipeline
+    // with the end-to-end run's share of duplicates: each call twice
+    let sample = options.records.min(200_000);
+    let sample_distinct = sample.div_ceil(2) as u64;
     result.pipeline_records_per_sec =
-        measure_in_memory_pipeline(options.records.min(200_000), index)?;
+        measure_in_memory_pipeline(sample, move |i| (i as u64) % sample_distinct)?;
 
     // 2. plain produce of the input (also the processor's input)
     let input_topic = kafka.settings().topic(names::CALLS_RAW);
@@ -209,10 +223,14 @@ pub async fn bench_processor(
         ..ProcessorConfig::default()
     };
     let mut config = config;
-    if let Ok(ms) = std::env::var("CALLSYNC_BENCH_PROCESSOR_BATCH_MS") {
-        config.batch_max_time_ms = ms.parse().map_err(|e| {
-            BenchError::Setup(format!("CALLSYNC_BENCH_PROCESSOR_BATCH_MS={ms:?}: {e}"))
-        })?;
+    if let Some(ms) = env_number("CALLSYNC_BENCH_PROCESSOR_BATCH_MS")? {
+        config.batch_max_time_ms = ms;
+    }
+    if let Some(ms) = env_number("CALLSYNC_BENCH_PROCESSOR_CATCH_UP_MS")? {
+        config.catch_up_batch_max_time_ms = ms;
+    }
+    if let Some(n) = env_number("CALLSYNC_BENCH_PROCESSOR_BATCH_RECORDS")? {
+        config.batch_max_records = n as usize;
     }
     let mut processor_kafka = kafka.clone();
     if let Ok(props) = std::env::var("CALLSYNC_BENCH_PROCESSOR_PROPS") {

@@ -151,7 +151,8 @@ fn run_blocking(
     let pipeline = RecordPipeline::new(&config)?;
 
     // The queue keeps the factory's bounds (64 MiB, librdkafka's 100,000 messages): a batch
-    // sends at most `batch_max_records` outputs plus as many changelog records, and
+    // sends at most `batch_max_records` outputs plus as many changelog records (20,000 + 20,000
+    // by default, ~14 MB at ~600 + ~100 bytes), and
     // `send_waiting` serves delivery reports when the queue is full. Larger message sets per
     // partition request (librdkafka's defaults are 10,000 messages and 1 MB) keep the
     // produce round trips few.
@@ -191,7 +192,7 @@ fn run_blocking(
     }));
 
     // The prefetch keeps the factory's bounds (8 MiB queued, 4 MiB per fetch): at ~500 bytes
-    // a record that is ~16,000 records ahead, more than a batch, where the former 128 MiB
+    // a record that is ~16,000 records ahead, most of a full batch, where the former 128 MiB
     // queue held a quarter of a million records nobody was ready to process.
     let mut consumer_config = kafka.consumer_config(&config.group_id, Isolation::ReadCommitted);
     consumer_config
