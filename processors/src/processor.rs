@@ -342,6 +342,21 @@ struct Batch {
 }
 
 impl Batch {
+    /// An empty batch opened now.
+    fn new() -> Self {
+        Batch {
+            started: Instant::now(),
+            now: Utc::now(),
+            first_offsets: BTreeMap::new(),
+            next_offsets: BTreeMap::new(),
+            staged: HashMap::new(),
+            tally: BatchTally::default(),
+            dead_letters: HashMap::new(),
+            sends: 0,
+            catching_up: false,
+        }
+    }
+
     /// How long this batch may stay open.
     fn max_time(&self, config: &ProcessorConfig) -> Duration {
         if self.catching_up {
@@ -479,18 +494,7 @@ impl Engine {
         self.producer
             .begin_transaction()
             .map_err(|source| self.fatal_error("begin_transaction", source))?;
-        let now = Utc::now();
-        self.batch = Some(Batch {
-            started: Instant::now(),
-            now,
-            first_offsets: BTreeMap::new(),
-            next_offsets: BTreeMap::new(),
-            staged: HashMap::new(),
-            tally: BatchTally::default(),
-            dead_letters: HashMap::new(),
-            sends: 0,
-            catching_up: false,
-        });
+        self.batch = Some(Batch::new());
         Ok(())
     }
 
@@ -1190,17 +1194,7 @@ mod tests {
     #[test]
     fn a_batch_that_is_catching_up_may_stay_open_longer() {
         let config = ProcessorConfig::default();
-        let mut batch = Batch {
-            started: Instant::now(),
-            now: Utc::now(),
-            first_offsets: BTreeMap::new(),
-            next_offsets: BTreeMap::new(),
-            staged: HashMap::new(),
-            tally: BatchTally::default(),
-            dead_letters: HashMap::new(),
-            sends: 0,
-            catching_up: false,
-        };
+        let mut batch = Batch::new();
         assert_eq!(batch.max_time(&config), config.batch_max_time());
         batch.catching_up = true;
         assert_eq!(batch.max_time(&config), config.catch_up_batch_max_time());

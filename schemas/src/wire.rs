@@ -523,21 +523,31 @@ fn check_readable(writer: &Schema, reader: &Schema) -> Result<(), String> {
 
 /// Decodes a datum written with our schema (`body` follows a header of `format`).
 fn decode_fast<T: AvroRecord>(format: DetectedFormat, body: &[u8]) -> Result<T, DecodeError> {
+    read_whole_datum(format, T::NAME, body, T::read_datum)
+}
+
+/// Reads `body` (a datum after a header of `format`) with `read`, which must consume all of it.
+fn read_whole_datum<'a, R>(
+    format: DetectedFormat,
+    record: &'static str,
+    body: &'a [u8],
+    read: impl FnOnce(&mut DatumReader<'a>) -> Result<R, DatumError>,
+) -> Result<R, DecodeError> {
     let mut r = DatumReader::new(body, format.header_len());
-    let record = T::read_datum(&mut r).map_err(|error| DecodeError::Datum {
+    let value = read(&mut r).map_err(|error| DecodeError::Datum {
         format,
-        record: T::NAME,
+        record,
         error,
     })?;
     if r.remaining() != 0 {
         return Err(DecodeError::TrailingBytes {
             format,
-            record: T::NAME,
+            record,
             offset: r.offset(),
             count: r.remaining(),
         });
     }
-    Ok(record)
+    Ok(value)
 }
 
 /// A call record decoded from a Kafka value by [`RecordDecoder::decode_call`].
@@ -616,20 +626,7 @@ impl RecordDecoder<CallRecord> {
 }
 
 fn decode_view(format: DetectedFormat, body: &[u8]) -> Result<DecodedCall<'_>, DecodeError> {
-    let mut r = DatumReader::new(body, format.header_len());
-    let view = CallRecordView::read(&mut r).map_err(|error| DecodeError::Datum {
-        format,
-        record: CallRecord::NAME,
-        error,
-    })?;
-    if r.remaining() != 0 {
-        return Err(DecodeError::TrailingBytes {
-            format,
-            record: CallRecord::NAME,
-            offset: r.offset(),
-            count: r.remaining(),
-        });
-    }
+    let view = read_whole_datum(format, CallRecord::NAME, body, CallRecordView::read)?;
     Ok(DecodedCall::View { view, format })
 }
 
