@@ -61,28 +61,30 @@ impl<'a> TagsView<'a> {
     fn read(r: &mut DatumReader<'a>) -> Result<Self, DatumError> {
         r.at("tags");
         let start = r.clone();
-        // An entry is at least two length bytes.
-        while let Some(n) = r.block_count("map", 2)? {
-            for _ in 0..n {
-                r.str()?;
-                r.str()?;
-            }
-        }
+        walk_entries(r, |_, _| {})?;
         Ok(TagsView { reader: start })
     }
 
     /// Calls `f` with each entry, in datum order.
-    pub fn for_each(&self, mut f: impl FnMut(&'a str, &'a str)) -> Result<(), DatumError> {
-        let mut r = self.reader.clone();
-        while let Some(n) = r.block_count("map", 2)? {
-            for _ in 0..n {
-                let k = r.str()?;
-                let v = r.str()?;
-                f(k, v);
-            }
-        }
-        Ok(())
+    pub fn for_each(&self, f: impl FnMut(&'a str, &'a str)) -> Result<(), DatumError> {
+        walk_entries(&mut self.reader.clone(), f)
     }
+}
+
+/// Reads a string map's blocks from `r`, calling `f` with each entry.
+fn walk_entries<'a>(
+    r: &mut DatumReader<'a>,
+    mut f: impl FnMut(&'a str, &'a str),
+) -> Result<(), DatumError> {
+    // An entry is at least two length bytes.
+    while let Some(n) = r.block_count("map", 2)? {
+        for _ in 0..n {
+            let k = r.str()?;
+            let v = r.str()?;
+            f(k, v);
+        }
+    }
+    Ok(())
 }
 
 impl<'a> CallRecordView<'a> {
