@@ -1,12 +1,18 @@
-//! Waiting for a `BaseProducer`'s deliveries without rdkafka's 100 ms steps.
+//! Waiting for a `BaseProducer`'s deliveries without rdkafka's 100 ms steps, and without
+//! spinning.
 //!
 //! rdkafka 0.39's `BaseProducer::flush` waits in steps of `poll(100 ms)`, and its `poll(t)`
 //! always runs for the whole `t`, even once the last delivery report has been served. Its
 //! `commit_transaction` flushes that way first, so every commit with a record still in flight
 //! took at least 100 ms: measured in the processor as 105-120 ms per commit at 150 records a
 //! batch, most of the webhook -> Postgres latency and a third of a 10,000-record batch's time.
-//! [`await_deliveries`] asks librdkafka whether everything is delivered between 1 ms polls;
+//! [`await_deliveries`] asks librdkafka whether everything is delivered between 1 ms sleeps;
 //! [`commit_transaction`] calls it before committing, so rdkafka's own flush finds nothing left.
+//!
+//! The wait sleeps instead of calling `poll(1 ms)`: rdkafka hands librdkafka whole
+//! milliseconds, so the sub-millisecond rest of any `poll(t)` is a busy loop of zero-timeout
+//! polls, and `poll(1 ms)` is nothing but that loop. It took a sixth of the webhook benchmark
+//! process's CPU, on a machine whose two cores the broker needs to answer these very commits.
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +31,7 @@ pub fn await_deliveries<C: ProducerContext>(
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     // a BaseProducer serves its delivery reports only when polled
-    wait_until_delivered(producer, timeout, || producer.poll(STEP))
+    wait_until_delivered(producer, timeout, || serve_then_sleep(producer))
 }
 
 /// Commits `producer`'s open transaction: [`await_deliveries`], then librdkafka's commit
@@ -35,7 +41,21 @@ pub fn commit_transaction<C: ProducerContext>(
     producer: &BaseProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
-    commit_when_delivered(producer, timeout, || producer.poll(STEP))
+    commit_when_delivered(producer, timeout, || serve_then_sleep(producer))
+}
+
+/// Serves every event `producer` has queued (delivery reports, errors) without waiting, then
+/// sleeps one [`STEP`]. `poll(ZERO)` serves at most one event, so it is repeated while it
+/// shortens the queue.
+fn serve_then_sleep<C: ProducerContext>(producer: &BaseProducer<C>) {
+    loop {
+        let before = producer.in_flight_count();
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() >= before {
+            break;
+        }
+    }
+    std::thread::sleep(STEP);
 }
 
 /// [`commit_transaction`] for a `FutureProducer`, whose own thread serves the delivery
@@ -128,12 +148,29 @@ mod tests {
             .expect("producer");
         crate::send_waiting(&producer, BaseRecord::<str, str>::to("t").payload("v")).expect("send");
         let started = Instant::now();
-        let err = await_deliveries(&producer, Duration::from_millis(300)).unwrap_err();
+        let cpu_before = thread_cpu_ticks();
+        let err = await_deliveries(&producer, Duration::from_millis(500)).unwrap_err();
+        let cpu_ticks = thread_cpu_ticks() - cpu_before;
         assert!(
             matches!(err, KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)),
             "{err:?}"
         );
-        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(started.elapsed() >= Duration::from_millis(500));
         assert_eq!(producer.in_flight_count(), 1);
+        // the wait sleeps: a busy loop would use the whole 500 ms (50 ticks of 10 ms)
+        assert!(
+            cpu_ticks <= 10,
+            "waiting 500 ms used {cpu_ticks} ticks of CPU"
+        );
+    }
+
+    /// CPU time this thread has used (user + system), in clock ticks (10 ms on Linux).
+    fn thread_cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("thread stat");
+        // the fields after the command, which is in parentheses and may hold spaces
+        let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after_comm.split(' ').collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the comm
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
     }
 }
