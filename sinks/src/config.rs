@@ -34,6 +34,17 @@ pub struct SinkConfig {
     /// Milliseconds after which a non-empty batch is committed.
     #[serde(default = "default_batch_max_ms")]
     pub batch_max_ms: u64,
+    /// Milliseconds without a new record after which the batch in flight is committed at once,
+    /// when its newest record was written less than `catch_up_after_ms` ago (live traffic).
+    /// The processor's transactions become readable whole, so a few quiet milliseconds mean
+    /// one has been read to its end. Otherwise (catching up) the wait is 20 ms, so that the
+    /// gaps between two fetches do not cut a drain into small batches.
+    #[serde(default = "default_live_idle_ms")]
+    pub live_idle_ms: u64,
+    /// Milliseconds after being written past which a record counts as read late (the sink
+    /// is catching up); see `live_idle_ms`.
+    #[serde(default = "default_catch_up_after_ms")]
+    pub catch_up_after_ms: u64,
     /// Batches with at least this many rows use binary COPY; smaller ones UNNEST.
     #[serde(default = "default_copy_threshold")]
     pub copy_threshold: usize,
@@ -111,6 +122,12 @@ fn default_batch_max_bytes() -> usize {
 fn default_batch_max_ms() -> u64 {
     500
 }
+fn default_live_idle_ms() -> u64 {
+    5
+}
+fn default_catch_up_after_ms() -> u64 {
+    1_000
+}
 fn default_copy_threshold() -> usize {
     DEFAULT_COPY_THRESHOLD
 }
@@ -138,6 +155,8 @@ impl SinkConfig {
             batch_rows: default_batch_rows(),
             batch_max_bytes: default_batch_max_bytes(),
             batch_max_ms: default_batch_max_ms(),
+            live_idle_ms: default_live_idle_ms(),
+            catch_up_after_ms: default_catch_up_after_ms(),
             copy_threshold: default_copy_threshold(),
             max_connections: default_max_connections(),
             migrate_on_start: true,
@@ -149,6 +168,44 @@ impl SinkConfig {
 
     pub fn batch_max_age(&self) -> Duration {
         Duration::from_millis(self.batch_max_ms.max(1))
+    }
+
+    /// When the poller reports that nothing more is waiting to be read.
+    pub fn idle_timing(&self) -> IdleTiming {
+        IdleTiming {
+            live: Duration::from_millis(self.live_idle_ms.max(1)),
+            catching_up: CATCHING_UP_IDLE.max(Duration::from_millis(self.live_idle_ms)),
+            live_within: Duration::from_millis(self.catch_up_after_ms),
+        }
+    }
+}
+
+/// The quiet time that ends a batch while the sink is catching up.
+const CATCHING_UP_IDLE: Duration = Duration::from_millis(20);
+
+/// How long the poller waits for another record before it tells the sink loop that nothing
+/// more is waiting (and the batch in flight can be committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleTiming {
+    /// After a record written less than `live_within` ago.
+    pub live: Duration,
+    /// After an older record, and while nothing has been read.
+    pub catching_up: Duration,
+    /// How old a record may be and still count as live.
+    pub live_within: Duration,
+}
+
+impl IdleTiming {
+    /// The wait after a record with Kafka timestamp `timestamp_ms` (if it has one), read at
+    /// `now_ms`. A record without a timestamp counts as caught up on.
+    pub fn after_record(&self, timestamp_ms: Option<i64>, now_ms: i64) -> Duration {
+        let live = timestamp_ms
+            .is_some_and(|ts| now_ms.saturating_sub(ts) <= self.live_within.as_millis() as i64);
+        if live {
+            self.live
+        } else {
+            self.catching_up
+        }
     }
 }
 
@@ -169,6 +226,27 @@ mod tests {
         let err = serde_json::from_str::<SinkConfig>(r#"{"database_url": "x", "batch_size": 5}"#)
             .unwrap_err();
         assert!(err.to_string().contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn a_live_record_ends_a_batch_after_a_short_quiet_and_a_late_one_after_the_long_one() {
+        let cfg = SinkConfig::new("postgres://h/db");
+        let idle = cfg.idle_timing();
+        assert_eq!(idle.live, Duration::from_millis(5));
+        assert_eq!(idle.catching_up, Duration::from_millis(20));
+        let now = 1_000_000;
+        assert_eq!(idle.after_record(Some(now - 40), now), idle.live);
+        assert_eq!(idle.after_record(Some(now - 1_000), now), idle.live);
+        assert_eq!(idle.after_record(Some(now - 1_001), now), idle.catching_up);
+        // a producer clock ahead of ours is still live
+        assert_eq!(idle.after_record(Some(now + 500), now), idle.live);
+        assert_eq!(idle.after_record(None, now), idle.catching_up);
+        // the catching-up wait is never shorter than the live one
+        let slow = SinkConfig {
+            live_idle_ms: 50,
+            ..SinkConfig::new("postgres://h/db")
+        };
+        assert_eq!(slow.idle_timing().catching_up, Duration::from_millis(50));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::mpsc;
 
 use crate::batch::SourceRecord;
+use crate::config::IdleTiming;
 
 /// What the poller tells the sink loop, in the order it happened.
 #[derive(Debug)]
@@ -302,16 +303,19 @@ pub fn poll_until_stopped(
     consumer: BaseConsumer<SinkConsumerContext>,
     events: mpsc::Sender<PollerEvent>,
     stop: Arc<AtomicBool>,
+    idle: IdleTiming,
 ) {
     let context = consumer.context();
     let closing = context.closing.clone();
-    // Short, so an idle consumer is noticed soon after the last record.
-    let poll_timeout = Duration::from_millis(20);
+    // Short, so an idle consumer is noticed soon after the last record; shorter still after
+    // a live record (see `IdleTiming`).
+    let mut poll_timeout = idle.catching_up;
     let mut read_since_idle = false;
     while !stop.load(Ordering::SeqCst) {
         context.run_commands(&consumer);
         match consumer.poll(poll_timeout) {
             None => {
+                poll_timeout = idle.catching_up;
                 if read_since_idle {
                     read_since_idle = false;
                     if events.blocking_send(PollerEvent::Idle).is_err() {
@@ -321,6 +325,10 @@ pub fn poll_until_stopped(
             }
             Some(Ok(message)) => {
                 read_since_idle = true;
+                poll_timeout = idle.after_record(
+                    message.timestamp().to_millis(),
+                    chrono::Utc::now().timestamp_millis(),
+                );
                 let partition = message.partition();
                 let record = SourceRecord {
                     partition,

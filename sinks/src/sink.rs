@@ -148,9 +148,10 @@ pub async fn run_sink_with_decoder(
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
         let stop = stop.clone();
+        let idle = config.idle_timing();
         std::thread::Builder::new()
             .name("callsync-sink-poller".into())
-            .spawn(move || poll_until_stopped(consumer, event_tx, stop))
+            .spawn(move || poll_until_stopped(consumer, event_tx, stop, idle))
             .map_err(SinkError::Thread)?
     };
 
