@@ -16,12 +16,14 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// Reads `topic` from its start to its end (read_committed) and returns, per call index (the
-/// digits after the key's last `-`), the timestamp in milliseconds since the epoch of its
-/// first record. Blocking: call it from `spawn_blocking`.
+/// digits after the key's last `-`) of the keys that contain `key_part`, the timestamp in
+/// milliseconds since the epoch of its first record. Other keys (a warm-up's, with indexes of
+/// their own) are skipped. Blocking: call it from `spawn_blocking`.
 pub fn timestamps_by_index(
     factory: &KafkaClientFactory,
     topic: &str,
     partitions: i32,
+    key_part: &str,
     timeout: Duration,
 ) -> anyhow::Result<HashMap<u64, i64>> {
     let config = factory.consumer_config("callsync-bench-topic-times", Isolation::ReadCommitted);
@@ -50,6 +52,7 @@ pub fn timestamps_by_index(
                 let index = message
                     .key()
                     .and_then(|k| std::str::from_utf8(k).ok())
+                    .filter(|k| k.contains(key_part))
                     .and_then(|k| k.rsplit('-').next())
                     .and_then(|digits| digits.parse::<u64>().ok());
                 if let (Some(index), Some(ms)) = (index, message.timestamp().to_millis()) {

@@ -216,10 +216,14 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
         let factory = factory.clone();
         let raw_topic = settings.topic(callsync_runtime::names::CALLS_RAW);
         let calls_topic = settings.topic(callsync_runtime::names::CALLS);
+        // the measured calls' ids, not the warm-up's (`bench-wh-warm{run_id}-`)
+        let key_part = format!("bench-wh-{run_id}-");
         tokio::task::spawn_blocking(move || {
             let timeout = Duration::from_secs(120);
-            let raw = timestamps_by_index(&factory, &raw_topic, CALL_PARTITIONS, timeout)?;
-            let calls = timestamps_by_index(&factory, &calls_topic, CALL_PARTITIONS, timeout)?;
+            let raw =
+                timestamps_by_index(&factory, &raw_topic, CALL_PARTITIONS, &key_part, timeout)?;
+            let calls =
+                timestamps_by_index(&factory, &calls_topic, CALL_PARTITIONS, &key_part, timeout)?;
             anyhow::Ok((raw, calls))
         })
         .await
