@@ -6,13 +6,15 @@
 //! `commit_transaction` flushes that way first, so every commit with a record still in flight
 //! took at least 100 ms: measured in the processor as 105-120 ms per commit at 150 records a
 //! batch, most of the webhook -> Postgres latency and a third of a 10,000-record batch's time.
-//! [`await_deliveries`] asks librdkafka whether everything is delivered between 1 ms sleeps;
+//! [`await_deliveries`] asks librdkafka whether everything is delivered between 1 ms waits;
 //! [`commit_transaction`] calls it before committing, so rdkafka's own flush finds nothing left.
 //!
-//! The wait sleeps instead of calling `poll(1 ms)`: rdkafka hands librdkafka whole
+//! The wait blocks instead of calling `poll(1 ms)`: rdkafka hands librdkafka whole
 //! milliseconds, so the sub-millisecond rest of any `poll(t)` is a busy loop of zero-timeout
 //! polls, and `poll(1 ms)` is nothing but that loop. It took a sixth of the webhook benchmark
 //! process's CPU, on a machine whose two cores the broker needs to answer these very commits.
+//! Each wait is spent inside `rd_kafka_flush` (see [`flushing_wait`]), so that records still
+//! lingering leave at once.
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,7 @@ pub fn await_deliveries<C: ProducerContext>(
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     // a BaseProducer serves its delivery reports only when polled
-    wait_until_delivered(producer, timeout, || serve_then_sleep(producer))
+    wait_until_delivered(producer, timeout, || serve_then_wait(producer))
 }
 
 /// Commits `producer`'s open transaction: [`await_deliveries`], then librdkafka's commit
@@ -41,13 +43,13 @@ pub fn commit_transaction<C: ProducerContext>(
     producer: &BaseProducer<C>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
-    commit_when_delivered(producer, timeout, || serve_then_sleep(producer))
+    commit_when_delivered(producer, timeout, || serve_then_wait(producer))
 }
 
 /// Serves every event `producer` has queued (delivery reports, errors) without waiting, then
 /// waits one [`STEP`] flushing. `poll(ZERO)` serves at most one event, so it is repeated
 /// while it shortens the queue.
-fn serve_then_sleep<C: ProducerContext>(producer: &BaseProducer<C>) {
+fn serve_then_wait<C: ProducerContext>(producer: &BaseProducer<C>) {
     loop {
         let before = producer.in_flight_count();
         producer.poll(Duration::ZERO);
@@ -211,7 +213,7 @@ mod tests {
         );
         assert!(started.elapsed() >= Duration::from_millis(500));
         assert_eq!(producer.in_flight_count(), 1);
-        // the wait sleeps: a busy loop would use the whole 500 ms (50 ticks of 10 ms)
+        // the wait blocks: a busy loop would use the whole 500 ms (50 ticks of 10 ms)
         assert!(
             cpu_ticks <= 10,
             "waiting 500 ms used {cpu_ticks} ticks of CPU"
