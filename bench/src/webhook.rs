@@ -153,17 +153,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
         let body = payload(&template, run_id, i)?;
         let (http, url, sent) = (http.clone(), Arc::clone(&url), Arc::clone(&sent));
         tasks.spawn(async move {
-            let ts = Utc::now().timestamp();
-            let signature = hmac_sha256_signature(SECRET.as_bytes(), ts, &body);
-            let status = match http
-                .post(url.as_str())
-                .header(TIMESTAMP_HEADER, ts.to_string())
-                .header(SIGNATURE_HEADER, signature)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-            {
+            let status = match signed_webhook(&http, &url, body).send().await {
                 Ok(r) => r.status().as_u16(),
                 Err(_) => 0,
             };
@@ -486,6 +476,17 @@ async fn trigger_sync(
         .with_context(|| format!("POST /api/syncs answered {answer}"))
 }
 
+/// A webhook POST of `body` to `url`, signed now with the benchmark's secret.
+fn signed_webhook(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+    let ts = Utc::now().timestamp();
+    let signature = hmac_sha256_signature(SECRET.as_bytes(), ts, &body);
+    http.post(url)
+        .header(TIMESTAMP_HEADER, ts.to_string())
+        .header(SIGNATURE_HEADER, signature)
+        .header("content-type", "application/json")
+        .body(body)
+}
+
 /// Sends webhooks at the benchmark's rate for [`WARM_UP`] and waits for their rows, so the
 /// groups have joined, the broker's JIT and heap have settled and the measurement starts on a
 /// pipeline in its steady state. None of these is measured.
@@ -501,20 +502,11 @@ async fn warm_up(
     let warm_id = format!("warm{run_id}");
     let total = RATE * WARM_UP.as_secs();
     let mut ticks = tokio::time::interval(Duration::from_nanos(1_000_000_000 / RATE));
+    let url = format!("{api}/webhooks/{}/{account}", provider.as_str());
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..total {
         ticks.tick().await;
-        let body = payload(template, &warm_id, i)?;
-        let ts = Utc::now().timestamp();
-        let request = http
-            .post(format!("{api}/webhooks/{}/{account}", provider.as_str()))
-            .header(TIMESTAMP_HEADER, ts.to_string())
-            .header(
-                SIGNATURE_HEADER,
-                hmac_sha256_signature(SECRET.as_bytes(), ts, &body),
-            )
-            .header("content-type", "application/json")
-            .body(body);
+        let request = signed_webhook(http, &url, payload(template, &warm_id, i)?);
         sends.spawn(async move { request.send().await.map(|r| r.status()) });
     }
     while let Some(sent) = sends.join_next().await {

@@ -128,18 +128,13 @@ where
 mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::BaseRecord;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext};
     use rdkafka::ClientConfig;
 
     #[test]
     fn a_transaction_commits_with_every_record_delivered() {
-        let mock = MockCluster::new(1).expect("mock cluster");
-        mock.create_topic("delivery-test", 2, 1).expect("topic");
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .set("transactional.id", "delivery-test")
-            .create()
-            .expect("producer");
+        let (_mock, producer) =
+            producer_on_mock("delivery-test", &[("transactional.id", "delivery-test")]);
         producer
             .init_transactions(Duration::from_secs(10))
             .expect("init");
@@ -159,14 +154,10 @@ mod tests {
 
     #[test]
     fn waiting_for_deliveries_sends_lingering_records_at_once() {
-        let mock = MockCluster::new(1).expect("mock cluster");
-        mock.create_topic("linger-test", 2, 1).expect("topic");
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", mock.bootstrap_servers())
-            .set("linger.ms", "20000")
-            .set("message.timeout.ms", "60000")
-            .create()
-            .expect("producer");
+        let (_mock, producer) = producer_on_mock(
+            "linger-test",
+            &[("linger.ms", "20000"), ("message.timeout.ms", "60000")],
+        );
         // connected, so that only the linger can hold the records back
         producer
             .client()
@@ -218,6 +209,22 @@ mod tests {
             cpu_ticks <= 10,
             "waiting 500 ms used {cpu_ticks} ticks of CPU"
         );
+    }
+
+    /// A MockCluster with a two-partition `topic`, and a producer on it with `properties`.
+    fn producer_on_mock(
+        topic: &str,
+        properties: &[(&str, &str)],
+    ) -> (MockCluster<'static, DefaultProducerContext>, BaseProducer) {
+        let mock = MockCluster::new(1).expect("mock cluster");
+        mock.create_topic(topic, 2, 1).expect("topic");
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", mock.bootstrap_servers());
+        for (key, value) in properties {
+            config.set(*key, *value);
+        }
+        let producer = config.create().expect("producer");
+        (mock, producer)
     }
 
     /// CPU time this thread has used (user + system), in clock ticks (10 ms on Linux).
