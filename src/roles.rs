@@ -1,8 +1,9 @@
 //! `callsync run --roles ...`: each role is a task under one shutdown signal.
 //!
 //! Every role scales by adding processes with the same config (they join the
-//! same consumer group). When one role fails, the others are asked to drain
-//! and stop, and the error is returned.
+//! same consumer group). Each role has a shutdown of its own under the process's; when one
+//! fails, [`RoleFailurePolicy`] decides whether the others drain and stop or go on, and the
+//! failure shows in `/readyz`, `callsync_role_up` and the exit code ([`crate::role_health`]).
 //!
 //! The roles `connector`, `scheduler` and `api` of one process share a provider
 //! registry (health), the connectors' clients, a sync publisher and one
@@ -33,6 +34,7 @@ use tokio::task::JoinSet;
 
 use crate::api::{self, ApiState, FnReadiness, KafkaReadiness, PostgresReadiness};
 use crate::config::CallsyncConfig;
+use crate::role_health::{RoleFailed, RoleFailurePolicy, RoleHealth, RolesReadiness};
 use crate::scheduler::{
     follow_sync_events, run_health_checks, sync_events_consumer, worker_consumer, AvroSyncCodec,
     HealthProbe, KafkaSyncPublisher, ProbeError, ProviderRegistry, Scheduler, SchedulerConfig,
@@ -76,6 +78,18 @@ impl Role {
         }
     }
 
+    /// The exit code of a `callsync run` process whose role this is failed (11-15; 0 is a
+    /// clean stop, 1 an error before the roles ran, 2 a usage error).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Role::Connector => 11,
+            Role::Processor => 12,
+            Role::Sink => 13,
+            Role::Scheduler => 14,
+            Role::Api => 15,
+        }
+    }
+
     /// Whether the role needs the shared service parts (registry, sync status, connectors).
     fn is_service(self) -> bool {
         matches!(self, Role::Connector | Role::Scheduler | Role::Api)
@@ -98,6 +112,10 @@ pub struct RunOptions {
     pub status_store: Option<SyncStatusStore>,
     /// The provider registry the roles use (one is created when absent).
     pub registry: Option<ProviderRegistry>,
+    /// What happens to the other roles when one fails.
+    pub on_role_failure: RoleFailurePolicy,
+    /// Where the roles' states are kept (`/readyz`, `callsync_role_up`).
+    pub role_health: RoleHealth,
 }
 
 /// What the roles reported when they stopped.
@@ -135,9 +153,7 @@ pub async fn run_roles_with(
     roles.sort();
     roles.dedup();
     // Check every role's config before starting any, so a bad key fails at startup.
-    if roles.contains(&Role::Sink) && config.sink.is_none() {
-        anyhow::bail!("the sink role needs the `sink.database_url` key (set CALLSYNC__SINK__DATABASE_URL or [sink] database_url)");
-    }
+    check_roles_config(config, &roles)?;
     let schedules = if roles.contains(&Role::Scheduler) {
         Some(
             effective_scheduler_config(config)
@@ -173,8 +189,10 @@ pub async fn run_roles_with(
         );
     }
 
+    let health = options.role_health.clone();
     for &role in &roles {
-        let shutdown = shutdown.clone();
+        // a role may stop itself (e.g. a stuck connector) without stopping the others
+        let shutdown = shutdown.child();
         let factory = factory.clone();
         let config = config.clone();
         let service = service.clone();
@@ -191,14 +209,45 @@ pub async fn run_roles_with(
             .await;
             (role, result)
         });
+        health.running(role);
         tracing::info!(role = %role, "role started");
     }
 
+    let (report, failure) =
+        supervise_roles(tasks, &shutdown, options.on_role_failure, &health).await;
+    if let Some(service) = service {
+        service.stop().await;
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(report),
+    }
+}
+
+/// Waits for every role task; the first failure is returned (as [`RoleFailed`], which gives
+/// the process its exit code). On a failure the other roles are stopped or kept running as
+/// `policy` says, and either way the log says which role failed and what happens to the rest.
+async fn supervise_roles(
+    mut tasks: JoinSet<(Role, anyhow::Result<RoleOutput>)>,
+    shutdown: &Shutdown,
+    policy: RoleFailurePolicy,
+    health: &RoleHealth,
+) -> (RolesReport, Option<RoleFailed>) {
     let mut report = RolesReport::default();
-    let mut first_error = None;
+    let mut first_failure: Option<RoleFailed> = None;
     while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((role, Ok(output))) => {
+        let (role, result) = match joined {
+            Ok(done) => done,
+            Err(join_error) => {
+                // a role task panicked: its role is not known here, the process must stop
+                tracing::error!(error = %join_error, "a role task panicked; stopping every role");
+                shutdown.trigger();
+                continue;
+            }
+        };
+        match result {
+            Ok(output) => {
+                health.stopped(role);
                 tracing::info!(role = %role, "role stopped");
                 match output {
                     RoleOutput::Processor(r) => report.processor = Some(r),
@@ -206,24 +255,69 @@ pub async fn run_roles_with(
                     RoleOutput::None => {}
                 }
             }
-            Ok((role, Err(e))) => {
-                tracing::error!(role = %role, error = %format!("{e:#}"), "role failed; stopping the others");
-                shutdown.trigger();
-                first_error.get_or_insert(e.context(format!("role {role} failed")));
-            }
-            Err(join_error) => {
-                shutdown.trigger();
-                first_error.get_or_insert(anyhow::anyhow!("a role task panicked: {join_error}"));
+            Err(e) => {
+                health.failed(role, &e);
+                let others = health.running_roles();
+                let error = format!("{e:#}");
+                let code = role.exit_code();
+                match policy {
+                    _ if shutdown.is_triggered() || others.is_empty() => {
+                        tracing::error!(role = %role, %error, exit_code = code, "role failed");
+                    }
+                    RoleFailurePolicy::StopAll => {
+                        tracing::error!(role = %role, %error, stopping = ?others, exit_code = code,
+                            "role failed; stopping the healthy roles of this process with it (--on-role-failure stop-all)");
+                        shutdown.trigger();
+                    }
+                    RoleFailurePolicy::KeepOthers => {
+                        tracing::error!(role = %role, %error, running = ?others, exit_code = code,
+                            "role failed; the other roles keep running (--on-role-failure keep-others); /readyz answers 503 until the process is restarted");
+                    }
+                }
+                first_failure.get_or_insert(RoleFailed {
+                    role,
+                    message: error,
+                });
             }
         }
     }
-    if let Some(service) = service {
-        service.stop().await;
+    (report, first_failure)
+}
+
+/// Every check `run` makes of `config` before it starts `roles`, naming the key at fault
+/// (also `callsync config check`). Nothing is contacted.
+pub fn check_roles_config(config: &CallsyncConfig, roles: &[Role]) -> anyhow::Result<()> {
+    if roles.contains(&Role::Sink) {
+        let Some(sink) = &config.sink else {
+            anyhow::bail!("the sink role needs the `sink.database_url` key (set CALLSYNC__SINK__DATABASE_URL or [sink] database_url)");
+        };
+        let url = sink.database_url.expose();
+        if !["postgres://", "postgresql://", "sqlite:"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            // the URL may hold a password: never shown
+            anyhow::bail!(
+                "key `sink.database_url`: expected a postgres://, postgresql:// or sqlite: URL"
+            );
+        }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(report),
+    if roles.contains(&Role::Processor) {
+        config
+            .processor
+            .check()
+            .context("invalid [processor] config")?;
     }
+    if roles.contains(&Role::Scheduler) {
+        effective_scheduler_config(config)
+            .schedules()
+            .context("invalid [scheduler] config")?;
+    }
+    if roles.iter().any(|r| r.is_service()) {
+        Connectors::from_config(&config.connectors, &Shutdown::new())
+            .context("invalid [connectors] config")?;
+    }
+    Ok(())
 }
 
 /// `[scheduler]`, with every configured connectors account scheduled at the defaults when no
@@ -289,6 +383,7 @@ struct ServiceParts {
     publisher: Arc<KafkaSyncPublisher>,
     follow: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     follow_shutdown: Shutdown,
+    role_health: RoleHealth,
 }
 
 impl ServiceParts {
@@ -369,6 +464,7 @@ impl ServiceParts {
             publisher,
             follow: Arc::new(tokio::sync::Mutex::new(Some(follow))),
             follow_shutdown,
+            role_health: options.role_health.clone(),
         })
     }
 
@@ -704,6 +800,7 @@ async fn run_role(
             let publisher: Arc<dyn SyncPublisher> = service.publisher.clone();
             let mut state = ApiState::new(service.registry.clone(), service.store.clone())
                 .with_publisher(publisher);
+            state = with_role_readiness(state, &service.role_health);
             let readiness_timeout = Duration::from_secs(config.api.readiness_timeout_secs.max(1));
             state.readiness_timeout = readiness_timeout;
             let readiness_consumer: BaseConsumer = factory
@@ -747,6 +844,11 @@ async fn run_role(
             Ok(RoleOutput::None)
         }
     }
+}
+
+/// `/readyz` also fails while a role of this process has failed.
+fn with_role_readiness(state: ApiState, health: &RoleHealth) -> ApiState {
+    state.with_readiness(Arc::new(RolesReadiness::new(health.clone())))
 }
 
 /// Sets `callsync_consumer_lag{group,topic,partition}` for the processor's and the sink's

@@ -9,6 +9,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod step_watch;
 pub mod topics;
+pub mod transactional_id;
 
 pub use kafka::{send_waiting, ClientError, Isolation, KafkaClientFactory, KafkaSettings};
 pub use read_to_end::ReadToEndContext;
@@ -19,3 +20,4 @@ pub use topics::{
     ensure_catalogue, ensure_topics, names, CatalogueOptions, EnsureReport, TopicCatalogue,
     TopicSpec, TopicStatus,
 };
+pub use transactional_id::TransactionalId;

@@ -162,7 +162,7 @@ pub async fn run_demo(
         let options = RunOptions {
             api_listener: Some(listener),
             status_store: Some(status.clone()),
-            registry: None,
+            ..RunOptions::default()
         };
         tokio::spawn(async move { run_roles_with(&config, &Role::ALL, shutdown, options).await })
     };
