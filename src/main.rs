@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use callsync::cli::{self, BackfillArgs, EncryptArgs, SimulateArgs, SyncArgs};
+use callsync::cli::{self, BackfillArgs, ConfigCheckArgs, EncryptArgs, SimulateArgs, SyncArgs};
 use callsync::config::{CallsyncConfig, LogFormat};
 use callsync::demo::{run_demo, DemoArgs};
 use callsync::ops;
-use callsync::roles::{run_roles, Role};
+use callsync::role_health::{RoleFailed, RoleFailurePolicy};
+use callsync::roles::{run_roles_with, Role, RunOptions};
 use callsync::scheduler::TriggerRequest;
 use callsync_runtime::{ensure_catalogue, KafkaClientFactory, Shutdown};
 
@@ -32,11 +33,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run roles until SIGTERM/SIGINT (default: all of them).
+    /// Run roles until SIGTERM/SIGINT (default: all of them). Exit code: 0 after a clean
+    /// stop, 1 when the roles could not start, 11-15 when a role failed (connector,
+    /// processor, sink, scheduler, api).
     Run {
         /// Comma-separated roles to run in this process.
         #[arg(long, value_delimiter = ',', default_values_t = Role::ALL.to_vec())]
         roles: Vec<Role>,
+        /// When one role fails: stop the others and exit (for a supervisor to restart), or
+        /// keep them running with `/readyz` answering 503 until the process is restarted.
+        #[arg(long, value_enum, default_value_t = RoleFailurePolicy::StopAll, env = "CALLSYNC_ON_ROLE_FAILURE")]
+        on_role_failure: RoleFailurePolicy,
+    },
+    /// Check a config (file + CALLSYNC__ environment) and print its effective settings.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Manage callsync's Kafka topics.
     Topics {
@@ -78,6 +90,13 @@ enum Command {
     },
     /// Decode a topic's records to JSON lines.
     Tail(ops::TailArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the config as `run` would; print the effective settings with
+    /// secrets redacted. Exit code 1, naming the key, when it is not valid.
+    Check(ConfigCheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,8 +170,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code_of(&e)
         }
+    }
+}
+
+/// A failed role's own code (11-15), else 1.
+fn exit_code_of(error: &anyhow::Error) -> ExitCode {
+    match error.downcast_ref::<RoleFailed>() {
+        Some(failed) => ExitCode::from(failed.role.exit_code()),
+        None => ExitCode::FAILURE,
     }
 }
 
@@ -236,13 +263,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = callsync_runtime::metrics::prometheus();
     let config_path = cli.config.as_deref();
     match cli.command {
-        Command::Run { roles } => {
+        Command::Run {
+            roles,
+            on_role_failure,
+        } => {
             let config = load_config(config_path)?;
             let shutdown = Shutdown::new();
             shutdown
                 .listen_for_signals()
                 .context("installing the SIGTERM/SIGINT handlers")?;
-            run_roles(&config, &roles, shutdown).await?;
+            let options = RunOptions {
+                on_role_failure,
+                ..RunOptions::default()
+            };
+            run_roles_with(&config, &roles, shutdown, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => {
+            cli::config_check(config_path, &args, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Db {
@@ -317,9 +357,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink {
-            command: SinkCommand::Rewind(args),
+            command: SinkCommand::Rewind(mut args),
         } => {
             let (config, factory) = ops_setup(config_path)?;
+            if let Some(given) = &args.topic {
+                let named = ops::TopicName::resolve(factory.settings(), given);
+                eprintln!("sink rewind: {named}");
+                args.topic = Some(named.full);
+            }
             let sink = config
                 .sink
                 .as_ref()
@@ -330,8 +375,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ops::run_sink_rewind(&args, &factory, &pool, &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status(args) => {
-            let (_, factory) = ops_setup(config_path)?;
+        Command::Status(mut args) => {
+            let (config, factory) = ops_setup(config_path)?;
+            args.own_groups = own_groups(&config);
             ops::run_status(&args, &factory, &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -372,6 +418,19 @@ async fn run_sync(
     let shutdown = signal_shutdown()?;
     cli::run_sync_command(config, trigger, enqueue, shutdown, &mut std::io::stdout()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The consumer groups of callsync's roles as `config` names them.
+fn own_groups(config: &CallsyncConfig) -> Vec<String> {
+    let mut groups = vec![config.processor.group_id.clone()];
+    groups.push(
+        config
+            .sink
+            .as_ref()
+            .map_or_else(|| "callsync-sink".to_string(), |sink| sink.group.clone()),
+    );
+    groups.push(config.workers.group_id.clone());
+    groups
 }
 
 fn signal_shutdown() -> anyhow::Result<Shutdown> {

@@ -669,3 +669,348 @@ async fn one_to_three_sinks_and_back_mid_stream_keeps_the_table_exact_and_status
         test_started.elapsed().as_secs_f64()
     );
 }
+
+// ------------------------------------------------------------------------ every role scaled
+
+/// Processes of one fleet: every one runs `callsync run --roles R` with the same config file,
+/// as ops scale a role (no per-process setting at all).
+struct Fleet {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    processor_group: String,
+    sink_group: String,
+}
+
+impl Fleet {
+    fn new(
+        bootstrap: &str,
+        prefix: &str,
+        db_url: &str,
+        processor_group: &str,
+        sink_group: &str,
+    ) -> Fleet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("callsync.toml");
+        let text = format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+
+[kafka.client_properties]
+# the broker's minimum: a SIGKILLed process leaves its group 6 s after its last heartbeat
+"session.timeout.ms" = "6000"
+
+[processor]
+group_id = "{processor_group}"
+batch_max_time_ms = 100
+
+[sink]
+database_url = "{db_url}"
+group = "{sink_group}"
+batch_rows = 2000
+batch_max_ms = 200
+copy_threshold = 500
+max_connections = 2
+
+[log]
+filter = "warn"
+"#
+        );
+        std::fs::write(&config, text).expect("config file");
+        Fleet {
+            dir,
+            config,
+            processor_group: processor_group.to_string(),
+            sink_group: sink_group.to_string(),
+        }
+    }
+
+    fn callsync(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_callsync"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CALLSYNC") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("RUST_LOG");
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+
+    /// Starts `callsync run --roles <role>`; `name` only names its log file.
+    fn start(&self, name: &str, role: &str) -> SinkProcess {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = self
+            .callsync()
+            .args(["run", "--roles", role])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start callsync run");
+        SinkProcess {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn status(&self) -> Value {
+        let out = self
+            .callsync()
+            .args(["status", "--json"])
+            .output()
+            .expect("run callsync status");
+        assert!(
+            out.status.success(),
+            "callsync status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// Waits until `group` is stable with `n` members sharing every partition of `topic`.
+    fn wait_for_members(&self, group: &str, topic: &str, n: usize, phase: &str) {
+        let started = Instant::now();
+        loop {
+            let ownership = Ownership::from_status(&self.status(), group, topic);
+            if ownership.is_settled_with(n) {
+                eprintln!(
+                    "{phase}: {group} settled with {n} member(s) after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            assert!(
+                started.elapsed() < PHASE_TIMEOUT,
+                "{phase}: {group} did not settle with {n} members: {ownership:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// The processor group's committed offsets on `calls.raw` and the sink's offsets in Postgres
+/// on `calls`, per partition.
+async fn progress(
+    f: &KafkaClientFactory,
+    pool: &sqlx::PgPool,
+    fleet: &Fleet,
+) -> (BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
+    let (f2, group, raw) = (
+        f.clone(),
+        fleet.processor_group.clone(),
+        f.settings().topic("calls.raw"),
+    );
+    let processed = blocking(move || committed(&f2, &group, &raw))
+        .await
+        .expect("join");
+    let stored: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition, next_offset FROM callsync_offsets WHERE consumer_group = $1",
+    )
+    .bind(&fleet.sink_group)
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    (processed, stored.into_iter().collect())
+}
+
+/// How long after `since` every partition of `before` moved past its offset there: the longest
+/// stall any partition saw.
+async fn longest_stall(
+    f: &KafkaClientFactory,
+    pool: &sqlx::PgPool,
+    fleet: &Fleet,
+    since: Instant,
+    bound: Duration,
+) -> (Duration, Duration) {
+    let (raw_before, sink_before) = progress(f, pool, fleet).await;
+    let mut raw_done: BTreeMap<i32, Duration> = BTreeMap::new();
+    let mut sink_done: BTreeMap<i32, Duration> = BTreeMap::new();
+    loop {
+        let (raw, sink) = progress(f, pool, fleet).await;
+        for (p, before) in &raw_before {
+            if raw.get(p).is_some_and(|now| now > before) {
+                raw_done.entry(*p).or_insert_with(|| since.elapsed());
+            }
+        }
+        for (p, before) in &sink_before {
+            if sink.get(p).is_some_and(|now| now > before) {
+                sink_done.entry(*p).or_insert_with(|| since.elapsed());
+            }
+        }
+        if raw_done.len() == PARTITIONS as usize && sink_done.len() == PARTITIONS as usize {
+            eprintln!("after the kill, partitions moved again: processor {raw_done:?}, sink {sink_done:?}");
+            let max = |m: &BTreeMap<i32, Duration>| m.values().copied().max().unwrap_or_default();
+            return (max(&raw_done), max(&sink_done));
+        }
+        assert!(
+            since.elapsed() < bound,
+            "partitions stalled longer than {bound:?} after a kill -9: processor moved {raw_done:?} \
+             of {raw_before:?}, sink moved {sink_done:?} of {sink_before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Three processor and three sink processes with one config file; one of each SIGKILLed and one
+/// of each added mid-stream, one of each stopped by SIGTERM; at the end the `calls` table is the
+/// newest version of every call, every column, and no process left except by a kill or a
+/// SIGTERM. On the code before per-run transactional ids this failed at once: the second
+/// processor's `init_transactions` (callsync-processor-0) fenced the first, which exited.
+///
+/// Also the bound the per-run ids cost: a SIGKILLed processor's open transaction is aborted by
+/// the broker after `processor.transaction_timeout_ms` (10 s), and its partitions move after
+/// the session timeout (6 s here); no partition (processor or sink) may stall longer than
+/// those two plus 20 s of slack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processors_and_three_sinks_with_one_config_survive_kills_and_additions() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let db = callsync_testkit::skip_unless_postgres!();
+    let test_started = Instant::now();
+    let prefix = unique_prefix(&kafka, "ops-fleet");
+    let f = factory(&kafka, &prefix);
+    callsync_runtime::ensure_catalogue(
+        &f,
+        &callsync_runtime::CatalogueOptions {
+            call_partitions: PARTITIONS,
+            calls_retention_days: 1,
+        },
+        TIMEOUT,
+    )
+    .await
+    .expect("topics");
+    let store = PgStore::connect(&db.url, 2, 500).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let fleet = Arc::new(Fleet::new(
+        kafka.bootstrap(),
+        &prefix,
+        &db.url,
+        &kafka.unique_group("fleet-processor"),
+        &kafka.unique_group("fleet-sink"),
+    ));
+    eprintln!("config and logs in {}", path_of(fleet.dir.path()));
+    let raw = f.settings().topic("calls.raw");
+    let calls = f.settings().topic("calls");
+
+    let mut processes: Vec<SinkProcess> = Vec::new();
+    for i in 1..=3 {
+        processes.push(fleet.start(&format!("processor-{i}"), "processor"));
+        processes.push(fleet.start(&format!("sink-{i}"), "sink"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicUsize::new(0));
+    let producer = tokio::spawn(produce_stream(
+        f.clone(),
+        raw.clone(),
+        stop.clone(),
+        produced.clone(),
+    ));
+    let (fl, r, c) = (fleet.clone(), raw.clone(), calls.clone());
+    blocking(move || {
+        fl.wait_for_members(&fl.processor_group, &r, 3, "three processors");
+        fl.wait_for_members(&fl.sink_group, &c, 3, "three sinks");
+    })
+    .await
+    .expect("join");
+    for p in processes.iter_mut() {
+        p.assert_running();
+    }
+
+    // a processor and a sink die without a word, mid-stream
+    let killed_at = Instant::now();
+    let processor_2 = processes.remove(2);
+    let sink_2 = processes.remove(2);
+    processor_2.kill();
+    sink_2.kill();
+    let bound = Duration::from_secs(6 + 10 + 20);
+    let (processor_stall, sink_stall) = longest_stall(&f, &db.pool, &fleet, killed_at, bound).await;
+    eprintln!(
+        "kill -9 of one processor and one sink of three: longest stall {:.1}s (processor), {:.1}s (sink)",
+        processor_stall.as_secs_f64(),
+        sink_stall.as_secs_f64()
+    );
+
+    // one of each added, then one of each stopped cleanly
+    processes.push(fleet.start("processor-4", "processor"));
+    processes.push(fleet.start("sink-4", "sink"));
+    let (fl, r, c) = (fleet.clone(), raw.clone(), calls.clone());
+    blocking(move || {
+        fl.wait_for_members(&fl.processor_group, &r, 3, "a processor added");
+        fl.wait_for_members(&fl.sink_group, &c, 3, "a sink added");
+    })
+    .await
+    .expect("join");
+    // processes: processor-1, sink-1, processor-3, sink-3, processor-4, sink-4
+    let processor_3 = processes.remove(2);
+    let sink_3 = processes.remove(2);
+    for p in [processor_3, sink_3] {
+        let name = p.name.clone();
+        let status = blocking(move || p.terminate()).await.expect("join");
+        assert!(status.success(), "{name} stopped by SIGTERM: {status}");
+    }
+    let (fl, r, c) = (fleet.clone(), raw.clone(), calls.clone());
+    blocking(move || {
+        fl.wait_for_members(&fl.processor_group, &r, 2, "a processor stopped");
+        fl.wait_for_members(&fl.sink_group, &c, 2, "a sink stopped");
+    })
+    .await
+    .expect("join");
+
+    // the stream ends; the survivors catch up
+    stop.store(true, Ordering::SeqCst);
+    let records = producer.await.expect("producer");
+    let started = Instant::now();
+    loop {
+        let (f2, group, r) = (f.clone(), fleet.processor_group.clone(), raw.clone());
+        let processed: i64 = blocking(move || committed(&f2, &group, &r))
+            .await
+            .expect("join")
+            .values()
+            .sum();
+        if processed == records.len() as i64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PHASE_TIMEOUT,
+            "the processors did not catch up: {processed} of {} records",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // `calls` is written in transactions (it ends in commit markers): wait for the rows
+    let want = expected(&records);
+    let started = Instant::now();
+    let got = loop {
+        let got = store.all_calls().await.expect("all calls");
+        let exact = got.len() == want.len()
+            && got
+                .iter()
+                .all(|row| want.get(&row.record.key().into_string()) == Some(&row.record));
+        if exact || started.elapsed() > PHASE_TIMEOUT {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    exact_table_diff(&got, &want);
+
+    // nobody was fenced out: the survivors still run, then stop cleanly
+    for mut p in processes {
+        p.assert_running();
+        let log = p.log.clone();
+        let name = p.name.clone();
+        let status = blocking(move || p.terminate()).await.expect("join");
+        assert!(status.success(), "{name} stopped by SIGTERM: {status}");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !text.to_lowercase().contains("fenced"),
+            "{name} logged a fence: {text}"
+        );
+    }
+    eprintln!(
+        "fleet: {} records for {} calls through 3 -> 2 -> 3 -> 2 processors and sinks, table exact; {:.1}s",
+        records.len(),
+        want.len(),
+        test_started.elapsed().as_secs_f64()
+    );
+}

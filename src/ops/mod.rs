@@ -18,6 +18,7 @@ pub mod status;
 pub mod table;
 pub mod tail;
 pub mod time;
+pub mod topic_name;
 
 pub use dlq::{run_dlq_list, run_dlq_redrive, DlqListArgs, DlqRedriveArgs, RedriveReport};
 pub use error::OpsError;
@@ -26,6 +27,7 @@ pub use replay::{run_replay, ReplayArgs, ReplayReport};
 pub use sink_rewind::{run_sink_rewind, SinkRewindArgs, SinkRewindReport};
 pub use status::{run_status, StatusArgs, StatusReport};
 pub use tail::{run_tail, TailArgs, TailReport};
+pub use topic_name::TopicName;
 
 use std::time::Duration;
 

@@ -51,6 +51,10 @@ pub struct StatusArgs {
     /// Read at most this many sync events (the newest).
     #[arg(long, default_value_t = 100_000)]
     pub events_scan_limit: u64,
+    /// callsync's own groups as configured (`processor.group_id`, `sink.group`,
+    /// `workers.group_id`); empty: the roles' default names ([`CALLSYNC_GROUPS`]).
+    #[arg(skip)]
+    pub own_groups: Vec<String>,
 }
 
 /// One partition's lag for a group.
@@ -188,7 +192,11 @@ fn status_blocking(
     }
 
     // groups
-    let mut group_names: Vec<String> = CALLSYNC_GROUPS.iter().map(|g| g.to_string()).collect();
+    let mut group_names: Vec<String> = if args.own_groups.is_empty() {
+        CALLSYNC_GROUPS.iter().map(|g| g.to_string()).collect()
+    } else {
+        args.own_groups.clone()
+    };
     for g in &args.groups {
         if !group_names.contains(g) {
             group_names.push(g.clone());
