@@ -690,7 +690,6 @@ impl Fleet {
         sink_group: &str,
     ) -> Fleet {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("callsync.toml");
         let text = format!(
             r#"[kafka]
 bootstrap_servers = "{bootstrap}"
@@ -716,12 +715,43 @@ max_connections = 2
 filter = "warn"
 "#
         );
+        Fleet::with_config(dir, &text, processor_group, sink_group)
+    }
+
+    fn with_config(
+        dir: tempfile::TempDir,
+        text: &str,
+        processor_group: &str,
+        sink_group: &str,
+    ) -> Fleet {
+        let config = dir.path().join("callsync.toml");
         std::fs::write(&config, text).expect("config file");
         Fleet {
             dir,
             config,
             processor_group: processor_group.to_string(),
             sink_group: sink_group.to_string(),
+        }
+    }
+
+    /// Starts `callsync run` with `args` and extra environment; `name` names its log file.
+    fn start_with(&self, name: &str, args: &[&str], env: &[(&str, String)]) -> SinkProcess {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut cmd = self.callsync();
+        cmd.arg("run").args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start callsync run");
+        SinkProcess {
+            name: name.to_string(),
+            child: Some(child),
+            log,
         }
     }
 
@@ -739,20 +769,7 @@ filter = "warn"
 
     /// Starts `callsync run --roles <role>`; `name` only names its log file.
     fn start(&self, name: &str, role: &str) -> SinkProcess {
-        let log = self.dir.path().join(format!("{name}.log"));
-        let child = self
-            .callsync()
-            .args(["run", "--roles", role])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start callsync run");
-        SinkProcess {
-            name: name.to_string(),
-            child: Some(child),
-            log,
-        }
+        self.start_with(name, &["--roles", role], &[])
     }
 
     fn status(&self) -> Value {
@@ -1013,4 +1030,166 @@ async fn three_processors_and_three_sinks_with_one_config_survive_kills_and_addi
         want.len(),
         test_started.elapsed().as_secs_f64()
     );
+}
+
+/// A free port on 127.0.0.1 (bound, then released for a process to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `GET url`: status and body (`None` while nothing answers).
+async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, String)> {
+    let response = http.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.unwrap_or_default()))
+}
+
+/// Waits until `process` exits on its own; its exit code.
+fn wait_exit(mut process: SinkProcess, within: Duration) -> Option<i32> {
+    let mut child = process.child.take().expect("running");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} did not exit within {within:?}: {}",
+                process.name,
+                std::fs::read_to_string(&process.log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A role that fails for a reason of its own (here: the processor fenced by another process
+/// that was given the same static `instance_id`) never takes the process's healthy roles down
+/// silently: with `--on-role-failure keep-others` the api goes on and `/readyz` answers 503
+/// naming the failed role, and the exit code at SIGTERM is the processor's (12); with the
+/// default (stop-all) the process logs which healthy roles it stops because of it and exits
+/// with 12 at once. Before this, a fenced processor ended its process with exit code 1 and
+/// the log line "role failed; stopping the others", and /readyz never said anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_role_shows_in_readyz_and_the_exit_code() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let prefix = unique_prefix(&kafka, "ops-roles");
+    let f = factory(&kafka, &prefix);
+    callsync_runtime::ensure_catalogue(
+        &f,
+        &callsync_runtime::CatalogueOptions {
+            call_partitions: 2,
+            calls_retention_days: 1,
+        },
+        TIMEOUT,
+    )
+    .await
+    .expect("topics");
+    let group = kafka.unique_group("roles-processor");
+    let text = format!(
+        r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+
+[kafka.client_properties]
+"session.timeout.ms" = "6000"
+
+[processor]
+group_id = "{group}"
+# static membership: a second process with this id fences the first
+instance_id = "the-same"
+
+[log]
+filter = "info"
+"#,
+        bootstrap = kafka.bootstrap()
+    );
+    let fleet = Fleet::with_config(tempfile::tempdir().expect("dir"), &text, &group, "unused");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http");
+    let api = |port: u16| ("CALLSYNC__API__LISTEN", format!("127.0.0.1:{port}"));
+
+    // A keeps its other roles when one fails
+    let port_a = free_port();
+    let a = fleet.start_with(
+        "a",
+        &[
+            "--roles",
+            "processor,api",
+            "--on-role-failure",
+            "keep-others",
+        ],
+        &[api(port_a)],
+    );
+    let ready_a = format!("http://127.0.0.1:{port_a}/readyz");
+    let started = Instant::now();
+    while get(&http, &ready_a).await.map(|(s, _)| s) != Some(200) {
+        assert!(started.elapsed() < PHASE_TIMEOUT, "a never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // B, with the same instance id, fences A's processor (B stops all on a failure)
+    let port_b = free_port();
+    let b = fleet.start_with("b", &["--roles", "processor,api"], &[api(port_b)]);
+    let started = Instant::now();
+    let body = loop {
+        produce(
+            &f,
+            &f.settings().topic("calls.raw"),
+            vec![(
+                "retreaver:a:fence".to_string(),
+                encode_to_vec(
+                    &sample_call(Provider::Retreaver, "a", "fence", 1),
+                    WireFormat::SingleObject,
+                )
+                .expect("encode"),
+                None,
+                None,
+                rdkafka::message::OwnedHeaders::new(),
+            )],
+        )
+        .await;
+        if let Some((503, body)) = get(&http, &ready_a).await {
+            break body;
+        }
+        assert!(
+            started.elapsed() < PHASE_TIMEOUT,
+            "a's /readyz never reported its failed processor: {}",
+            std::fs::read_to_string(fleet.dir.path().join("a.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(body.contains("role processor failed"), "{body}");
+    let health = get(&http, &format!("http://127.0.0.1:{port_a}/healthz")).await;
+    assert_eq!(health.map(|(s, _)| s), Some(200), "a's api still serves");
+
+    // C, with the same id again, fences B: B stops its api with it and exits with 12
+    let c = fleet.start_with("c", &["--roles", "processor"], &[]);
+    let b_log = b.log.clone();
+    let code_b = blocking(move || wait_exit(b, PHASE_TIMEOUT))
+        .await
+        .expect("join");
+    let log_b = std::fs::read_to_string(&b_log).unwrap_or_default();
+    assert_eq!(
+        code_b,
+        Some(12),
+        "b exits with the processor's code: {log_b}"
+    );
+    assert!(
+        log_b.contains("stopping the healthy roles") && log_b.contains("Api"),
+        "b says which healthy roles it stops: {log_b}"
+    );
+
+    // A, asked to stop, exits with its failed role's code
+    let code_a = blocking(move || a.terminate()).await.expect("join");
+    assert_eq!(code_a.code(), Some(12), "a exits with the processor's code");
+    let code_c = blocking(move || c.terminate()).await.expect("join");
+    assert!(code_c.success(), "c stopped cleanly: {code_c}");
 }
