@@ -21,7 +21,7 @@ use callsync_connectors::{
     run_sync, ClientError, Connectors, KafkaSyncStore, PageRequest, Scan, SyncDeps, SyncError,
 };
 use callsync_processors::ProcessorReport;
-use callsync_runtime::metrics::CONSUMER_LAG;
+use callsync_runtime::metrics::{CONSUMER_GROUP_MEMBERS, CONSUMER_LAG};
 use callsync_runtime::topics::names;
 use callsync_runtime::{Isolation, KafkaClientFactory, Shutdown};
 use callsync_schemas::{CallRecord, Provider, SyncRequest, WireFormat};
@@ -165,6 +165,7 @@ pub async fn run_roles_with(
     };
     let factory = KafkaClientFactory::new(config.kafka.clone());
     let mut tasks: JoinSet<(Role, anyhow::Result<RoleOutput>)> = JoinSet::new();
+    report_process_metrics(&shutdown);
 
     let service = if roles.iter().any(|r| r.is_service()) {
         Some(
@@ -846,13 +847,22 @@ async fn run_role(
     }
 }
 
+/// The process's memory gauges (the "RSS near its limit" alert), every 5 s until shutdown.
+fn report_process_metrics(shutdown: &Shutdown) {
+    tokio::spawn(callsync_runtime::process_memory::report_process_memory(
+        Duration::from_secs(5),
+        shutdown.clone(),
+    ));
+}
+
 /// `/readyz` also fails while a role of this process has failed.
 fn with_role_readiness(state: ApiState, health: &RoleHealth) -> ApiState {
     state.with_readiness(Arc::new(RolesReadiness::new(health.clone())))
 }
 
 /// Sets `callsync_consumer_lag{group,topic,partition}` for the processor's and the sink's
-/// groups every `interval`: the records left to read after the group's committed offset.
+/// groups every `interval`: the records left to read after the group's committed offset; and
+/// `callsync_consumer_group_members{group}` for those two and the workers' group.
 async fn report_consumer_lag(
     config: CallsyncConfig,
     factory: KafkaClientFactory,
@@ -879,6 +889,19 @@ async fn report_consumer_lag(
             _ = shutdown.wait() => return,
             _ = ticker.tick() => {}
         }
+        let (factory2, mut member_groups) = (factory.clone(), groups.clone());
+        member_groups.push((config.workers.group_id.clone(), String::new()));
+        let members =
+            tokio::task::spawn_blocking(move || measure_members(&factory2, &member_groups)).await;
+        match members {
+            Ok(Ok(members)) => {
+                for (group, n) in members {
+                    metrics::gauge!(CONSUMER_GROUP_MEMBERS, "group" => group).set(n as f64);
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "counting consumer group members"),
+            Err(e) => tracing::debug!(error = %e, "consumer group members task"),
+        }
         let factory = factory.clone();
         let groups = groups.clone();
         let measured = tokio::task::spawn_blocking(move || measure_lag(&factory, &groups)).await;
@@ -893,6 +916,25 @@ async fn report_consumer_lag(
             Err(e) => tracing::debug!(error = %e, "consumer lag task"),
         }
     }
+}
+
+/// The members of each group (0 when it has none or does not exist).
+fn measure_members(
+    factory: &KafkaClientFactory,
+    groups: &[(String, String)],
+) -> anyhow::Result<Vec<(String, usize)>> {
+    // never subscribes: only asks the coordinators
+    let consumer: BaseConsumer = factory.create(
+        "group members probe",
+        &factory.consumer_config("callsync-group-members", Isolation::ReadCommitted),
+    )?;
+    groups
+        .iter()
+        .map(|(group, _)| {
+            let description = crate::ops::describe_group(&consumer, group, Duration::from_secs(5))?;
+            Ok((group.clone(), description.members.len()))
+        })
+        .collect()
 }
 
 type Lag = (String, String, i32, i64);

@@ -4,6 +4,7 @@
 pub mod delivery;
 pub mod kafka;
 pub mod metrics;
+pub mod process_memory;
 pub mod read_to_end;
 pub mod secret;
 pub mod shutdown;

@@ -26,6 +26,9 @@ pub const SINK_BATCH_SECONDS: &str = "callsync_sink_batch_seconds";
 /// counted, so a partition that ends in transaction markers shows 0 once consumed; beyond that,
 /// the high watermark minus the committed offset).
 pub const CONSUMER_LAG: &str = "callsync_consumer_lag";
+/// Members of each of callsync's consumer groups (processor, sink, workers), labelled
+/// `group`: a role whose processes are all gone shows 0.
+pub const CONSUMER_GROUP_MEMBERS: &str = "callsync_consumer_group_members";
 /// Records sent to the DLQ, labelled `stage`, `reason`.
 pub const DLQ_TOTAL: &str = "callsync_dlq_total";
 /// Seconds from `observed_at` to the database commit.
