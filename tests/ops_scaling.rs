@@ -297,6 +297,8 @@ struct Ownership {
     members: BTreeMap<String, Vec<i32>>,
     /// partition -> committed offset.
     committed: BTreeMap<i32, i64>,
+    /// Partitions of the topic status lists.
+    partitions: usize,
 }
 
 impl Ownership {
@@ -309,11 +311,13 @@ impl Ownership {
             .unwrap_or_else(|| panic!("group {group} not in status: {report}"));
         let mut owners = BTreeMap::new();
         let mut committed = BTreeMap::new();
+        let mut partitions = 0;
         for t in g["topics"].as_array().expect("topics") {
             if t["topic"] != topic {
                 continue;
             }
             for p in t["partitions"].as_array().expect("partitions") {
+                partitions += 1;
                 let partition = p["partition"].as_i64().expect("partition") as i32;
                 if let Some(c) = p["committed"].as_i64() {
                     committed.insert(partition, c);
@@ -354,6 +358,7 @@ impl Ownership {
             owners,
             members,
             committed,
+            partitions,
         }
     }
 
@@ -368,7 +373,8 @@ impl Ownership {
         let owning: BTreeSet<&String> = self.owners.values().map(|(m, _)| m).collect();
         self.state == "Stable"
             && self.members.len() == n
-            && self.owners.len() == PARTITIONS as usize
+            && self.partitions > 0
+            && self.owners.len() == self.partitions
             && owning.len() == n
             && self.members.values().all(|parts| !parts.is_empty())
             && self
@@ -1192,4 +1198,162 @@ filter = "info"
     assert_eq!(code_a.code(), Some(12), "a exits with the processor's code");
     let code_c = blocking(move || c.terminate()).await.expect("join");
     assert!(code_c.success(), "c stopped cleanly: {code_c}");
+}
+
+/// The commands of docs/operations.md's "Scaling" block, run as written (the binary first on
+/// PATH, in a directory holding the test's `callsync.toml`): the one-shot commands must
+/// succeed, each `run` line becomes a process of its own, the groups settle with as many
+/// members as the block starts, and a process stopped with SIGTERM leaves its group cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_commands_run_as_written() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let db = callsync_testkit::skip_unless_postgres!();
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .expect("docs/operations.md");
+    let marker = "<!-- tests/ops_scaling.rs runs this block as written";
+    let block: Vec<&str> = docs[docs.find(marker).expect("the scaling block's marker")..]
+        .lines()
+        .skip_while(|l| !l.starts_with("```sh"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(block.len() >= 5, "the block: {block:?}");
+
+    let prefix = unique_prefix(&kafka, "ops-docs");
+    let processor_group = kafka.unique_group("docs-processor");
+    let sink_group = kafka.unique_group("docs-sink");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("callsync.toml"),
+        format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+
+[kafka.client_properties]
+"session.timeout.ms" = "6000"
+
+[topics]
+call_partitions = 3
+calls_retention_days = 1
+
+[processor]
+group_id = "{processor_group}"
+
+[sink]
+database_url = "{db}"
+group = "{sink_group}"
+max_connections = 2
+
+[log]
+filter = "warn"
+"#,
+            bootstrap = kafka.bootstrap(),
+            db = db.url,
+        ),
+    )
+    .expect("config");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_callsync"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shell = |line: &str| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[0], "callsync", "a callsync command: {line}");
+        let mut cmd = Command::new(words[0]);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CALLSYNC") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("RUST_LOG")
+            .env("PATH", &path)
+            .current_dir(dir.path())
+            .args(&words[1..])
+            .stdin(Stdio::null());
+        cmd
+    };
+
+    let mut running = Vec::new();
+    let (mut processors, mut sinks) = (0usize, 0usize);
+    for (n, line) in block.iter().enumerate() {
+        if line.contains(" run ") {
+            let log = dir.path().join(format!("line-{n}.log"));
+            let child = shell(line)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            processors += usize::from(line.ends_with("--roles processor"));
+            sinks += usize::from(line.ends_with("--roles sink"));
+            running.push(SinkProcess {
+                name: line.to_string(),
+                child: Some(child),
+                log,
+            });
+        } else {
+            let out = shell(line)
+                .output()
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(
+                out.status.success(),
+                "`{line}` failed with {}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert!(
+        processors >= 2 && sinks >= 2,
+        "the block scales both roles: {block:?}"
+    );
+
+    // the groups settle with one member per process started
+    let fleet = Arc::new(Fleet::with_config(
+        tempfile::tempdir().expect("dir"),
+        &std::fs::read_to_string(dir.path().join("callsync.toml")).expect("config"),
+        &processor_group,
+        &sink_group,
+    ));
+    let (fl, p) = (fleet.clone(), prefix.clone());
+    blocking(move || {
+        fl.wait_for_members(
+            &fl.processor_group,
+            &format!("{p}calls.raw"),
+            processors,
+            "docs: processors",
+        );
+        fl.wait_for_members(&fl.sink_group, &format!("{p}calls"), sinks, "docs: sinks");
+    })
+    .await
+    .expect("join");
+
+    // scale in as the section says: SIGTERM one process, the others take its partitions
+    let first = running.remove(0);
+    let status = blocking(move || first.terminate()).await.expect("join");
+    assert!(status.success(), "a SIGTERMed process exits 0: {status}");
+    let (fl, p) = (fleet.clone(), prefix.clone());
+    blocking(move || {
+        fl.wait_for_members(
+            &fl.processor_group,
+            &format!("{p}calls.raw"),
+            processors - 1,
+            "docs: scaled in",
+        )
+    })
+    .await
+    .expect("join");
+    for mut process in running {
+        process.assert_running();
+        let status = blocking(move || process.terminate()).await.expect("join");
+        assert!(status.success(), "exits 0 on SIGTERM: {status}");
+    }
 }
