@@ -147,7 +147,11 @@ async fn a_stuck_commit_is_given_up_and_the_restart_fences_it() {
         } => {
             assert_eq!(*step, "commit_transaction");
             assert_eq!(scope, SCOPE);
-            assert_eq!(transactional_id, &format!("{txn_prefix}-{SCOPE}"));
+            // named after the scope, under the deployment's topic prefix
+            assert_eq!(
+                transactional_id,
+                &format!("{}{txn_prefix}-{SCOPE}", factory.settings().topic_prefix)
+            );
             assert!(*secs >= STUCK_AFTER.as_secs(), "{secs}");
         }
         other => panic!("expected Stuck, got {other:?}"),
