@@ -10,7 +10,7 @@
 //! [`SyncStatusStore`] fed by `callsync.sync-events` (read to its end before the
 //! workers start, so a completed sync id is never run again).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -191,6 +191,7 @@ pub async fn run_roles_with(
     }
 
     let health = options.role_health.clone();
+    let mut task_roles = HashMap::new();
     for &role in &roles {
         // a role may stop itself (e.g. a stuck connector) without stopping the others
         let shutdown = shutdown.child();
@@ -203,19 +204,26 @@ pub async fn run_roles_with(
         } else {
             None
         };
-        tasks.spawn(async move {
+        let task = tasks.spawn(async move {
             let result = run_role(
                 role, &config, factory, shutdown, service, schedules, listener,
             )
             .await;
             (role, result)
         });
+        task_roles.insert(task.id(), role);
         health.running(role);
         tracing::info!(role = %role, "role started");
     }
 
-    let (report, failure) =
-        supervise_roles(tasks, &shutdown, options.on_role_failure, &health).await;
+    let (report, failure) = supervise_roles(
+        tasks,
+        &task_roles,
+        &shutdown,
+        options.on_role_failure,
+        &health,
+    )
+    .await;
     if let Some(service) = service {
         service.stop().await;
     }
@@ -230,6 +238,7 @@ pub async fn run_roles_with(
 /// `policy` says, and either way the log says which role failed and what happens to the rest.
 async fn supervise_roles(
     mut tasks: JoinSet<(Role, anyhow::Result<RoleOutput>)>,
+    task_roles: &HashMap<tokio::task::Id, Role>,
     shutdown: &Shutdown,
     policy: RoleFailurePolicy,
     health: &RoleHealth,
@@ -239,12 +248,18 @@ async fn supervise_roles(
     while let Some(joined) = tasks.join_next().await {
         let (role, result) = match joined {
             Ok(done) => done,
-            Err(join_error) => {
-                // a role task panicked: its role is not known here, the process must stop
-                tracing::error!(error = %join_error, "a role task panicked; stopping every role");
-                shutdown.trigger();
-                continue;
-            }
+            Err(join_error) => match task_roles.get(&join_error.id()) {
+                // a panic is a failure of that role like any other
+                Some(&role) => (
+                    role,
+                    Err(anyhow::anyhow!("the role panicked: {join_error}")),
+                ),
+                None => {
+                    tracing::error!(error = %join_error, "a role task panicked; stopping every role");
+                    shutdown.trigger();
+                    continue;
+                }
+            },
         };
         match result {
             Ok(output) => {

@@ -1143,9 +1143,10 @@ filter = "info"
 
     // B, with the same instance id, fences A's processor (B stops all on a failure)
     let port_b = free_port();
-    let b = fleet.start_with("b", &["--roles", "processor,api"], &[api(port_b)]);
+    let mut b = fleet.start_with("b", &["--roles", "processor,api"], &[api(port_b)]);
     let started = Instant::now();
     let body = loop {
+        b.assert_running();
         produce(
             &f,
             &f.settings().topic("calls.raw"),
@@ -1166,9 +1167,10 @@ filter = "info"
             break body;
         }
         assert!(
-            started.elapsed() < PHASE_TIMEOUT,
-            "a's /readyz never reported its failed processor: {}",
-            std::fs::read_to_string(fleet.dir.path().join("a.log")).unwrap_or_default()
+            started.elapsed() < 2 * PHASE_TIMEOUT,
+            "a's /readyz never reported its failed processor: {}\n\nb's log: {}",
+            std::fs::read_to_string(fleet.dir.path().join("a.log")).unwrap_or_default(),
+            std::fs::read_to_string(&b.log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -17,7 +17,7 @@
 //!   stays open through a restore) and their state is restored from the changelog before any
 //!   of their records is processed.
 //! - Every transaction carries consumed offsets with the group's metadata, the TTL sweep's
-//!   tombstones included (it commits the current positions), so nothing a member writes after
+//!   tombstones included (it re-commits the committed offsets), so nothing a member writes after
 //!   losing its partitions becomes visible.
 //! - A batch that fails with an abortable error is aborted, its staged state dropped, and its
 //!   partitions rewound to the batch's first offsets. A fenced or fatally failed producer
