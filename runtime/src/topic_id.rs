@@ -34,6 +34,16 @@ pub fn topic_id<C: ClientContext>(
     };
     let name = CString::new(topic).map_err(|_| fail("the name contains a NUL byte".into()))?;
     let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // Ask a broker the client knows rather than the controller (librdkafka's default target
+    // for admin requests): any broker answers the metadata request behind DescribeTopics, and
+    // librdkafka's mock cluster names no controller at all.
+    let metadata = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| fail(format!("reading metadata: {e}")))?;
+    let broker = metadata
+        .brokers()
+        .first()
+        .map_or(metadata.orig_broker_id(), |b| b.id());
     let rk = client.native_ptr();
     // SAFETY: every handle created here is destroyed by its guard when this function
     // returns; `rk` belongs to `client`, which outlives the call. librdkafka copies the topic
@@ -56,6 +66,12 @@ pub fn topic_id<C: ClientContext>(
         rdsys::rd_kafka_AdminOptions_set_request_timeout(
             options.0,
             timeout_ms,
+            errstr.as_mut_ptr(),
+            errstr.len(),
+        );
+        rdsys::rd_kafka_AdminOptions_set_broker(
+            options.0,
+            broker,
             errstr.as_mut_ptr(),
             errstr.len(),
         );
