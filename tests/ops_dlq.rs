@@ -124,6 +124,7 @@ async fn redrive_moves_records_to_calls_raw_exactly_once() {
             reason: Some("invalid_phone".into()),
             limit: 2,
             json: false,
+            redrive_group: group.clone(),
         },
         &f,
         &mut out,
@@ -139,6 +140,10 @@ async fn redrive_moves_records_to_calls_raw_exactly_once() {
     assert!(
         text.contains("invalid_phone") && text.contains("2 shown of 3 matching"),
         "{text}"
+    );
+    assert!(
+        listed.records.iter().all(|r| r.redriven == Some(false)),
+        "nothing redriven yet: {text}"
     );
 
     // dry run: counts, moves nothing
@@ -230,6 +235,25 @@ async fn redrive_moves_records_to_calls_raw_exactly_once() {
 
     let moved = read_all(&f, &raw);
     assert_eq!(moved.len(), 7, "each DLQ record once in calls.raw");
+    let mut out = Vec::new();
+    let listed = run_dlq_list(
+        &DlqListArgs {
+            reason: None,
+            limit: 50,
+            json: false,
+            redrive_group: group.clone(),
+        },
+        &f,
+        &mut out,
+    )
+    .await
+    .expect("list after the redrives");
+    let text = String::from_utf8(out).expect("utf8");
+    assert_eq!(listed.records.len(), 7, "{text}");
+    assert!(
+        listed.records.iter().all(|r| r.redriven == Some(true)),
+        "dlq list shows every record redriven: {text}"
+    );
 
     // a new DLQ record after all that is redriven by the next run, once
     produce(

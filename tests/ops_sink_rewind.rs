@@ -89,7 +89,9 @@ async fn sink_rewind_moves_postgres_offsets_back_to_the_time() {
     let before = stored_offsets(&db.pool, &group, &topic).await;
 
     let mut args = SinkRewindArgs {
-        to_datetime: cut,
+        to_datetime: Some(cut),
+        to_earliest: false,
+        partitions: vec![],
         dry_run: true,
         group: group.clone(),
         topic: None,
@@ -166,7 +168,9 @@ async fn sink_rewind_is_refused_while_the_sink_group_is_active() {
         assert!(std::time::Instant::now() < deadline, "never joined");
     }
     let args = SinkRewindArgs {
-        to_datetime: Utc::now(),
+        to_datetime: Some(Utc::now()),
+        to_earliest: false,
+        partitions: vec![],
         dry_run: false,
         group: group.clone(),
         topic: None,

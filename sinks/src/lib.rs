@@ -19,6 +19,7 @@ pub mod dlq;
 pub mod partition_start;
 pub mod pg_copy;
 pub mod pg_store;
+pub mod redrive;
 pub mod sink;
 pub mod sqlite_store;
 pub mod store;
@@ -33,10 +34,11 @@ pub use partition_start::{
     TopicSnapshot,
 };
 pub use pg_store::{PgStore, PG_MIGRATOR};
+pub use redrive::{redrive_dead_letters, DeadLetterRedriveReport, RedriveOptions};
 pub use sink::{avro_decoder, run_sink, run_sink_with_decoder, CallDecoder, SinkError, SinkReport};
 pub use sqlite_store::{SqliteStore, SQLITE_MIGRATOR};
 pub use store::{
-    AppliedCounts, ApplyOutcome, CallStore, DeadLetterId, DeadLetterQuery, OffsetAdvance,
+    AppliedCounts, ApplyOutcome, CallStore, DeadLetterCounts, DeadLetterId, DeadLetterQuery, OffsetAdvance,
     OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow, StoreError,
     StoredCall, StoredDeadLetter, StoredOffset,
 };

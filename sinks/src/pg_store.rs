@@ -17,7 +17,8 @@ use crate::columns::{self, CALL_COLUMNS};
 use crate::dlq::reason_code;
 use crate::pg_copy::BinaryCopyWriter;
 use crate::store::{
-    is_row_error, AppliedCounts, ApplyOutcome, CallStore, DeadLetterId, DeadLetterQuery,
+    is_row_error, AppliedCounts, ApplyOutcome, CallStore, DeadLetterCounts, DeadLetterId,
+    DeadLetterQuery,
     OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow, StoreError,
     StoredCall, StoredDeadLetter, StoredOffset,
 };
@@ -822,6 +823,28 @@ impl CallStore for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn count_dead_letters(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+    ) -> Result<DeadLetterCounts, StoreError> {
+        let (total, pending, unpublished): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE redriven_at IS NULL), \
+             count(*) FILTER (WHERE published_at IS NULL) \
+             FROM callsync_dead_letters WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(consumer_group)
+        .bind(topic)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("counting callsync_dead_letters", e))?;
+        Ok(DeadLetterCounts {
+            total,
+            pending,
+            unpublished,
+        })
     }
 
     async fn mark_dead_letters_published(

@@ -97,6 +97,16 @@ pub struct DeadLetterQuery {
     pub limit: i64,
 }
 
+/// How many dead letters (group, topic) has, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterCounts {
+    pub total: i64,
+    /// Not redriven yet.
+    pub pending: i64,
+    /// Not published to the DLQ topic yet.
+    pub unpublished: i64,
+}
+
 /// Dead letters `dlq redrive` applies in one transaction, with the rows they carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedriveMarks {
@@ -329,6 +339,13 @@ pub trait CallStore: Send + Sync + std::fmt::Debug {
         topic: &str,
         query: &DeadLetterQuery,
     ) -> Result<Vec<StoredDeadLetter>, StoreError>;
+
+    /// How many dead letters (group, topic) has, by state.
+    async fn count_dead_letters(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+    ) -> Result<DeadLetterCounts, StoreError>;
 
     /// Note that these dead letters are in the DLQ topic.
     async fn mark_dead_letters_published(

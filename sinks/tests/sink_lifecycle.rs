@@ -250,6 +250,13 @@ impl CallStore for SlowFirstLoad {
     ) -> Result<Vec<StoredDeadLetter>, StoreError> {
         self.inner.dead_letters(group, topic, query).await
     }
+    async fn count_dead_letters(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<callsync_sinks::DeadLetterCounts, StoreError> {
+        self.inner.count_dead_letters(group, topic).await
+    }
     async fn mark_dead_letters_published(
         &self,
         group: &str,
