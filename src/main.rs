@@ -327,6 +327,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool = sqlx::PgPool::connect(sink.database_url.expose())
                 .await
                 .context("connecting to the sink's Postgres database")?;
+            let mut args = args;
+            args.group.get_or_insert_with(|| sink.group.clone());
+            if args.topic.is_none() {
+                args.topic.clone_from(&sink.topic);
+            }
             ops::run_sink_rewind(&args, &factory, &pool, &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -341,8 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let (config, factory) = ops_setup(config_path)?;
             let sink = optional_sink_database(&config, &factory).await;
-            ops::run_dlq_list_with(&args, &factory, sink.as_ref(), &mut std::io::stdout())
-                .await?;
+            ops::run_dlq_list_with(&args, &factory, sink.as_ref(), &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq {
@@ -361,7 +365,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &config.connectors,
                 &Shutdown::new(),
             )
-            .context("`dlq redrive` maps connector dead letters again with the `connectors` accounts")?;
+            .context(
+                "`dlq redrive` maps connector dead letters again with the `connectors` accounts",
+            )?;
             let targets = ops::RedriveTargets {
                 sink,
                 connectors: Some(std::sync::Arc::new(connectors)),

@@ -93,7 +93,7 @@ async fn sink_rewind_moves_postgres_offsets_back_to_the_time() {
         to_earliest: false,
         partitions: vec![],
         dry_run: true,
-        group: group.clone(),
+        group: Some(group.clone()),
         topic: None,
     };
     let mut out = Vec::new();
@@ -172,7 +172,7 @@ async fn sink_rewind_is_refused_while_the_sink_group_is_active() {
         to_earliest: false,
         partitions: vec![],
         dry_run: false,
-        group: group.clone(),
+        group: Some(group.clone()),
         topic: None,
     };
     let err = run_sink_rewind(&args, &f, &db.pool, &mut Vec::new())

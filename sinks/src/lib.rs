@@ -38,9 +38,9 @@ pub use redrive::{redrive_dead_letters, DeadLetterRedriveReport, RedriveOptions}
 pub use sink::{avro_decoder, run_sink, run_sink_with_decoder, CallDecoder, SinkError, SinkReport};
 pub use sqlite_store::{SqliteStore, SQLITE_MIGRATOR};
 pub use store::{
-    AppliedCounts, ApplyOutcome, CallStore, DeadLetterCounts, DeadLetterId, DeadLetterQuery, OffsetAdvance,
-    OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow, StoreError,
-    StoredCall, StoredDeadLetter, StoredOffset,
+    AppliedCounts, ApplyOutcome, CallStore, DeadLetterCounts, DeadLetterId, DeadLetterQuery,
+    OffsetAdvance, OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow,
+    StoreError, StoredCall, StoredDeadLetter, StoredOffset,
 };
 
 /// Open the store `config.database_url` names: `postgres://` / `postgresql://`

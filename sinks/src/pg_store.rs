@@ -18,9 +18,8 @@ use crate::dlq::reason_code;
 use crate::pg_copy::BinaryCopyWriter;
 use crate::store::{
     is_row_error, AppliedCounts, ApplyOutcome, CallStore, DeadLetterCounts, DeadLetterId,
-    DeadLetterQuery,
-    OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow, StoreError,
-    StoredCall, StoredDeadLetter, StoredOffset,
+    DeadLetterQuery, OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow,
+    StoreError, StoredCall, StoredDeadLetter, StoredOffset,
 };
 
 /// Postgres migrations (`callsync db migrate`).

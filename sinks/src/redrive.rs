@@ -89,7 +89,10 @@ pub async fn redrive_dead_letters(
         handled += page_len;
         if options.dry_run {
             for d in &page {
-                *report.redriven_by_reason.entry(d.reason.clone()).or_insert(0) += 1;
+                *report
+                    .redriven_by_reason
+                    .entry(d.reason.clone())
+                    .or_insert(0) += 1;
             }
         } else {
             let again = redrive_page(store, group, topic, decoder, page, &mut report).await?;
@@ -136,7 +139,12 @@ async fn redrive_page(
             }
             Err(e) => {
                 store
-                    .record_redrive_failure(group, topic, d.id, &format!("{REASON_UNDECODABLE}: {e}"))
+                    .record_redrive_failure(
+                        group,
+                        topic,
+                        d.id,
+                        &format!("{REASON_UNDECODABLE}: {e}"),
+                    )
                     .await?;
                 report.failed_again += 1;
             }
@@ -154,7 +162,10 @@ async fn redrive_page(
                 report.rows_written += counts.written;
                 report.rows_stale += counts.stale;
                 for (d, _) in &entries {
-                    *report.redriven_by_reason.entry(d.reason.clone()).or_insert(0) += 1;
+                    *report
+                        .redriven_by_reason
+                        .entry(d.reason.clone())
+                        .or_insert(0) += 1;
                 }
                 return Ok(false);
             }

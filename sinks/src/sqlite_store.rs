@@ -19,9 +19,8 @@ use crate::columns::{self, CALL_COLUMNS};
 use crate::dlq::reason_code;
 use crate::store::{
     is_row_error, AppliedCounts, ApplyOutcome, CallStore, DeadLetterCounts, DeadLetterId,
-    DeadLetterQuery,
-    OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow, StoreError,
-    StoredCall, StoredDeadLetter, StoredOffset,
+    DeadLetterQuery, OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow,
+    StoreError, StoredCall, StoredDeadLetter, StoredOffset,
 };
 
 /// SQLite migrations.

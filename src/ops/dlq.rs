@@ -53,8 +53,8 @@ use std::sync::Arc;
 
 use super::offsets::{committed_offsets, topic_partitions, watermarks};
 use super::remap::remap;
-use super::sink_db::SinkDatabase;
 use super::scan::{scan_consumer, scan_partitions, Visit, READ_ONLY_GROUP};
+use super::sink_db::SinkDatabase;
 use super::table::TextTable;
 use super::{blocking, OpsError, DEFAULT_KAFKA_TIMEOUT};
 

@@ -29,8 +29,8 @@ pub use dlq::{
 pub use error::OpsError;
 pub use group::{describe_group, GroupDescription};
 pub use replay::{run_replay, ReplayArgs, ReplayReport};
-pub use sink_rewind::{run_sink_rewind, SinkRewindArgs, SinkRewindReport};
 pub use sink_db::{SinkDatabase, SinkPartitionStatus, SinkStatus};
+pub use sink_rewind::{run_sink_rewind, SinkRewindArgs, SinkRewindReport};
 pub use status::{run_status, run_status_with, StatusArgs, StatusReport};
 pub use tail::{run_tail, TailArgs, TailReport};
 

@@ -146,11 +146,9 @@ pub(crate) fn sink_status(
             let stored = rows.stored.get(&partition);
             let (state, backfill_remaining, detail) =
                 match classify(&db.group, &db.topic, partition, stored, &snapshot) {
-                    PartitionStart::Backfill { from, .. } => (
-                        "not_started",
-                        Some(w.high - from.unwrap_or(w.low)),
-                        None,
-                    ),
+                    PartitionStart::Backfill { from, .. } => {
+                        ("not_started", Some(w.high - from.unwrap_or(w.low)), None)
+                    }
                     PartitionStart::Resume {
                         backfill_until: Some(until),
                         next_offset,

@@ -36,9 +36,9 @@ use super::offsets::{
     commit_offsets, offsets_for_time, select_partitions, topic_partitions, watermarks, Watermarks,
 };
 use super::table::{opt_cell, TextTable};
-use callsync_sinks::{classify, PartitionRange, PartitionStart, StoredOffset, TopicSnapshot};
 use super::time::datetime_arg;
 use super::{blocking, OpsError, DEFAULT_KAFKA_TIMEOUT};
+use callsync_sinks::{classify, PartitionRange, PartitionStart, StoredOffset, TopicSnapshot};
 
 /// The sink's consumer group (sinks' default `group`).
 pub const SINK_GROUP: &str = "callsync-sink";
@@ -63,10 +63,11 @@ pub struct SinkRewindArgs {
     /// Show the plan, change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// The sink's consumer group.
-    #[arg(long, default_value = SINK_GROUP)]
-    pub group: String,
-    /// The topic the sink reads (default: `calls` with the configured prefix).
+    /// The sink's consumer group (default: the config's `sink.group`, else `callsync-sink`).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// The topic the sink reads (default: the config's `sink.topic`, else `calls` with the
+    /// configured prefix).
     #[arg(long)]
     pub topic: Option<String>,
 }
@@ -116,9 +117,10 @@ impl SinkRewindReport {
         } else {
             "would rewind (dry run, nothing changed)"
         };
-        let target = self
-            .to_datetime
-            .map_or_else(|| "the earliest retained records".to_string(), |t| t.to_rfc3339());
+        let target = self.to_datetime.map_or_else(
+            || "the earliest retained records".to_string(),
+            |t| t.to_rfc3339(),
+        );
         writeln!(
             out,
             "sink group {} on {} {verb} to {target} (callsync_offsets in Postgres)",
@@ -174,12 +176,13 @@ pub async fn run_sink_rewind(
         .topic
         .clone()
         .unwrap_or_else(|| factory.settings().topic(names::CALLS));
+    let group = args.group.clone().unwrap_or_else(|| SINK_GROUP.to_string());
     let consumer: BaseConsumer = factory.create(
         "sink rewind consumer",
-        &factory.consumer_config(&args.group, Isolation::ReadCommitted),
+        &factory.consumer_config(&group, Isolation::ReadCommitted),
     )?;
     let consumer = std::sync::Arc::new(consumer);
-    let (group, at, dry_run) = (args.group.clone(), args.to_datetime, args.dry_run);
+    let (at, dry_run) = (args.to_datetime, args.dry_run);
     let wanted = args.partitions.clone();
 
     let planning = {
