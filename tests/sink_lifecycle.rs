@@ -5,14 +5,15 @@
 //!
 //! - A: a sink with an existing group (its Kafka offsets at the end) pointed at a new, empty
 //!   database fills it completely; `callsync status` shows the partitions to backfill first.
-//!   Fails on the code before this change: the partitions were assigned at the group's Kafka
-//!   offsets and the new database stayed empty.
+//!   Before this change the partitions were assigned at the group's Kafka offsets and the new
+//!   database stayed empty (seen with the same assignment in
+//!   `sinks/tests/sink_lifecycle.rs`: 0 of 600 rows).
 //! - B: a copy made with `pg_dump` while the old sink runs goes on from the copied offsets,
 //!   applying nothing before them.
 //! - C: `calls` deleted and created again (with one partition more): the sink stops the old
 //!   partitions with the documented error (compared with the doc's example), reads the new one,
 //!   and the documented `sink rewind --to-earliest` resolves it. Before this change the sink
-//!   skipped every new record below the old offsets as "already applied", silently.
+//!   skipped every new record below the old offsets as "already applied", silently (issue 16).
 //!
 //! Needs `KAFKA_BOOTSTRAP` and Postgres (skipped without them outside CI, fails under CI).
 

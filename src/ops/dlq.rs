@@ -52,7 +52,7 @@ use callsync_sinks::{redrive_dead_letters, DeadLetterRedriveReport, RedriveOptio
 use std::sync::Arc;
 
 use super::offsets::{committed_offsets, topic_partitions, watermarks};
-use super::remap::remap;
+use super::remap::{remap, Remapped};
 use super::scan::{scan_consumer, scan_partitions, Visit, READ_ONLY_GROUP};
 use super::sink_db::SinkDatabase;
 use super::table::TextTable;
@@ -876,7 +876,7 @@ fn redrive_blocking(
                     redriven_total += 1;
                     *report.redriven_by_reason.entry(record_reason).or_insert(0) += 1;
                     match remap(connectors, m)? {
-                        Ok((key, value)) => {
+                        Remapped::Record { key, value } => {
                             report.remapped += 1;
                             batch.records.push((
                                 target_topic.clone(),
@@ -886,7 +886,7 @@ fn redrive_blocking(
                                 origin,
                             ));
                         }
-                        Err(failure) => {
+                        Remapped::Failed(failure) => {
                             report.failed_again += 1;
                             batch.records.push((
                                 dlq_topic.clone(),

@@ -11,6 +11,15 @@ use serde_json::value::RawValue;
 
 use super::OpsError;
 
+/// What mapping a connector dead letter again gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remapped {
+    /// The record for `calls.raw`: key and value (single-object Avro, as connectors write it).
+    Record { key: Vec<u8>, value: Vec<u8> },
+    /// The mapping failed again.
+    Failed(RemapFailure),
+}
+
 /// Why a connector dead letter could not be mapped again: the new DLQ headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemapFailure {
@@ -50,14 +59,9 @@ fn header<'a>(m: &'a BorrowedMessage<'_>, key: &str) -> Option<&'a str> {
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// Maps the connector dead letter `m` again: Ok(Ok((key, value))) is the record for
-/// `calls.raw` (single-object Avro, as the connectors write it); Ok(Err(_)) a mapping that
-/// fails again. An Err is a dead letter that cannot be redriven with this config (no
-/// provider/account headers, or an account the config does not have).
-pub fn remap(
-    connectors: &Connectors,
-    m: &BorrowedMessage<'_>,
-) -> Result<Result<(Vec<u8>, Vec<u8>), RemapFailure>, OpsError> {
+/// Maps the connector dead letter `m` again. An Err is a dead letter that cannot be redriven
+/// with this config (no provider/account headers, or an account the config does not have).
+pub fn remap(connectors: &Connectors, m: &BorrowedMessage<'_>) -> Result<Remapped, OpsError> {
     let origin = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
     let (Some(provider), Some(account)) = (
         header(m, connector_headers::PROVIDER),
@@ -90,7 +94,7 @@ pub fn remap(
     let raw: &RawValue = match serde_json::from_slice(m.payload().unwrap_or_default()) {
         Ok(raw) => raw,
         Err(e) => {
-            return Ok(Err(failure(
+            return Ok(Remapped::Failed(failure(
                 "malformed_json",
                 "$",
                 format!("{provider} record (account {account}): not JSON: {e}"),
@@ -108,10 +112,13 @@ pub fn remap(
     }
     let record = match client.map_record(raw, &ctx) {
         Ok(record) => record,
-        Err(e) => return Ok(Err(failure(e.reason, &e.field, e.to_string()))),
+        Err(e) => return Ok(Remapped::Failed(failure(e.reason, &e.field, e.to_string()))),
     };
     match encode_to_vec(&record, WireFormat::SingleObject) {
-        Ok(value) => Ok(Ok((record.key().into_string().into_bytes(), value))),
-        Err(e) => Ok(Err(failure("encode", "$", e.to_string()))),
+        Ok(value) => Ok(Remapped::Record {
+            key: record.key().into_string().into_bytes(),
+            value,
+        }),
+        Err(e) => Ok(Remapped::Failed(failure("encode", "$", e.to_string()))),
     }
 }
