@@ -204,3 +204,69 @@ pub(crate) fn write_sink_status(sink: &SinkStatus, out: &mut impl Write) -> std:
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn db() -> SinkDatabase {
+        // sink_status uses only the names
+        let store: Arc<dyn CallStore> = Arc::new(
+            callsync_sinks::SqliteStore::open(":memory:")
+                .await
+                .expect("sqlite"),
+        );
+        SinkDatabase {
+            store,
+            group: "callsync-sink".into(),
+            topic: "calls".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn partitions_are_judged_as_the_sink_judges_them() {
+        let stored = |next: i64, until: Option<i64>, id: &str| StoredOffset {
+            next_offset: next,
+            topic_id: Some(id.to_string()),
+            backfill_until: until,
+        };
+        let rows = SinkRows {
+            stored: BTreeMap::from([
+                (0, stored(100, None, "A")),
+                (1, stored(40, Some(90), "A")),
+                (3, stored(500, None, "A")),
+            ]),
+            dead_letters: DeadLetterCounts::default(),
+        };
+        let marks: BTreeMap<i32, Watermarks> = (0..4)
+            .map(|p| (p, Watermarks { low: 0, high: 100 }))
+            .collect();
+        let status = sink_status(&db().await, &rows, &marks, Some("A".into()));
+        let states: Vec<(&str, Option<i64>)> = status
+            .partitions
+            .iter()
+            .map(|p| (p.state.as_str(), p.backfill_remaining))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("live", None),
+                ("backfilling", Some(50)),
+                ("not_started", Some(100)),
+                ("stopped", None)
+            ]
+        );
+        assert!(status.partitions[3]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("--to-earliest --partitions 3")));
+        assert_eq!((status.backfilling(), status.stopped()), (2, 1));
+        let mut out = Vec::new();
+        write_sink_status(&status, &mut out).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            text.contains("SINK PARTITIONS") && text.contains("STOPPED: topic calls partition 3"),
+            "{text}"
+        );
+    }
+}
