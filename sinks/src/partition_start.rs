@@ -11,9 +11,8 @@
 //! [`classify`] is used by the sink and by `callsync status`, so both say the same.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use callsync_runtime::{ClientError, Isolation, KafkaClientFactory};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -208,10 +207,13 @@ pub struct TopicInspector {
     consumer: Arc<BaseConsumer>,
     topic: String,
     timeout: Duration,
-    /// Cleared after the cluster failed to describe the topic (e.g. a mock cluster without
-    /// the admin API), so the wait is not repeated at every assignment.
-    ids_readable: Arc<AtomicBool>,
+    /// After the cluster failed to describe the topic, when to ask again: not at every
+    /// assignment (each failure can cost the whole timeout).
+    next_id_attempt: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long topic ids are not asked for after a failure.
+const TOPIC_ID_RETRY: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for TopicInspector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -234,7 +236,7 @@ impl TopicInspector {
             consumer: Arc::new(consumer),
             topic: topic.into(),
             timeout: Duration::from_secs(5),
-            ids_readable: Arc::new(AtomicBool::new(true)),
+            next_id_attempt: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -251,12 +253,21 @@ impl TopicInspector {
 
     fn snapshot_blocking(&self, partitions: &[i32]) -> TopicSnapshot {
         let mut snapshot = TopicSnapshot::default();
-        if self.ids_readable.load(Ordering::Relaxed) {
+        let due = self
+            .next_id_attempt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|at| Instant::now() >= at);
+        if due {
             match callsync_runtime::topic_id(self.consumer.client(), &self.topic, self.timeout) {
                 Ok(id) => snapshot.topic_id = id,
                 Err(e) => {
-                    self.ids_readable.store(false, Ordering::Relaxed);
-                    tracing::info!(error = %e, "the topic's id cannot be read; offsets are checked against the partitions' ranges only");
+                    *self
+                        .next_id_attempt
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) =
+                        Some(Instant::now() + TOPIC_ID_RETRY);
+                    tracing::warn!(error = %e, "the topic's id cannot be read; offsets are checked against the partitions' ranges only");
                 }
             }
         }

@@ -203,6 +203,9 @@ pub async fn run_sink_with_decoder(
     result.map(|()| sink.report)
 }
 
+/// How often partitions assigned while the database did not answer are checked again.
+const UNVERIFIED_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Records the poller may hand ahead of the loop: an eighth of a batch (256..=2048).
 ///
 /// The channel only decouples the poller thread from the loop; the read-ahead while a batch
@@ -271,8 +274,11 @@ enum FlushMode {
 
 impl SinkLoop {
     async fn run(&mut self, mut events: mpsc::Receiver<PollerEvent>) -> Result<(), SinkError> {
+        let mut checks = tokio::time::interval(UNVERIFIED_CHECK_INTERVAL);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.batch.deadline();
+            let unverified = self.partitions.values().any(|s| !s.verified);
             tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => break,
@@ -308,6 +314,7 @@ impl SinkLoop {
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     self.flush(FlushMode::Normal).await?;
                 }
+                _ = checks.tick(), if unverified => self.verify_unverified().await,
             }
         }
         // Shutdown: commit what is in flight if we can, else leave it for the next run.
@@ -547,6 +554,7 @@ impl SinkLoop {
         for p in partitions {
             self.partitions.remove(p);
         }
+        self.update_gauges();
     }
 
     /// Read the stored offset of a partition whose assignment could not, and seek (or stop
@@ -554,24 +562,8 @@ impl SinkLoop {
     async fn verify(&mut self, partition: i32) -> Result<PartitionState, SinkError> {
         let mut attempt = 0;
         loop {
-            match self
-                .store
-                .load_partition_offsets(&self.config.group, &self.topic)
-                .await
-            {
-                Ok(stored) => {
-                    let snapshot = self.inspector.snapshot(vec![partition]).await;
-                    // The consumer started at the partition's end; the database is the
-                    // source of truth.
-                    let start = self.start_partition(partition, stored.get(&partition), &snapshot);
-                    self.start_by_seeking(&BTreeMap::from([(partition, start)]));
-                    self.update_gauges();
-                    return Ok(self
-                        .partitions
-                        .get(&partition)
-                        .copied()
-                        .unwrap_or_else(PartitionState::unverified));
-                }
+            match self.verify_once(partition).await {
+                Ok(state) => return Ok(state),
                 Err(e) if e.is_transient() => {
                     attempt += 1;
                     self.report.transient_retries += 1;
@@ -586,6 +578,40 @@ impl SinkLoop {
                     tokio::time::sleep(self.config.retry.backoff(attempt)).await;
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn verify_once(&mut self, partition: i32) -> Result<PartitionState, StoreError> {
+        let stored = self
+            .store
+            .load_partition_offsets(&self.config.group, &self.topic)
+            .await?;
+        let snapshot = self.inspector.snapshot(vec![partition]).await;
+        // The consumer started at the partition's end; the database is the source of truth.
+        let start = self.start_partition(partition, stored.get(&partition), &snapshot);
+        self.start_by_seeking(&BTreeMap::from([(partition, start)]));
+        self.update_gauges();
+        Ok(self
+            .partitions
+            .get(&partition)
+            .copied()
+            .unwrap_or_else(PartitionState::unverified))
+    }
+
+    /// Check the partitions whose assignment could not read the database: they were assigned
+    /// at their end, so on a quiet topic no record would ever trigger the check.
+    async fn verify_unverified(&mut self) {
+        let unverified: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| !s.verified)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in unverified {
+            if let Err(e) = self.verify_once(p).await {
+                tracing::warn!(error = %e, partition = p, "loading stored offsets; trying again shortly");
+                return;
             }
         }
     }

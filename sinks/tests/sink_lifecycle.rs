@@ -208,13 +208,15 @@ async fn a_new_database_behind_a_group_that_has_read_everything_is_filled_comple
     }
 }
 
-/// A store whose first `load_partition_offsets` takes longer than the sink's rebalance
-/// timeout: the sink loop answers its first assignment after the poller gave up waiting.
+/// A store whose first `load_partition_offsets` takes `delay` (longer than the sink's
+/// rebalance timeout: the loop answers its first assignment after the poller gave up
+/// waiting), or fails when `fail` is set (the database is away at the assignment).
 #[derive(Debug)]
 struct SlowFirstLoad {
     inner: PgStore,
     slowed: AtomicBool,
     delay: Duration,
+    fail: bool,
 }
 
 #[async_trait]
@@ -232,6 +234,12 @@ impl CallStore for SlowFirstLoad {
     ) -> Result<BTreeMap<i32, StoredOffset>, StoreError> {
         if !self.slowed.swap(true, Ordering::SeqCst) {
             tokio::time::sleep(self.delay).await;
+            if self.fail {
+                return Err(StoreError::Transient {
+                    operation: "loading callsync_offsets",
+                    source: sqlx::Error::PoolTimedOut,
+                });
+            }
         }
         self.inner.load_partition_offsets(group, topic).await
     }
@@ -318,10 +326,36 @@ async fn an_assignment_answered_after_the_rebalance_timeout_seeks_to_the_stored_
         inner,
         slowed: AtomicBool::new(false),
         delay: Duration::from_millis(2500),
+        fail: false,
     });
     let mut cfg = config(&db.url, &topic, &group);
     cfg.rebalance_timeout_ms = 300;
     let sink = start_sink(&kafka, cfg, store.clone());
+    let rows = wait_for_rows(store.as_ref(), records.len(), Duration::from_secs(30)).await;
+    sink.stop().await;
+    assert_eq!(rows.len(), records.len());
+}
+
+/// The database does not answer when the partitions are assigned: they are assigned at their
+/// end, unread, and on a topic where nothing new arrives no record would ever make the sink
+/// look at them; it checks them again by itself and reads the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_assigned_while_the_database_is_away_are_read_once_it_answers() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let db = callsync_testkit::skip_unless_postgres!();
+    let topic = topic(&kafka, "sink-db-away").await;
+    let records = dataset(200, "a");
+    produce(&kafka, &topic, &records).await;
+    let group = kafka.unique_group("sink-db-away");
+    let inner = PgStore::connect(&db.url, 4, 500).await.unwrap();
+    inner.migrate().await.unwrap();
+    let store: Arc<dyn CallStore> = Arc::new(SlowFirstLoad {
+        inner,
+        slowed: AtomicBool::new(false),
+        delay: Duration::ZERO,
+        fail: true,
+    });
+    let sink = start_sink(&kafka, config(&db.url, &topic, &group), store.clone());
     let rows = wait_for_rows(store.as_ref(), records.len(), Duration::from_secs(30)).await;
     sink.stop().await;
     assert_eq!(rows.len(), records.len());
