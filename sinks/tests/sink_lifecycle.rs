@@ -179,6 +179,7 @@ async fn wait_for_rows(store: &dyn CallStore, n: usize, timeout: Duration) -> Ve
 async fn a_new_database_behind_a_group_that_has_read_everything_is_filled_completely() {
     let kafka = callsync_testkit::skip_unless_kafka!();
     let db = callsync_testkit::skip_unless_postgres!();
+    let metrics = callsync_runtime::metrics::prometheus();
     let topic = topic(&kafka, "sink-new-db").await;
     let records = dataset(600, "n");
     produce(&kafka, &topic, &records).await;
