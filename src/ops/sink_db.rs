@@ -54,7 +54,8 @@ pub struct SinkPartitionStatus {
     /// `next_offset` in `callsync_offsets` (None: no row yet).
     pub stored: Option<i64>,
     /// `live`, `backfilling` (read from the earliest record, not at the end it had then
-    /// yet), `not_started` (no row: the sink reads it from the earliest record) or `stopped`.
+    /// yet), `not_started` (no row: the sink reads it from the earliest record; an empty
+    /// partition without a row is `live`) or `stopped`.
     pub state: String,
     /// Offsets left before a backfill is done.
     pub backfill_remaining: Option<i64>,
@@ -146,6 +147,8 @@ pub(crate) fn sink_status(
             let stored = rows.stored.get(&partition);
             let (state, backfill_remaining, detail) =
                 match classify(&db.group, &db.topic, partition, stored, &snapshot) {
+                    // an empty partition gets no row until its first record: nothing to read
+                    PartitionStart::Backfill { .. } if w.high <= w.low => ("live", None, None),
                     PartitionStart::Backfill { from, .. } => {
                         ("not_started", Some(w.high - from.unwrap_or(w.low)), None)
                     }
@@ -238,9 +241,10 @@ mod tests {
             ]),
             dead_letters: DeadLetterCounts::default(),
         };
-        let marks: BTreeMap<i32, Watermarks> = (0..4)
+        let mut marks: BTreeMap<i32, Watermarks> = (0..4)
             .map(|p| (p, Watermarks { low: 0, high: 100 }))
             .collect();
+        marks.insert(4, Watermarks { low: 7, high: 7 });
         let status = sink_status(&db().await, &rows, &marks, Some("A".into()));
         let states: Vec<(&str, Option<i64>)> = status
             .partitions
@@ -253,7 +257,8 @@ mod tests {
                 ("live", None),
                 ("backfilling", Some(50)),
                 ("not_started", Some(100)),
-                ("stopped", None)
+                ("stopped", None),
+                ("live", None)
             ]
         );
         assert!(status.partitions[3]
