@@ -372,27 +372,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool = sqlx::PgPool::connect(sink.database_url.expose())
                 .await
                 .context("connecting to the sink's Postgres database")?;
+            let mut args = args;
+            args.group.get_or_insert_with(|| sink.group.clone());
+            if args.topic.is_none() {
+                args.topic.clone_from(&sink.topic);
+            }
             ops::run_sink_rewind(&args, &factory, &pool, &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(mut args) => {
             let (config, factory) = ops_setup(config_path)?;
             args.own_groups = own_groups(&config);
-            ops::run_status(&args, &factory, &mut std::io::stdout()).await?;
+            let sink = optional_sink_database(&config, &factory).await;
+            ops::run_status_with(&args, &factory, sink.as_ref(), &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq {
             command: DlqCommand::List(args),
         } => {
-            let (_, factory) = ops_setup(config_path)?;
-            ops::run_dlq_list(&args, &factory, &mut std::io::stdout()).await?;
+            let (config, factory) = ops_setup(config_path)?;
+            let sink = optional_sink_database(&config, &factory).await;
+            ops::run_dlq_list_with(&args, &factory, sink.as_ref(), &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq {
             command: DlqCommand::Redrive(args),
         } => {
-            let (_, factory) = ops_setup(config_path)?;
-            ops::run_dlq_redrive(&args, &factory, &mut std::io::stdout()).await?;
+            let (config, factory) = ops_setup(config_path)?;
+            let sink = match &config.sink {
+                Some(sink) => Some(
+                    ops::SinkDatabase::connect(sink, &factory)
+                        .await
+                        .context("`dlq redrive` re-applies the sink's dead letters")?,
+                ),
+                None => None,
+            };
+            let connectors = callsync_connectors::Connectors::from_config(
+                &config.connectors,
+                &Shutdown::new(),
+            )
+            .context(
+                "`dlq redrive` maps connector dead letters again with the `connectors` accounts",
+            )?;
+            let targets = ops::RedriveTargets {
+                sink,
+                connectors: Some(std::sync::Arc::new(connectors)),
+            };
+            ops::run_dlq_redrive_with(&args, &factory, &targets, &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail(args) => {
@@ -439,6 +465,22 @@ fn signal_shutdown() -> anyhow::Result<Shutdown> {
         .listen_for_signals()
         .context("installing the SIGTERM/SIGINT handlers")?;
     Ok(shutdown)
+}
+
+/// The sink's database when the config names one; a warning (and None) when it cannot be
+/// reached, so `status` and `dlq list` still show what Kafka holds.
+async fn optional_sink_database(
+    config: &CallsyncConfig,
+    factory: &KafkaClientFactory,
+) -> Option<ops::SinkDatabase> {
+    let sink = config.sink.as_ref()?;
+    match ops::SinkDatabase::connect(sink, factory).await {
+        Ok(db) => Some(db),
+        Err(e) => {
+            eprintln!("warning: the sink's database is not shown: {e}");
+            None
+        }
+    }
 }
 
 fn ops_setup(

@@ -9,6 +9,7 @@ pub mod read_to_end;
 pub mod secret;
 pub mod shutdown;
 pub mod step_watch;
+pub mod topic_id;
 pub mod topics;
 pub mod transactional_id;
 
@@ -17,6 +18,7 @@ pub use read_to_end::ReadToEndContext;
 pub use secret::Secret;
 pub use shutdown::Shutdown;
 pub use step_watch::StepWatch;
+pub use topic_id::{topic_id, TopicIdError};
 pub use topics::{
     ensure_catalogue, ensure_topics, names, CatalogueOptions, EnsureReport, TopicCatalogue,
     TopicSpec, TopicStatus,

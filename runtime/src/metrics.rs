@@ -21,6 +21,13 @@ pub const CIRCUIT_STATE: &str = "callsync_circuit_state";
 pub const SINK_BATCH_ROWS: &str = "callsync_sink_batch_rows";
 /// Sink batch commit latency in seconds.
 pub const SINK_BATCH_SECONDS: &str = "callsync_sink_batch_seconds";
+/// Partitions a sink instance holds, labelled `state`: `live`, `backfilling` (read from the
+/// earliest retained offset because the database had no offset for them, not yet at the end
+/// they had then) or `stopped` (the stored offset lies outside the partition or belongs to an
+/// earlier incarnation of the topic; see `callsync status`).
+pub const SINK_PARTITIONS: &str = "callsync_sink_partitions";
+/// Offsets a sink instance still has to read before its backfilling partitions are live.
+pub const SINK_BACKFILL_REMAINING: &str = "callsync_sink_backfill_remaining";
 /// Consumer lag, labelled `group`, `topic`, `partition`: the records a read_committed consumer
 /// still has to read after the group's committed offset (a tail of up to 64 offsets is read and
 /// counted, so a partition that ends in transaction markers shows 0 once consumed; beyond that,
