@@ -28,7 +28,8 @@ pub struct MeasuredProcess {
     pub cpu_secs: f64,
 }
 
-/// Another process and the CPU it (and the children it reaped) used during the measurement.
+/// Another process and the CPU its own threads used during the measurement (a process that
+/// started and ended within it is only in the machine's total).
 #[derive(Debug, Clone, Serialize)]
 pub struct OtherProcess {
     pub pid: u32,
@@ -104,9 +105,10 @@ impl MeasurementWindow {
             .iter()
             .filter(|(&pid, _)| !descends_from(&now, pid, &ours))
             .filter_map(|(&pid, t)| {
+                // its own threads only: a shell's reaped children include whole builds that
+                // began before the window
                 let before = self.processes.get(&pid).copied().unwrap_or_default();
-                let used =
-                    (t.own + t.reaped_children).saturating_sub(before.own + before.reaped_children);
+                let used = t.own.saturating_sub(before.own);
                 (used > 0).then(|| OtherProcess {
                     pid,
                     name: proc_usage::comm(pid),
