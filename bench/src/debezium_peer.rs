@@ -352,13 +352,19 @@ fn write_configs(
     Ok((worker, connector))
 }
 
-/// Runs the connector from an empty `calls` table until every call of `topic` is in it.
+/// Where the peer reads and writes.
+pub struct PeerTarget<'a> {
+    pub bootstrap: &'a str,
+    pub topic: &'a str,
+    pub database_url: &'a str,
+    /// the plugin path [`fetch`] returned
+    pub plugin_path: &'a Path,
+}
+
+/// Runs the connector from an empty `calls` table until every call of the topic is in it.
 pub async fn drain(
     pool: &sqlx::PgPool,
-    database_url: &str,
-    bootstrap: &str,
-    plugin_path: &Path,
-    topic: &str,
+    target: &PeerTarget<'_>,
     keys: &LandedKeys,
     servers: &Servers,
     config: &PeerConfig,
@@ -366,10 +372,10 @@ pub async fn drain(
     let work = tempfile::tempdir()?;
     let (worker, connector) = write_configs(
         work.path(),
-        bootstrap,
-        plugin_path,
-        topic,
-        database_url,
+        target.bootstrap,
+        target.plugin_path,
+        target.topic,
+        target.database_url,
         config,
     )?;
     let script = services::repo_root().join("scripts/kafka-connect.sh");

@@ -1,4 +1,4 @@
-//! `pipeline`: four figures.
+//! `pipeline`: five figures.
 //!
 //! 1. Records through calls.raw -> processor -> calls -> sink -> Postgres (in this process,
 //!    `--records`), against the floor cost of merely consuming the same records from Kafka.
@@ -6,10 +6,10 @@
 //!    every role, against the simulator, the real broker and Postgres: records/s until every
 //!    call is in Postgres, and that process's peak RSS (`VmHWM` from /proc, so the
 //!    benchmark's own clients are not counted).
-//! 2b. The CPU that backfill cost, per 1,000 calls and per process (callsync, the broker, the
+//! 3. The CPU that backfill cost, per 1,000 calls and per process (callsync, the broker, the
 //!    benchmark's own Postgres cluster, the simulator in this process), from /proc: which part
 //!    of the machine's budget is ours.
-//! 3. The same process started again on the same topics: its peak RSS until its processor has
+//! 4. The same process started again on the same topics: its peak RSS until its processor has
 //!    restored the dedup state of the whole backfill (the restore's buffers and the full state
 //!    together, which a restart of a loaded instance meets).
 

@@ -16,7 +16,7 @@ use callsync_testkit::{PgDurability, PgServer};
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use serde_json::json;
 
-use crate::debezium_peer::{self, PeerConfig};
+use crate::debezium_peer::{self, PeerConfig, PeerTarget};
 use crate::report::{BenchOutcome, Figure};
 use crate::sink_drain::{
     self, ChildPeakRss, InlineWatch, LandedKeys, MethodFigures, OwnCpu, Servers,
@@ -143,17 +143,13 @@ pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
         batch_rows: SINK_BATCH_ROWS,
     };
     sink_drain::empty_table(&db.pool).await?;
-    let peer = debezium_peer::drain(
-        &db.pool,
-        &db.url,
-        &bootstrap,
-        &plugin_path,
-        &peer_topic,
-        &keys,
-        &servers,
-        &peer_config,
-    )
-    .await?;
+    let target = PeerTarget {
+        bootstrap: &bootstrap,
+        topic: &peer_topic,
+        database_url: &db.url,
+        plugin_path: &plugin_path,
+    };
+    let peer = debezium_peer::drain(&db.pool, &target, &keys, &servers, &peer_config).await?;
     sink_drain::empty_table(&db.pool).await?;
     drop(store);
     db.drop_database()
