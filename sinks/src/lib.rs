@@ -7,6 +7,7 @@
 //! - [`sink`]: the consumer loop ([`run_sink`]); [`consumer`]: the Kafka
 //!   consumer thread and its rebalance handshake; [`dlq`]: dead letters.
 //! - [`bench_support`]: the sink benchmark's measurements.
+//! - [`row_security`]: row-level security on `calls` for multi-tenant readers.
 
 pub mod batch;
 pub mod bench_support;
@@ -16,6 +17,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod pg_copy;
 pub mod pg_store;
+pub mod row_security;
 pub mod sink;
 pub mod sqlite_store;
 pub mod store;
