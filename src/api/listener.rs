@@ -65,7 +65,7 @@ impl Default for ListenerLimits {
             request_timeout_secs: 30,
             body_timeout_secs: 10,
             max_connections: 1024,
-            max_connections_per_client: 64,
+            max_connections_per_client: 128,
             max_concurrent_requests: 256,
             max_headers: 64,
             max_header_bytes: 16 * 1024,

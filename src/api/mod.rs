@@ -252,6 +252,10 @@ async fn trigger_sync(
 ) -> Response {
     let Json(request) = match body {
         Ok(b) => b,
+        // 413 for a body past the limit, else 400
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, e.body_text())
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     let Some(publisher) = &state.publisher else {

@@ -40,10 +40,10 @@ pub struct WebhookConfig {
     #[serde(default = "default_burst")]
     pub burst: u32,
     /// Sustained requests per second per client address, before anything else is checked
-    /// (default 50).
+    /// (default 200: a provider sends the webhooks of all its accounts from a few addresses).
     #[serde(default = "default_per_client_requests_per_second")]
     pub per_client_requests_per_second: u32,
-    /// Burst above it per client address (default 200).
+    /// Burst above it per client address (default 400).
     #[serde(default = "default_per_client_burst")]
     pub per_client_burst: u32,
     /// Proxies (exact addresses) whose `X-Forwarded-For` names the client; empty: the peer
@@ -101,10 +101,10 @@ fn default_burst() -> u32 {
     200
 }
 fn default_per_client_requests_per_second() -> u32 {
-    50
+    200
 }
 fn default_per_client_burst() -> u32 {
-    200
+    400
 }
 fn default_tolerance_secs() -> u64 {
     300
