@@ -104,19 +104,25 @@ fn is_secret_param(name: &str) -> bool {
 /// `[redacted]`.
 pub fn redact_url(url: &reqwest::Url) -> String {
     let mut u = url.clone();
-    if u.query().is_some() {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if is_secret_param(&k) {
-                    REDACTED.to_string()
+    if let Some(query) = url.query() {
+        // pair by pair on the raw query, so the other values keep their exact encoding and
+        // the marker reads `[redacted]` (not form-encoded)
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let name = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair);
+                let decoded: String = url::form_urlencoded::parse(name.as_bytes())
+                    .map(|(k, _)| k.into_owned())
+                    .next()
+                    .unwrap_or_default();
+                if is_secret_param(&decoded) {
+                    format!("{name}={REDACTED}")
                 } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
+                    pair.to_string()
+                }
             })
             .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
+        u.set_query(Some(&redacted.join("&")));
     }
     let had_userinfo = !u.username().is_empty() || u.password().is_some();
     let _ = u.set_password(None);
@@ -525,7 +531,7 @@ mod tests {
         .unwrap();
         let r = redact_url(&u);
         assert!(!r.contains("s3cret"), "{r}");
-        assert!(r.contains("page=2"));
+        assert!(r.contains("api_key=[redacted]&page=2"), "{r}");
 
         let u = reqwest::Url::parse(
             "https://alice:pw0rd@acme.invoca.net/api?OAuth_Token=t0k&Key=k3y&company_id=7",
