@@ -738,6 +738,26 @@ mod tests {
     }
 
     #[test]
+    fn api_tokens_can_come_from_the_environment() {
+        // what a container without a config file sets (docs/security.md)
+        figment::Jail::expect_with(|jail| {
+            let sha = crate::api::auth::token_sha256_hex("env-token-0123456789abcdef0123456789");
+            jail.set_env("CALLSYNC__KAFKA__BOOTSTRAP_SERVERS", "kafka:9092");
+            jail.set_env(
+                "CALLSYNC__API__TOKENS",
+                format!("[{{name=\"ops\",sha256=\"{sha}\",scopes=[\"read\",\"operate\"]}}]"),
+            );
+            jail.set_env("CALLSYNC__API__LISTEN", "0.0.0.0:8081");
+            jail.set_env("CALLSYNC__WEBHOOKS__LISTEN", "0.0.0.0:8080");
+            let cfg = CallsyncConfig::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.api.tokens.len(), 1);
+            assert_eq!(cfg.api.tokens[0].sha256.as_deref(), Some(sha.as_str()));
+            assert_eq!(cfg.webhooks.listen.to_string(), "0.0.0.0:8080");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn durations_past_ten_years_and_bad_floats_are_named() {
         let f = write(
             "[kafka]\nbootstrap_servers = \"b:1\"\n\
