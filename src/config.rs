@@ -376,7 +376,10 @@ impl CallsyncConfig {
         let secret_env = env.clone().filter(|key| is_verbatim_key(key.as_str()));
         figment = figment.merge(env.filter(|key| !is_verbatim_key(key.as_str())));
         for (key, value) in secret_env.iter() {
-            figment = figment.merge(Serialized::default(key.as_str(), value));
+            figment = figment.merge(VerbatimEnv {
+                key: key.as_str().to_string(),
+                value,
+            });
         }
         let figment = resolve_encrypted(figment)?;
         Self::checked(figment)
@@ -456,6 +459,28 @@ impl CallsyncConfig {
 const VERBATIM_KEY_ENDINGS: [&str; 8] = [
     "key", "token", "secret", "password", "sha256", "url", "username", "_id",
 ];
+
+/// One environment override kept as the string it is (see [`VERBATIM_KEY_ENDINGS`]); its
+/// errors name the variable like those of figment's `Env`.
+struct VerbatimEnv {
+    key: String,
+    value: String,
+}
+
+impl figment::Provider for VerbatimEnv {
+    fn metadata(&self) -> figment::Metadata {
+        // no source: `describe` names the environment variable
+        figment::Metadata::named("environment variable")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let nested = figment::util::nest(&self.key, Value::from(self.value.clone()));
+        let dict = nested.into_dict().unwrap_or_default();
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
 
 fn is_verbatim_key(dotted: &str) -> bool {
     let last = dotted

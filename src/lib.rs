@@ -7,6 +7,7 @@ pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ops;
+pub mod role_health;
 pub mod roles;
 pub mod scheduler;
 pub mod secrets;

@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use callsync::cli::{self, BackfillArgs, EncryptArgs, SimulateArgs, SyncArgs};
+use callsync::cli::{self, BackfillArgs, ConfigCheckArgs, EncryptArgs, SimulateArgs, SyncArgs};
 use callsync::config::{CallsyncConfig, LogFormat};
 use callsync::demo::{run_demo, DemoArgs};
 use callsync::ops;
-use callsync::roles::{run_roles, Role};
+use callsync::role_health::{RoleFailed, RoleFailurePolicy};
+use callsync::roles::{run_roles_with, Role, RunOptions};
 use callsync::scheduler::TriggerRequest;
 use callsync_runtime::{ensure_catalogue, KafkaClientFactory, Shutdown};
 use callsync_sinks::row_security::{self, Account};
@@ -33,11 +34,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run roles until SIGTERM/SIGINT (default: all of them).
+    /// Run roles until SIGTERM/SIGINT (default: all of them). Exit code: 0 after a clean
+    /// stop, 1 when the roles could not start, 11-15 when a role failed (connector,
+    /// processor, sink, scheduler, api).
     Run {
         /// Comma-separated roles to run in this process.
         #[arg(long, value_delimiter = ',', default_values_t = Role::ALL.to_vec())]
         roles: Vec<Role>,
+        /// When one role fails: stop the others and exit (for a supervisor to restart), or
+        /// keep them running with `/readyz` answering 503 until the process is restarted.
+        #[arg(long, value_enum, default_value_t = RoleFailurePolicy::StopAll, env = "CALLSYNC_ON_ROLE_FAILURE")]
+        on_role_failure: RoleFailurePolicy,
+    },
+    /// Check a config (file + CALLSYNC__ environment) and print its effective settings.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Manage callsync's Kafka topics.
     Topics {
@@ -79,6 +91,13 @@ enum Command {
     },
     /// Decode a topic's records to JSON lines.
     Tail(ops::TailArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the config as `run` would; print the effective settings with
+    /// secrets redacted. Exit code 1, naming the key, when it is not valid.
+    Check(ConfigCheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,8 +216,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code_of(&e)
         }
+    }
+}
+
+/// A failed role's own code (11-15), else 1.
+fn exit_code_of(error: &anyhow::Error) -> ExitCode {
+    match error.downcast_ref::<RoleFailed>() {
+        Some(failed) => ExitCode::from(failed.role.exit_code()),
+        None => ExitCode::FAILURE,
     }
 }
 
@@ -282,13 +309,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let _ = callsync_runtime::metrics::prometheus();
     let config_path = cli.config.as_deref();
     match cli.command {
-        Command::Run { roles } => {
+        Command::Run {
+            roles,
+            on_role_failure,
+        } => {
             let config = load_config(config_path)?;
             let shutdown = Shutdown::new();
             shutdown
                 .listen_for_signals()
                 .context("installing the SIGTERM/SIGINT handlers")?;
-            run_roles(&config, &roles, shutdown).await?;
+            let options = RunOptions {
+                on_role_failure,
+                ..RunOptions::default()
+            };
+            run_roles_with(&config, &roles, shutdown, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check(args),
+        } => {
+            cli::config_check(config_path, &args, &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Db {
@@ -427,9 +467,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sink {
-            command: SinkCommand::Rewind(args),
+            command: SinkCommand::Rewind(mut args),
         } => {
             let (config, factory) = ops_setup(config_path)?;
+            if let Some(given) = &args.topic {
+                let named = ops::TopicName::resolve(factory.settings(), given);
+                eprintln!("sink rewind: {named}");
+                args.topic = Some(named.full);
+            }
             let sink = config
                 .sink
                 .as_ref()
@@ -437,26 +482,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool = sqlx::PgPool::connect(sink.database_url.expose())
                 .await
                 .context("connecting to the sink's Postgres database")?;
+            let mut args = args;
+            args.group.get_or_insert_with(|| sink.group.clone());
+            if args.topic.is_none() {
+                args.topic.clone_from(&sink.topic);
+            }
             ops::run_sink_rewind(&args, &factory, &pool, &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status(args) => {
-            let (_, factory) = ops_setup(config_path)?;
-            ops::run_status(&args, &factory, &mut std::io::stdout()).await?;
+        Command::Status(mut args) => {
+            let (config, factory) = ops_setup(config_path)?;
+            args.own_groups = own_groups(&config);
+            let sink = optional_sink_database(&config, &factory).await;
+            ops::run_status_with(&args, &factory, sink.as_ref(), &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq {
             command: DlqCommand::List(args),
         } => {
-            let (_, factory) = ops_setup(config_path)?;
-            ops::run_dlq_list(&args, &factory, &mut std::io::stdout()).await?;
+            let (config, factory) = ops_setup(config_path)?;
+            let sink = optional_sink_database(&config, &factory).await;
+            ops::run_dlq_list_with(&args, &factory, sink.as_ref(), &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq {
             command: DlqCommand::Redrive(args),
         } => {
-            let (_, factory) = ops_setup(config_path)?;
-            ops::run_dlq_redrive(&args, &factory, &mut std::io::stdout()).await?;
+            let (config, factory) = ops_setup(config_path)?;
+            let sink = match &config.sink {
+                Some(sink) => Some(
+                    ops::SinkDatabase::connect(sink, &factory)
+                        .await
+                        .context("`dlq redrive` re-applies the sink's dead letters")?,
+                ),
+                None => None,
+            };
+            let connectors = callsync_connectors::Connectors::from_config(
+                &config.connectors,
+                &Shutdown::new(),
+            )
+            .context(
+                "`dlq redrive` maps connector dead letters again with the `connectors` accounts",
+            )?;
+            let targets = ops::RedriveTargets {
+                sink,
+                connectors: Some(std::sync::Arc::new(connectors)),
+            };
+            ops::run_dlq_redrive_with(&args, &factory, &targets, &mut std::io::stdout()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail(args) => {
@@ -484,12 +556,41 @@ async fn run_sync(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The consumer groups of callsync's roles as `config` names them.
+fn own_groups(config: &CallsyncConfig) -> Vec<String> {
+    let mut groups = vec![config.processor.group_id.clone()];
+    groups.push(
+        config
+            .sink
+            .as_ref()
+            .map_or_else(|| "callsync-sink".to_string(), |sink| sink.group.clone()),
+    );
+    groups.push(config.workers.group_id.clone());
+    groups
+}
+
 fn signal_shutdown() -> anyhow::Result<Shutdown> {
     let shutdown = Shutdown::new();
     shutdown
         .listen_for_signals()
         .context("installing the SIGTERM/SIGINT handlers")?;
     Ok(shutdown)
+}
+
+/// The sink's database when the config names one; a warning (and None) when it cannot be
+/// reached, so `status` and `dlq list` still show what Kafka holds.
+async fn optional_sink_database(
+    config: &CallsyncConfig,
+    factory: &KafkaClientFactory,
+) -> Option<ops::SinkDatabase> {
+    let sink = config.sink.as_ref()?;
+    match ops::SinkDatabase::connect(sink, factory).await {
+        Ok(db) => Some(db),
+        Err(e) => {
+            eprintln!("warning: the sink's database is not shown: {e}");
+            None
+        }
+    }
 }
 
 fn ops_setup(

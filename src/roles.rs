@@ -1,15 +1,16 @@
 //! `callsync run --roles ...`: each role is a task under one shutdown signal.
 //!
 //! Every role scales by adding processes with the same config (they join the
-//! same consumer group). When one role fails, the others are asked to drain
-//! and stop, and the error is returned.
+//! same consumer group). Each role has a shutdown of its own under the process's; when one
+//! fails, [`RoleFailurePolicy`] decides whether the others drain and stop or go on, and the
+//! failure shows in `/readyz`, `callsync_role_up` and the exit code ([`crate::role_health`]).
 //!
 //! The roles `connector`, `scheduler` and `api` of one process share a provider
 //! registry (health), the connectors' clients, a sync publisher and one
 //! [`SyncStatusStore`] fed by `callsync.sync-events` (read to its end before the
 //! workers start, so a completed sync id is never run again).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use callsync_connectors::{
     run_sync, ClientError, Connectors, KafkaSyncStore, PageRequest, Scan, SyncDeps, SyncError,
 };
 use callsync_processors::ProcessorReport;
-use callsync_runtime::metrics::CONSUMER_LAG;
+use callsync_runtime::metrics::{CONSUMER_GROUP_MEMBERS, CONSUMER_LAG};
 use callsync_runtime::topics::names;
 use callsync_runtime::{Isolation, KafkaClientFactory, Shutdown};
 use callsync_schemas::{CallRecord, Provider, SyncRequest, WireFormat};
@@ -35,6 +36,7 @@ use crate::api::{
     self, listener, ApiAuth, ApiState, FnReadiness, KafkaReadiness, PostgresReadiness,
 };
 use crate::config::CallsyncConfig;
+use crate::role_health::{RoleFailed, RoleFailurePolicy, RoleHealth, RolesReadiness};
 use crate::scheduler::{
     follow_sync_events, run_health_checks, sync_events_consumer, worker_consumer, AvroSyncCodec,
     HealthProbe, KafkaSyncPublisher, ProbeError, ProviderRegistry, Scheduler, SchedulerConfig,
@@ -79,6 +81,18 @@ impl Role {
         }
     }
 
+    /// The exit code of a `callsync run` process whose role this is failed (11-15; 0 is a
+    /// clean stop, 1 an error before the roles ran, 2 a usage error).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Role::Connector => 11,
+            Role::Processor => 12,
+            Role::Sink => 13,
+            Role::Scheduler => 14,
+            Role::Api => 15,
+        }
+    }
+
     /// Whether the role needs the shared service parts (registry, sync status, connectors).
     fn is_service(self) -> bool {
         matches!(self, Role::Connector | Role::Scheduler | Role::Api)
@@ -103,6 +117,10 @@ pub struct RunOptions {
     pub status_store: Option<SyncStatusStore>,
     /// The provider registry the roles use (one is created when absent).
     pub registry: Option<ProviderRegistry>,
+    /// What happens to the other roles when one fails.
+    pub on_role_failure: RoleFailurePolicy,
+    /// Where the roles' states are kept (`/readyz`, `callsync_role_up`).
+    pub role_health: RoleHealth,
 }
 
 /// What the roles reported when they stopped.
@@ -140,9 +158,7 @@ pub async fn run_roles_with(
     roles.sort();
     roles.dedup();
     // Check every role's config before starting any, so a bad key fails at startup.
-    if roles.contains(&Role::Sink) && config.sink.is_none() {
-        anyhow::bail!("the sink role needs the `sink.database_url` key (set CALLSYNC__SINK__DATABASE_URL or [sink] database_url)");
-    }
+    check_roles_config(config, &roles)?;
     let schedules = if roles.contains(&Role::Scheduler) {
         Some(
             effective_scheduler_config(config)
@@ -154,6 +170,7 @@ pub async fn run_roles_with(
     };
     let factory = KafkaClientFactory::new(config.kafka.clone());
     let mut tasks: JoinSet<(Role, anyhow::Result<RoleOutput>)> = JoinSet::new();
+    report_process_metrics(&shutdown);
 
     let service = if roles.iter().any(|r| r.is_service()) {
         Some(
@@ -184,8 +201,11 @@ pub async fn run_roles_with(
         listeners = Some(ApiListeners { private, public });
     }
 
+    let health = options.role_health.clone();
+    let mut task_roles = HashMap::new();
     for &role in &roles {
-        let shutdown = shutdown.clone();
+        // a role may stop itself (e.g. a stuck connector) without stopping the others
+        let shutdown = shutdown.child();
         let factory = factory.clone();
         let config = config.clone();
         let service = service.clone();
@@ -195,21 +215,66 @@ pub async fn run_roles_with(
         } else {
             None
         };
-        tasks.spawn(async move {
+        let task = tasks.spawn(async move {
             let result = run_role(
                 role, &config, factory, shutdown, service, schedules, listener,
             )
             .await;
             (role, result)
         });
+        task_roles.insert(task.id(), role);
+        health.running(role);
         tracing::info!(role = %role, "role started");
     }
 
+    let (report, failure) = supervise_roles(
+        tasks,
+        &task_roles,
+        &shutdown,
+        options.on_role_failure,
+        &health,
+    )
+    .await;
+    if let Some(service) = service {
+        service.stop().await;
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(report),
+    }
+}
+
+/// Waits for every role task; the first failure is returned (as [`RoleFailed`], which gives
+/// the process its exit code). On a failure the other roles are stopped or kept running as
+/// `policy` says, and either way the log says which role failed and what happens to the rest.
+async fn supervise_roles(
+    mut tasks: JoinSet<(Role, anyhow::Result<RoleOutput>)>,
+    task_roles: &HashMap<tokio::task::Id, Role>,
+    shutdown: &Shutdown,
+    policy: RoleFailurePolicy,
+    health: &RoleHealth,
+) -> (RolesReport, Option<RoleFailed>) {
     let mut report = RolesReport::default();
-    let mut first_error = None;
+    let mut first_failure: Option<RoleFailed> = None;
     while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((role, Ok(output))) => {
+        let (role, result) = match joined {
+            Ok(done) => done,
+            Err(join_error) => match task_roles.get(&join_error.id()) {
+                // a panic is a failure of that role like any other
+                Some(&role) => (
+                    role,
+                    Err(anyhow::anyhow!("the role panicked: {join_error}")),
+                ),
+                None => {
+                    tracing::error!(error = %join_error, "a role task panicked; stopping every role");
+                    shutdown.trigger();
+                    continue;
+                }
+            },
+        };
+        match result {
+            Ok(output) => {
+                health.stopped(role);
                 tracing::info!(role = %role, "role stopped");
                 match output {
                     RoleOutput::Processor(r) => report.processor = Some(r),
@@ -217,24 +282,69 @@ pub async fn run_roles_with(
                     RoleOutput::None => {}
                 }
             }
-            Ok((role, Err(e))) => {
-                tracing::error!(role = %role, error = %format!("{e:#}"), "role failed; stopping the others");
-                shutdown.trigger();
-                first_error.get_or_insert(e.context(format!("role {role} failed")));
-            }
-            Err(join_error) => {
-                shutdown.trigger();
-                first_error.get_or_insert(anyhow::anyhow!("a role task panicked: {join_error}"));
+            Err(e) => {
+                health.failed(role, &e);
+                let others = health.running_roles();
+                let error = format!("{e:#}");
+                let code = role.exit_code();
+                match policy {
+                    _ if shutdown.is_triggered() || others.is_empty() => {
+                        tracing::error!(role = %role, %error, exit_code = code, "role failed");
+                    }
+                    RoleFailurePolicy::StopAll => {
+                        tracing::error!(role = %role, %error, stopping = ?others, exit_code = code,
+                            "role failed; stopping the healthy roles of this process with it (--on-role-failure stop-all)");
+                        shutdown.trigger();
+                    }
+                    RoleFailurePolicy::KeepOthers => {
+                        tracing::error!(role = %role, %error, running = ?others, exit_code = code,
+                            "role failed; the other roles keep running (--on-role-failure keep-others); /readyz answers 503 until the process is restarted");
+                    }
+                }
+                first_failure.get_or_insert(RoleFailed {
+                    role,
+                    message: error,
+                });
             }
         }
     }
-    if let Some(service) = service {
-        service.stop().await;
+    (report, first_failure)
+}
+
+/// Every check `run` makes of `config` before it starts `roles`, naming the key at fault
+/// (also `callsync config check`). Nothing is contacted.
+pub fn check_roles_config(config: &CallsyncConfig, roles: &[Role]) -> anyhow::Result<()> {
+    if roles.contains(&Role::Sink) {
+        let Some(sink) = &config.sink else {
+            anyhow::bail!("the sink role needs the `sink.database_url` key (set CALLSYNC__SINK__DATABASE_URL or [sink] database_url)");
+        };
+        let url = sink.database_url.expose();
+        if !["postgres://", "postgresql://", "sqlite:"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            // the URL may hold a password: never shown
+            anyhow::bail!(
+                "key `sink.database_url`: expected a postgres://, postgresql:// or sqlite: URL"
+            );
+        }
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(report),
+    if roles.contains(&Role::Processor) {
+        config
+            .processor
+            .check()
+            .context("invalid [processor] config")?;
     }
+    if roles.contains(&Role::Scheduler) {
+        effective_scheduler_config(config)
+            .schedules()
+            .context("invalid [scheduler] config")?;
+    }
+    if roles.iter().any(|r| r.is_service()) {
+        Connectors::from_config(&config.connectors, &Shutdown::new())
+            .context("invalid [connectors] config")?;
+    }
+    Ok(())
 }
 
 /// The api role's two listeners.
@@ -314,6 +424,7 @@ struct ServiceParts {
     publisher: Arc<KafkaSyncPublisher>,
     follow: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     follow_shutdown: Shutdown,
+    role_health: RoleHealth,
 }
 
 impl ServiceParts {
@@ -394,6 +505,7 @@ impl ServiceParts {
             publisher,
             follow: Arc::new(tokio::sync::Mutex::new(Some(follow))),
             follow_shutdown,
+            role_health: options.role_health.clone(),
         })
     }
 
@@ -736,6 +848,7 @@ async fn run_role(
                 .with_publisher(publisher)
                 .with_auth(auth);
             state.max_body_bytes = config.api.max_body_bytes;
+            state = with_role_readiness(state, &service.role_health);
             let readiness_timeout = Duration::from_secs(config.api.readiness_timeout_secs.max(1));
             state.readiness_timeout = readiness_timeout;
             let readiness_consumer: BaseConsumer = factory
@@ -794,8 +907,22 @@ async fn run_role(
     }
 }
 
+/// The process's memory gauges (the "RSS near its limit" alert), every 5 s until shutdown.
+fn report_process_metrics(shutdown: &Shutdown) {
+    tokio::spawn(callsync_runtime::process_memory::report_process_memory(
+        Duration::from_secs(5),
+        shutdown.clone(),
+    ));
+}
+
+/// `/readyz` also fails while a role of this process has failed.
+fn with_role_readiness(state: ApiState, health: &RoleHealth) -> ApiState {
+    state.with_readiness(Arc::new(RolesReadiness::new(health.clone())))
+}
+
 /// Sets `callsync_consumer_lag{group,topic,partition}` for the processor's and the sink's
-/// groups every `interval`: the records left to read after the group's committed offset.
+/// groups every `interval`: the records left to read after the group's committed offset; and
+/// `callsync_consumer_group_members{group}` for those two and the workers' group.
 async fn report_consumer_lag(
     config: CallsyncConfig,
     factory: KafkaClientFactory,
@@ -822,6 +949,19 @@ async fn report_consumer_lag(
             _ = shutdown.wait() => return,
             _ = ticker.tick() => {}
         }
+        let (factory2, mut member_groups) = (factory.clone(), groups.clone());
+        member_groups.push((config.workers.group_id.clone(), String::new()));
+        let members =
+            tokio::task::spawn_blocking(move || measure_members(&factory2, &member_groups)).await;
+        match members {
+            Ok(Ok(members)) => {
+                for (group, n) in members {
+                    metrics::gauge!(CONSUMER_GROUP_MEMBERS, "group" => group).set(n as f64);
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "counting consumer group members"),
+            Err(e) => tracing::debug!(error = %e, "consumer group members task"),
+        }
         let factory = factory.clone();
         let groups = groups.clone();
         let measured = tokio::task::spawn_blocking(move || measure_lag(&factory, &groups)).await;
@@ -836,6 +976,25 @@ async fn report_consumer_lag(
             Err(e) => tracing::debug!(error = %e, "consumer lag task"),
         }
     }
+}
+
+/// The members of each group (0 when it has none or does not exist).
+fn measure_members(
+    factory: &KafkaClientFactory,
+    groups: &[(String, String)],
+) -> anyhow::Result<Vec<(String, usize)>> {
+    // never subscribes: only asks the coordinators
+    let consumer: BaseConsumer = factory.create(
+        "group members probe",
+        &factory.consumer_config("callsync-group-members", Isolation::ReadCommitted),
+    )?;
+    groups
+        .iter()
+        .map(|(group, _)| {
+            let description = crate::ops::describe_group(&consumer, group, Duration::from_secs(5))?;
+            Ok((group.clone(), description.members.len()))
+        })
+        .collect()
 }
 
 type Lag = (String, String, i32, i64);

@@ -113,3 +113,87 @@ fn a_malformed_malloc_trim_period_is_refused_by_name() {
         assert!(out.status.success(), "{ok}: {out:?}");
     }
 }
+
+#[test]
+fn config_check_prints_the_effective_settings_without_secrets() {
+    let cfg = config_file(
+        "[kafka]\nbootstrap_servers = \"127.0.0.1:1\"\nsasl_password = \"kafka-pw\"\n\
+         [sink]\ndatabase_url = \"postgres://u:pg-pw@h/db\"\n",
+    );
+    let out = callsync()
+        .arg("--config")
+        .arg(cfg.path())
+        .env("CALLSYNC__PROCESSOR__BATCH_MAX_RECORDS", "500")
+        .args(["config", "check"])
+        .output()
+        .expect("run callsync");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("config OK for roles connector,processor,sink,scheduler,api"),
+        "{stdout}"
+    );
+    // file + environment + defaults
+    assert!(
+        stdout.contains("CALLSYNC__PROCESSOR__BATCH_MAX_RECORDS"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("batch_max_records: 500"), "{stdout}");
+    assert!(stdout.contains("transaction_timeout_ms: 10000"), "{stdout}");
+    assert!(
+        !stdout.contains("kafka-pw") && !stdout.contains("pg-pw"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[redacted]"), "{stdout}");
+}
+
+#[test]
+fn config_check_fails_naming_the_key() {
+    // the old docker-compose.yml's variable
+    let out = callsync()
+        .env("CALLSYNC__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .env("CALLSYNC__POSTGRES__URL", "postgres://u:pw@h/db")
+        .args(["config", "check"])
+        .output()
+        .expect("run callsync");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("postgres") && stderr.contains("CALLSYNC__POSTGRES"),
+        "{stderr}"
+    );
+
+    // a value serde takes but the processor cannot work with
+    let out = callsync()
+        .env("CALLSYNC__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .env("CALLSYNC__PROCESSOR__TRANSACTION_TIMEOUT_MS", "50")
+        .args(["config", "check", "--roles", "processor"])
+        .output()
+        .expect("run callsync");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("transaction_timeout_ms"), "{stderr}");
+
+    // the sink role without a database, a database URL that is no URL (never echoed)
+    let out = callsync()
+        .env("CALLSYNC__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .args(["config", "check", "--roles", "sink"])
+        .output()
+        .expect("run callsync");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sink.database_url"));
+    let out = callsync()
+        .env("CALLSYNC__KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .env("CALLSYNC__SINK__DATABASE_URL", "secret-password-not-a-url")
+        .args(["config", "check", "--roles", "sink"])
+        .output()
+        .expect("run callsync");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sink.database_url"), "{stderr}");
+    assert!(!stderr.contains("secret-password"), "{stderr}");
+}

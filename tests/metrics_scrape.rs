@@ -15,7 +15,7 @@
 
 mod service_support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use callsync::roles::Role;
@@ -269,7 +269,98 @@ async fn metrics_endpoint_reports_every_stage_after_real_traffic() {
         ) >= (WEBHOOK_CALLS + 1) as f64
     );
 
+    // every name the alert rules and the dashboard use is one /metrics exposes
+    deploy_files_use_exposed_metrics(&metrics);
+
     service.stop().await;
+}
+
+/// The `callsync_*` metric names in `text` (PromQL), histogram suffixes kept.
+fn metric_names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("callsync_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// deploy/prometheus/alerts.yml and deploy/grafana/callsync.json: each alert the runbooks
+/// promise is there, and every `callsync_*` series they query is one the running service
+/// exposes (a histogram's `_bucket`/`_sum`/`_count` counts as its family).
+fn deploy_files_use_exposed_metrics(metrics: &Exposition) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join("prometheus/alerts.yml")).expect("alerts.yml"),
+    )
+    .expect("alerts.yml is YAML");
+    let mut alerts = BTreeMap::new();
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = rule["alert"].as_str().expect("alert name").to_string();
+            let expr = rule["expr"].as_str().expect("expr").to_string();
+            assert!(
+                rule["labels"]["severity"].as_str().is_some()
+                    && rule["annotations"]["summary"].as_str().is_some(),
+                "{name} has a severity and a summary"
+            );
+            alerts.insert(name, expr);
+        }
+    }
+    for wanted in [
+        "CallsyncConsumerLagGrowing",
+        "CallsyncDeadLettersGrowing",
+        "CallsyncProviderDisabled",
+        "CallsyncSyncsFailing",
+        "CallsyncRoleFailed",
+        "CallsyncRoleWithoutMembers",
+        "CallsyncProcessDown",
+        "CallsyncMemoryNearLimit",
+        "CallsyncWebhook5xx",
+    ] {
+        assert!(alerts.contains_key(wanted), "alert {wanted} in alerts.yml");
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("grafana/callsync.json")).expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let mut queries: Vec<(String, String)> = alerts
+        .iter()
+        .map(|(name, expr)| (format!("alert {name}"), expr.clone()))
+        .collect();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            queries.push((
+                format!("panel {}", panel["title"]),
+                target["expr"].as_str().expect("expr").to_string(),
+            ));
+        }
+    }
+    assert!(queries.len() > alerts.len(), "the dashboard has queries");
+    let exposed = |name: &str| {
+        metrics.types.contains_key(name)
+            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .is_some_and(|family| metrics.kind(family) == Some("histogram"))
+            })
+    };
+    let mut missing = Vec::new();
+    for (place, expr) in &queries {
+        for name in metric_names_in(expr) {
+            if !exposed(&name) {
+                missing.push(format!("{place}: {name}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "metrics used in deploy/ that /metrics does not expose: {missing:?}"
+    );
 }
 
 async fn scrape(service: &Service) -> Exposition {

@@ -248,3 +248,67 @@ async fn replay_is_refused_while_the_group_has_members() {
         .expect("replay after the member left");
     assert!(report.applied);
 }
+
+/// One naming rule in the CLI: `replay --topic calls` with `kafka.topic_prefix` set takes the
+/// base name and adds the prefix (before, it answered "topic calls does not exist"), the full
+/// name works too, and the command says which it used. Run as users do: the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_takes_the_base_name_or_the_full_name_and_says_which() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let prefix = unique_prefix(&kafka, "ops-naming");
+    let f = factory(&kafka, &prefix);
+    let calls = f.settings().topic("calls");
+    kafka
+        .create_topic(&calls, 2, &[])
+        .await
+        .expect("create topic");
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("callsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{prefix}\"\n",
+            kafka.bootstrap()
+        ),
+    )
+    .expect("config");
+    let group = kafka.unique_group("analytics");
+    for (given, says) in [
+        (
+            "calls",
+            format!("topic {calls} (base name calls with kafka.topic_prefix \"{prefix}\")"),
+        ),
+        (
+            calls.as_str(),
+            format!("topic {calls} (full name, as given)"),
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callsync"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CALLSYNC") {
+                cmd.env_remove(key);
+            }
+        }
+        let out = cmd
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "replay",
+                "--group",
+                &group,
+                "--topic",
+                given,
+                "--to-earliest",
+                "--dry-run",
+            ])
+            .output()
+            .expect("run callsync replay");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "replay --topic {given}: {stderr}");
+        assert!(
+            stderr.contains(&says),
+            "replay --topic {given} says {says:?}: {stderr}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&calls));
+    }
+}

@@ -297,6 +297,8 @@ struct Ownership {
     members: BTreeMap<String, Vec<i32>>,
     /// partition -> committed offset.
     committed: BTreeMap<i32, i64>,
+    /// Partitions of the topic status lists.
+    partitions: usize,
 }
 
 impl Ownership {
@@ -309,11 +311,13 @@ impl Ownership {
             .unwrap_or_else(|| panic!("group {group} not in status: {report}"));
         let mut owners = BTreeMap::new();
         let mut committed = BTreeMap::new();
+        let mut partitions = 0;
         for t in g["topics"].as_array().expect("topics") {
             if t["topic"] != topic {
                 continue;
             }
             for p in t["partitions"].as_array().expect("partitions") {
+                partitions += 1;
                 let partition = p["partition"].as_i64().expect("partition") as i32;
                 if let Some(c) = p["committed"].as_i64() {
                     committed.insert(partition, c);
@@ -354,6 +358,7 @@ impl Ownership {
             owners,
             members,
             committed,
+            partitions,
         }
     }
 
@@ -368,7 +373,8 @@ impl Ownership {
         let owning: BTreeSet<&String> = self.owners.values().map(|(m, _)| m).collect();
         self.state == "Stable"
             && self.members.len() == n
-            && self.owners.len() == PARTITIONS as usize
+            && self.partitions > 0
+            && self.owners.len() == self.partitions
             && owning.len() == n
             && self.members.values().all(|parts| !parts.is_empty())
             && self
@@ -668,4 +674,706 @@ async fn one_to_three_sinks_and_back_mid_stream_keeps_the_table_exact_and_status
         want.len(),
         test_started.elapsed().as_secs_f64()
     );
+}
+
+// ------------------------------------------------------------------------ every role scaled
+
+/// Processes of one fleet: every one runs `callsync run --roles R` with the same config file,
+/// as ops scale a role (no per-process setting at all).
+struct Fleet {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    processor_group: String,
+    sink_group: String,
+}
+
+impl Fleet {
+    fn new(
+        bootstrap: &str,
+        prefix: &str,
+        db_url: &str,
+        processor_group: &str,
+        sink_group: &str,
+    ) -> Fleet {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+
+[kafka.client_properties]
+# the broker's minimum: a SIGKILLed process leaves its group 6 s after its last heartbeat
+"session.timeout.ms" = "6000"
+
+[processor]
+group_id = "{processor_group}"
+batch_max_time_ms = 100
+
+[sink]
+database_url = "{db_url}"
+group = "{sink_group}"
+batch_rows = 2000
+batch_max_ms = 200
+copy_threshold = 500
+max_connections = 2
+
+[log]
+filter = "warn"
+"#
+        );
+        Fleet::with_config(dir, &text, processor_group, sink_group)
+    }
+
+    fn with_config(
+        dir: tempfile::TempDir,
+        text: &str,
+        processor_group: &str,
+        sink_group: &str,
+    ) -> Fleet {
+        let config = dir.path().join("callsync.toml");
+        std::fs::write(&config, text).expect("config file");
+        Fleet {
+            dir,
+            config,
+            processor_group: processor_group.to_string(),
+            sink_group: sink_group.to_string(),
+        }
+    }
+
+    /// Starts `callsync run` with `args` and extra environment; `name` names its log file.
+    fn start_with(&self, name: &str, args: &[&str], env: &[(&str, String)]) -> SinkProcess {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut cmd = self.callsync();
+        cmd.arg("run").args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start callsync run");
+        SinkProcess {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn callsync(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_callsync"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CALLSYNC") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("RUST_LOG");
+        cmd.arg("--config").arg(&self.config);
+        cmd
+    }
+
+    /// Starts `callsync run --roles <role>`; `name` only names its log file.
+    fn start(&self, name: &str, role: &str) -> SinkProcess {
+        self.start_with(name, &["--roles", role], &[])
+    }
+
+    fn status(&self) -> Value {
+        let out = self
+            .callsync()
+            .args(["status", "--json"])
+            .output()
+            .expect("run callsync status");
+        assert!(
+            out.status.success(),
+            "callsync status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// Waits until `group` is stable with `n` members sharing every partition of `topic`.
+    fn wait_for_members(&self, group: &str, topic: &str, n: usize, phase: &str) {
+        let started = Instant::now();
+        loop {
+            let ownership = Ownership::from_status(&self.status(), group, topic);
+            if ownership.is_settled_with(n) {
+                eprintln!(
+                    "{phase}: {group} settled with {n} member(s) after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            assert!(
+                started.elapsed() < PHASE_TIMEOUT,
+                "{phase}: {group} did not settle with {n} members: {ownership:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// The processor group's committed offsets on `calls.raw` and the sink's offsets in Postgres
+/// on `calls`, per partition.
+async fn progress(
+    f: &KafkaClientFactory,
+    pool: &sqlx::PgPool,
+    fleet: &Fleet,
+) -> (BTreeMap<i32, i64>, BTreeMap<i32, i64>) {
+    let (f2, group, raw) = (
+        f.clone(),
+        fleet.processor_group.clone(),
+        f.settings().topic("calls.raw"),
+    );
+    let processed = blocking(move || committed(&f2, &group, &raw))
+        .await
+        .expect("join");
+    let stored: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition, next_offset FROM callsync_offsets WHERE consumer_group = $1",
+    )
+    .bind(&fleet.sink_group)
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    (processed, stored.into_iter().collect())
+}
+
+/// How long after `since` every partition of `before` moved past its offset there: the longest
+/// stall any partition saw.
+async fn longest_stall(
+    f: &KafkaClientFactory,
+    pool: &sqlx::PgPool,
+    fleet: &Fleet,
+    since: Instant,
+    bound: Duration,
+) -> (Duration, Duration) {
+    let (raw_before, sink_before) = progress(f, pool, fleet).await;
+    let mut raw_done: BTreeMap<i32, Duration> = BTreeMap::new();
+    let mut sink_done: BTreeMap<i32, Duration> = BTreeMap::new();
+    loop {
+        let (raw, sink) = progress(f, pool, fleet).await;
+        for (p, before) in &raw_before {
+            if raw.get(p).is_some_and(|now| now > before) {
+                raw_done.entry(*p).or_insert_with(|| since.elapsed());
+            }
+        }
+        for (p, before) in &sink_before {
+            if sink.get(p).is_some_and(|now| now > before) {
+                sink_done.entry(*p).or_insert_with(|| since.elapsed());
+            }
+        }
+        if raw_done.len() == PARTITIONS as usize && sink_done.len() == PARTITIONS as usize {
+            eprintln!("after the kill, partitions moved again: processor {raw_done:?}, sink {sink_done:?}");
+            let max = |m: &BTreeMap<i32, Duration>| m.values().copied().max().unwrap_or_default();
+            return (max(&raw_done), max(&sink_done));
+        }
+        assert!(
+            since.elapsed() < bound,
+            "partitions stalled longer than {bound:?} after a kill -9: processor moved {raw_done:?} \
+             of {raw_before:?}, sink moved {sink_done:?} of {sink_before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Three processor and three sink processes with one config file; one of each SIGKILLed and one
+/// of each added mid-stream, one of each stopped by SIGTERM; at the end the `calls` table is the
+/// newest version of every call, every column, and no process left except by a kill or a
+/// SIGTERM. On the code before per-run transactional ids this failed at once: the second
+/// processor's `init_transactions` (callsync-processor-0) fenced the first, which exited.
+///
+/// Also the bound the per-run ids cost: a SIGKILLed processor's open transaction is aborted by
+/// the broker after `processor.transaction_timeout_ms` (10 s), and its partitions move after
+/// the session timeout (6 s here); no partition (processor or sink) may stall longer than
+/// those two plus 20 s of slack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processors_and_three_sinks_with_one_config_survive_kills_and_additions() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let db = callsync_testkit::skip_unless_postgres!();
+    let test_started = Instant::now();
+    let prefix = unique_prefix(&kafka, "ops-fleet");
+    let f = factory(&kafka, &prefix);
+    callsync_runtime::ensure_catalogue(
+        &f,
+        &callsync_runtime::CatalogueOptions {
+            call_partitions: PARTITIONS,
+            calls_retention_days: 1,
+        },
+        TIMEOUT,
+    )
+    .await
+    .expect("topics");
+    let store = PgStore::connect(&db.url, 2, 500).await.expect("store");
+    store.migrate().await.expect("migrate");
+    let fleet = Arc::new(Fleet::new(
+        kafka.bootstrap(),
+        &prefix,
+        &db.url,
+        &kafka.unique_group("fleet-processor"),
+        &kafka.unique_group("fleet-sink"),
+    ));
+    eprintln!("config and logs in {}", path_of(fleet.dir.path()));
+    let raw = f.settings().topic("calls.raw");
+    let calls = f.settings().topic("calls");
+
+    let mut processes: Vec<SinkProcess> = Vec::new();
+    for i in 1..=3 {
+        processes.push(fleet.start(&format!("processor-{i}"), "processor"));
+        processes.push(fleet.start(&format!("sink-{i}"), "sink"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicUsize::new(0));
+    let producer = tokio::spawn(produce_stream(
+        f.clone(),
+        raw.clone(),
+        stop.clone(),
+        produced.clone(),
+    ));
+    let (fl, r, c) = (fleet.clone(), raw.clone(), calls.clone());
+    blocking(move || {
+        fl.wait_for_members(&fl.processor_group, &r, 3, "three processors");
+        fl.wait_for_members(&fl.sink_group, &c, 3, "three sinks");
+    })
+    .await
+    .expect("join");
+    for p in processes.iter_mut() {
+        p.assert_running();
+    }
+
+    // a processor and a sink die without a word, mid-stream
+    let killed_at = Instant::now();
+    let processor_2 = processes.remove(2);
+    let sink_2 = processes.remove(2);
+    processor_2.kill();
+    sink_2.kill();
+    let bound = Duration::from_secs(6 + 10 + 20);
+    let (processor_stall, sink_stall) = longest_stall(&f, &db.pool, &fleet, killed_at, bound).await;
+    eprintln!(
+        "kill -9 of one processor and one sink of three: longest stall {:.1}s (processor), {:.1}s (sink)",
+        processor_stall.as_secs_f64(),
+        sink_stall.as_secs_f64()
+    );
+
+    // one of each added, then one of each stopped cleanly
+    processes.push(fleet.start("processor-4", "processor"));
+    processes.push(fleet.start("sink-4", "sink"));
+    let (fl, r, c) = (fleet.clone(), raw.clone(), calls.clone());
+    blocking(move || {
+        fl.wait_for_members(&fl.processor_group, &r, 3, "a processor added");
+        fl.wait_for_members(&fl.sink_group, &c, 3, "a sink added");
+    })
+    .await
+    .expect("join");
+    // processes: processor-1, sink-1, processor-3, sink-3, processor-4, sink-4
+    let processor_3 = processes.remove(2);
+    let sink_3 = processes.remove(2);
+    for p in [processor_3, sink_3] {
+        let name = p.name.clone();
+        let status = blocking(move || p.terminate()).await.expect("join");
+        assert!(status.success(), "{name} stopped by SIGTERM: {status}");
+    }
+    let (fl, r, c) = (fleet.clone(), raw.clone(), calls.clone());
+    blocking(move || {
+        fl.wait_for_members(&fl.processor_group, &r, 2, "a processor stopped");
+        fl.wait_for_members(&fl.sink_group, &c, 2, "a sink stopped");
+    })
+    .await
+    .expect("join");
+
+    // the stream ends; the survivors catch up
+    stop.store(true, Ordering::SeqCst);
+    let records = producer.await.expect("producer");
+    let started = Instant::now();
+    loop {
+        let (f2, group, r) = (f.clone(), fleet.processor_group.clone(), raw.clone());
+        let processed: i64 = blocking(move || committed(&f2, &group, &r))
+            .await
+            .expect("join")
+            .values()
+            .sum();
+        if processed == records.len() as i64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PHASE_TIMEOUT,
+            "the processors did not catch up: {processed} of {} records",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // `calls` is written in transactions (it ends in commit markers): wait for the rows
+    let want = expected(&records);
+    let started = Instant::now();
+    let got = loop {
+        let got = store.all_calls().await.expect("all calls");
+        let exact = got.len() == want.len()
+            && got
+                .iter()
+                .all(|row| want.get(&row.record.key().into_string()) == Some(&row.record));
+        if exact || started.elapsed() > PHASE_TIMEOUT {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    exact_table_diff(&got, &want);
+
+    // nobody was fenced out: the survivors still run, then stop cleanly
+    for mut p in processes {
+        p.assert_running();
+        let log = p.log.clone();
+        let name = p.name.clone();
+        let status = blocking(move || p.terminate()).await.expect("join");
+        assert!(status.success(), "{name} stopped by SIGTERM: {status}");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !text.to_lowercase().contains("fenced"),
+            "{name} logged a fence: {text}"
+        );
+    }
+    eprintln!(
+        "fleet: {} records for {} calls through 3 -> 2 -> 3 -> 2 processors and sinks, table exact; {:.1}s",
+        records.len(),
+        want.len(),
+        test_started.elapsed().as_secs_f64()
+    );
+}
+
+/// A free port on 127.0.0.1 (bound, then released for a process to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `GET url`: status and body (`None` while nothing answers).
+async fn get(http: &reqwest::Client, url: &str) -> Option<(u16, String)> {
+    let response = http.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.unwrap_or_default()))
+}
+
+/// Waits until `process` exits on its own; its exit code.
+fn wait_exit(mut process: SinkProcess, within: Duration) -> Option<i32> {
+    let mut child = process.child.take().expect("running");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} did not exit within {within:?}: {}",
+                process.name,
+                std::fs::read_to_string(&process.log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A role that fails for a reason of its own (here: the processor fenced by another process
+/// that was given the same static `instance_id`) never takes the process's healthy roles down
+/// silently: with `--on-role-failure keep-others` the api goes on and `/readyz` answers 503
+/// naming the failed role, and the exit code at SIGTERM is the processor's (12); with the
+/// default (stop-all) the process logs which healthy roles it stops because of it and exits
+/// with 12 at once. Before this, a fenced processor ended its process with exit code 1 and
+/// the log line "role failed; stopping the others", and /readyz never said anything.
+/// The read token of `a_failed_role_shows_in_readyz_and_the_exit_code`'s processes.
+const READYZ_TOKEN: &str = "ops-scaling-readyz-token-0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_role_shows_in_readyz_and_the_exit_code() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let prefix = unique_prefix(&kafka, "ops-roles");
+    let f = factory(&kafka, &prefix);
+    callsync_runtime::ensure_catalogue(
+        &f,
+        &callsync_runtime::CatalogueOptions {
+            call_partitions: 2,
+            calls_retention_days: 1,
+        },
+        TIMEOUT,
+    )
+    .await
+    .expect("topics");
+    let group = kafka.unique_group("roles-processor");
+    let text = format!(
+        r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+
+[kafka.client_properties]
+"session.timeout.ms" = "6000"
+
+[processor]
+group_id = "{group}"
+# static membership: a second process with this id fences the first
+instance_id = "the-same"
+
+# /readyz needs a read token; the public webhook listener takes any free port
+[webhooks]
+listen = "127.0.0.1:0"
+
+[[api.tokens]]
+name = "test"
+token = "{READYZ_TOKEN}"
+scopes = ["read"]
+
+[log]
+filter = "info"
+"#,
+        bootstrap = kafka.bootstrap()
+    );
+    let fleet = Fleet::with_config(tempfile::tempdir().expect("dir"), &text, &group, "unused");
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {READYZ_TOKEN}").parse().expect("header"),
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .default_headers(auth)
+        .build()
+        .expect("http");
+    let api = |port: u16| ("CALLSYNC__API__LISTEN", format!("127.0.0.1:{port}"));
+
+    // A keeps its other roles when one fails
+    let port_a = free_port();
+    let a = fleet.start_with(
+        "a",
+        &[
+            "--roles",
+            "processor,api",
+            "--on-role-failure",
+            "keep-others",
+        ],
+        &[api(port_a)],
+    );
+    let ready_a = format!("http://127.0.0.1:{port_a}/readyz");
+    let started = Instant::now();
+    while get(&http, &ready_a).await.map(|(s, _)| s) != Some(200) {
+        assert!(started.elapsed() < PHASE_TIMEOUT, "a never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // B, with the same instance id, fences A's processor (B stops all on a failure)
+    let port_b = free_port();
+    let mut b = fleet.start_with("b", &["--roles", "processor,api"], &[api(port_b)]);
+    let started = Instant::now();
+    let body = loop {
+        b.assert_running();
+        produce(
+            &f,
+            &f.settings().topic("calls.raw"),
+            vec![(
+                "retreaver:a:fence".to_string(),
+                encode_to_vec(
+                    &sample_call(Provider::Retreaver, "a", "fence", 1),
+                    WireFormat::SingleObject,
+                )
+                .expect("encode"),
+                None,
+                None,
+                rdkafka::message::OwnedHeaders::new(),
+            )],
+        )
+        .await;
+        if let Some((503, body)) = get(&http, &ready_a).await {
+            break body;
+        }
+        assert!(
+            started.elapsed() < 2 * PHASE_TIMEOUT,
+            "a's /readyz never reported its failed processor: {}\n\nb's log: {}",
+            std::fs::read_to_string(fleet.dir.path().join("a.log")).unwrap_or_default(),
+            std::fs::read_to_string(&b.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(body.contains("role processor failed"), "{body}");
+    let health = get(&http, &format!("http://127.0.0.1:{port_a}/healthz")).await;
+    assert_eq!(health.map(|(s, _)| s), Some(200), "a's api still serves");
+
+    // C, with the same id again, fences B: B stops its api with it and exits with 12
+    let c = fleet.start_with("c", &["--roles", "processor"], &[]);
+    let b_log = b.log.clone();
+    let code_b = blocking(move || wait_exit(b, PHASE_TIMEOUT))
+        .await
+        .expect("join");
+    let log_b = std::fs::read_to_string(&b_log).unwrap_or_default();
+    assert_eq!(
+        code_b,
+        Some(12),
+        "b exits with the processor's code: {log_b}"
+    );
+    assert!(
+        log_b.contains("stopping the healthy roles") && log_b.contains("Api"),
+        "b says which healthy roles it stops: {log_b}"
+    );
+
+    // A, asked to stop, exits with its failed role's code
+    let code_a = blocking(move || a.terminate()).await.expect("join");
+    assert_eq!(code_a.code(), Some(12), "a exits with the processor's code");
+    let code_c = blocking(move || c.terminate()).await.expect("join");
+    assert!(code_c.success(), "c stopped cleanly: {code_c}");
+}
+
+/// The commands of docs/operations.md's "Scaling" block, run as written (the binary first on
+/// PATH, in a directory holding the test's `callsync.toml`): the one-shot commands must
+/// succeed, each `run` line becomes a process of its own, the groups settle with as many
+/// members as the block starts, and a process stopped with SIGTERM leaves its group cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_commands_run_as_written() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let db = callsync_testkit::skip_unless_postgres!();
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .expect("docs/operations.md");
+    let marker = "<!-- tests/ops_scaling.rs runs this block as written";
+    let block: Vec<&str> = docs[docs.find(marker).expect("the scaling block's marker")..]
+        .lines()
+        .skip_while(|l| !l.starts_with("```sh"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .collect();
+    assert!(block.len() >= 5, "the block: {block:?}");
+
+    let prefix = unique_prefix(&kafka, "ops-docs");
+    let processor_group = kafka.unique_group("docs-processor");
+    let sink_group = kafka.unique_group("docs-sink");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("callsync.toml"),
+        format!(
+            r#"[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "{prefix}"
+
+[kafka.client_properties]
+"session.timeout.ms" = "6000"
+
+[topics]
+call_partitions = 3
+calls_retention_days = 1
+
+[processor]
+group_id = "{processor_group}"
+
+[sink]
+database_url = "{db}"
+group = "{sink_group}"
+max_connections = 2
+
+[log]
+filter = "warn"
+"#,
+            bootstrap = kafka.bootstrap(),
+            db = db.url,
+        ),
+    )
+    .expect("config");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_callsync"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shell = |line: &str| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[0], "callsync", "a callsync command: {line}");
+        let mut cmd = Command::new(words[0]);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CALLSYNC") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("RUST_LOG")
+            .env("PATH", &path)
+            .current_dir(dir.path())
+            .args(&words[1..])
+            .stdin(Stdio::null());
+        cmd
+    };
+
+    let mut running = Vec::new();
+    let (mut processors, mut sinks) = (0usize, 0usize);
+    for (n, line) in block.iter().enumerate() {
+        if line.contains(" run ") {
+            let log = dir.path().join(format!("line-{n}.log"));
+            let child = shell(line)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            processors += usize::from(line.ends_with("--roles processor"));
+            sinks += usize::from(line.ends_with("--roles sink"));
+            running.push(SinkProcess {
+                name: line.to_string(),
+                child: Some(child),
+                log,
+            });
+        } else {
+            let out = shell(line)
+                .output()
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(
+                out.status.success(),
+                "`{line}` failed with {}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert!(
+        processors >= 2 && sinks >= 2,
+        "the block scales both roles: {block:?}"
+    );
+
+    // the groups settle with one member per process started
+    let fleet = Arc::new(Fleet::with_config(
+        tempfile::tempdir().expect("dir"),
+        &std::fs::read_to_string(dir.path().join("callsync.toml")).expect("config"),
+        &processor_group,
+        &sink_group,
+    ));
+    let (fl, p) = (fleet.clone(), prefix.clone());
+    blocking(move || {
+        fl.wait_for_members(
+            &fl.processor_group,
+            &format!("{p}calls.raw"),
+            processors,
+            "docs: processors",
+        );
+        fl.wait_for_members(&fl.sink_group, &format!("{p}calls"), sinks, "docs: sinks");
+    })
+    .await
+    .expect("join");
+
+    // scale in as the section says: SIGTERM one process, the others take its partitions
+    let first = running.remove(0);
+    let status = blocking(move || first.terminate()).await.expect("join");
+    assert!(status.success(), "a SIGTERMed process exits 0: {status}");
+    let (fl, p) = (fleet.clone(), prefix.clone());
+    blocking(move || {
+        fl.wait_for_members(
+            &fl.processor_group,
+            &format!("{p}calls.raw"),
+            processors - 1,
+            "docs: scaled in",
+        )
+    })
+    .await
+    .expect("join");
+    for mut process in running {
+        process.assert_running();
+        let status = blocking(move || process.terminate()).await.expect("join");
+        assert!(status.success(), "exits 0 on SIGTERM: {status}");
+    }
 }

@@ -124,6 +124,7 @@ async fn status_shows_lag_syncs_health_and_dlq_reasons_and_tail_decodes_calls() 
         groups: vec![group.clone()],
         dlq_scan_limit: 1_000,
         events_scan_limit: 1_000,
+        own_groups: Vec::new(),
     };
     let mut out = Vec::new();
     let report = run_status(&args, &f, &mut out).await.expect("status");

@@ -59,7 +59,6 @@ async fn records_produced_to_calls_raw_become_rows_in_postgres() {
     // a failing assertion must stop the stage, or the runtime waits for it forever
     let _stop_shutdown = shutdown.trigger_on_drop();
     let processor_config = ProcessorConfig {
-        instance_id: format!("e2e-{}", uuid::Uuid::new_v4().simple()),
         group_id: kafka.unique_group("e2e-processor"),
         ..ProcessorConfig::default()
     };

@@ -52,10 +52,7 @@ pub async fn run(records: usize, calls: u64) -> anyhow::Result<BenchOutcome> {
     let sink_config: SinkConfig = serde_json::from_value(json!({ "database_url": db.url }))?;
     let started = Instant::now();
     let processor = tokio::spawn(callsync_processors::run_processor(
-        ProcessorConfig {
-            instance_id: format!("bench-{}", std::process::id()),
-            ..ProcessorConfig::default()
-        },
+        ProcessorConfig::default(),
         factory.clone(),
         shutdown.clone(),
     ));

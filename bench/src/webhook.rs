@@ -380,7 +380,6 @@ fn service_config(
 ) -> anyhow::Result<CallsyncConfig> {
     let connectors = callsync::cli::connectors_for_simulator(sim, &[provider], 60_000.0);
     let mut processor = json!({
-        "instance_id": format!("bench-webhook-{run_id}"),
         "group_id": format!("bench-webhook-{run_id}-processor"),
     });
     if let Some(ms) = env_ms("CALLSYNC_BENCH_PROCESSOR_BATCH_MS")? {

@@ -74,7 +74,9 @@ pub struct SyncSettings {
     pub progress_every: u64,
     /// Timeout of one HTTP request.
     pub request_timeout_secs: u64,
-    /// Kafka `transactional.id` prefix; the id is `{prefix}-{provider}-{account}-{mode}`.
+    /// Kafka `transactional.id` prefix; the id is
+    /// `{kafka.topic_prefix}{prefix}-{provider}-{account}-{mode}` (one per sync scope, shared
+    /// by every connector process, so a zombie sync of the scope is fenced).
     pub transactional_id_prefix: String,
     /// Timeout for Kafka transaction calls and for reading the cursor topic to its end.
     pub kafka_timeout_secs: u64,

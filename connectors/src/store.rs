@@ -8,6 +8,12 @@
 //! read_committed read of `callsync.source-offsets` to its end. [`MemorySyncStore`] serves
 //! unit tests and the benchmark.
 //!
+//! The id is named after the scope, not the process
+//! (`{topic_prefix}{transactional_id_prefix}-{scope}`, [`TransactionalId::scoped`]): any number
+//! of connector processes share one config, and since one account's sync requests reach one
+//! worker at a time, two sessions of a scope meet only when one is a zombie (a worker that
+//! lost its requests' partition, or a killed one), which the newer one fences.
+//!
 //! A transactional call into librdkafka can block without a bound (see
 //! [`callsync_runtime::step_watch`]). The Kafka store gives `init_transactions` and each
 //! page's commit (begin, commit, abort) twice its timeout ([`KafkaSyncStore::stuck_after`]);
@@ -23,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use callsync_runtime::{names, Isolation, KafkaClientFactory, StepWatch};
+use callsync_runtime::{names, Isolation, KafkaClientFactory, StepWatch, TransactionalId};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -196,7 +202,12 @@ async fn run_watched<T: Send + 'static>(
 #[async_trait]
 impl SyncStore for KafkaSyncStore {
     async fn open(&self, scope: &str) -> Result<Arc<dyn SyncSession>, StoreError> {
-        let id = format!("{}-{}", self.transactional_id_prefix, scope);
+        let id = TransactionalId::scoped(
+            &self.factory.settings().topic_prefix,
+            &self.transactional_id_prefix,
+            scope,
+        )
+        .to_string();
         let factory = self.factory.clone();
         let timeout = self.timeout;
         let hang = self.faults.hang_in_open;

@@ -147,7 +147,11 @@ async fn a_stuck_commit_is_given_up_and_the_restart_fences_it() {
         } => {
             assert_eq!(*step, "commit_transaction");
             assert_eq!(scope, SCOPE);
-            assert_eq!(transactional_id, &format!("{txn_prefix}-{SCOPE}"));
+            // named after the scope, under the deployment's topic prefix
+            assert_eq!(
+                transactional_id,
+                &format!("{}{txn_prefix}-{SCOPE}", factory.settings().topic_prefix)
+            );
             assert!(*secs >= STUCK_AFTER.as_secs(), "{secs}");
         }
         other => panic!("expected Stuck, got {other:?}"),
@@ -252,4 +256,44 @@ async fn a_stuck_init_transactions_is_given_up() {
         "{err:?}"
     );
     assert!(started.elapsed() < HANG, "{:?}", started.elapsed());
+}
+
+/// Sessions are named after their scope under the deployment's topic prefix: two deployments
+/// sharing a cluster (and the default `transactional_id_prefix`) run the same scope without
+/// fencing each other, while a second session of the scope in one deployment still fences
+/// the first (a zombie sync). Before the prefix, the second deployment's open fenced the
+/// first's session and its next commit failed.
+#[tokio::test]
+async fn sessions_of_one_scope_fence_within_a_deployment_not_across_deployments() {
+    let Some(kafka) = callsync_testkit::real_kafka() else {
+        return;
+    };
+    let (prod, _) = setup(&kafka, "cs-conn-deploy-a").await;
+    let (staging, _) = setup(&kafka, "cs-conn-deploy-b").await;
+    let shared_prefix = kafka.unique_group("callsync-connector");
+    let a = KafkaSyncStore::new(prod.clone(), &shared_prefix, TIMEOUT);
+    let b = KafkaSyncStore::new(staging.clone(), &shared_prefix, TIMEOUT);
+    let first = a.open(SCOPE).await.expect("open in prod");
+    let other = b.open(SCOPE).await.expect("open in staging");
+    first
+        .commit(batch(&["p1"], 1))
+        .await
+        .expect("prod's session is not fenced by staging's");
+    other
+        .commit(batch(&["s1"], 1))
+        .await
+        .expect("staging's session commits");
+
+    // within one deployment, the newer session of the scope fences the older one
+    let newer = a.open(SCOPE).await.expect("a second session in prod");
+    assert!(
+        first.commit(batch(&["p2"], 2)).await.is_err(),
+        "the older session of a scope is fenced"
+    );
+    newer
+        .commit(batch(&["p3"], 2))
+        .await
+        .expect("the newer commits");
+    let raw = prod.settings().topic(names::CALLS_RAW);
+    assert_eq!(committed_keys(&prod, &raw), ["p1", "p3"]);
 }

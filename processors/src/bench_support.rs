@@ -218,7 +218,6 @@ pub async fn bench_processor(
     let counters = Arc::new(ProcessorCounters::default());
     let shutdown = Shutdown::new();
     let config = ProcessorConfig {
-        instance_id: format!("bench-{stamp}"),
         group_id: format!("bench-processor-{stamp}"),
         ..ProcessorConfig::default()
     };

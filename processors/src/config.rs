@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use callsync_runtime::names;
+use callsync_runtime::{names, TransactionalId};
 use serde::Deserialize;
+
+/// What every processor transactional id starts with (after the topic prefix).
+const TRANSACTIONAL_ID_BASE: &str = "callsync-processor";
 
 /// How strictly phone numbers are checked after they are parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -24,10 +27,14 @@ pub enum PhoneCheck {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorConfig {
-    /// Names this instance; its transactional id is
-    /// `{topic_prefix}callsync-processor-{instance_id}`, so it must be stable across
-    /// restarts and unique among running instances.
-    pub instance_id: String,
+    /// Unset (the default): every process gets a transactional id of its own
+    /// (`{topic_prefix}callsync-processor-{host}-{pid}-{random}`), so any number of processes
+    /// share one config; zombies are fenced by the consumer group's generation (KIP-447).
+    /// Set: a stable identity for static membership: the transactional id
+    /// `{topic_prefix}callsync-processor-{instance_id}` and the consumer's `group.instance.id`,
+    /// so a restarted instance fences its predecessor and takes its partitions back at once.
+    /// It must then be unique among running instances.
+    pub instance_id: Option<String>,
     /// The consumer group of all processor instances.
     pub group_id: String,
     /// Base names (the Kafka topic prefix is added) of the topics read and written.
@@ -56,6 +63,11 @@ pub struct ProcessorConfig {
     pub ttl_sweep_interval_secs: u64,
     /// Timeout of `init_transactions`, `send_offsets_to_transaction` and `commit_transaction`.
     pub commit_timeout_secs: u64,
+    /// `transaction.timeout.ms` of the producer: how long the broker lets a transaction stay
+    /// open before aborting it. A killed process's open transaction is never aborted by a
+    /// successor (ids are not reused), so this bounds how long read_committed readers of its
+    /// partitions (the sink, the next owner's state restore) wait behind it.
+    pub transaction_timeout_ms: u64,
     /// Longest wait for a partition's dedup state to be read back from its changelog.
     pub restore_timeout_secs: u64,
     /// Region (ISO 3166 alpha-2) for phone numbers written without a country code.
@@ -71,7 +83,7 @@ pub struct ProcessorConfig {
 impl Default for ProcessorConfig {
     fn default() -> Self {
         ProcessorConfig {
-            instance_id: "0".to_string(),
+            instance_id: None,
             group_id: "callsync-processor".to_string(),
             input_topic: names::CALLS_RAW.to_string(),
             output_topic: names::CALLS.to_string(),
@@ -84,6 +96,7 @@ impl Default for ProcessorConfig {
             dedup_ttl_secs: 35 * 24 * 60 * 60,
             ttl_sweep_interval_secs: 60,
             commit_timeout_secs: 30,
+            transaction_timeout_ms: 10_000,
             restore_timeout_secs: 300,
             default_phone_region: "US".to_string(),
             phone_check: PhoneCheck::Parseable,
@@ -110,8 +123,12 @@ impl ProcessorConfig {
             value: value.to_string(),
             reason,
         };
+        if let Some(instance) = &self.instance_id {
+            if instance.trim().is_empty() {
+                return Err(err("instance_id", instance, "must not be empty when set"));
+            }
+        }
         let names = [
-            ("instance_id", &self.instance_id),
             ("group_id", &self.group_id),
             ("input_topic", &self.input_topic),
             ("output_topic", &self.output_topic),
@@ -151,6 +168,16 @@ impl ProcessorConfig {
                 "must be at least 1",
             ));
         }
+        // a batch stays open up to `catch_up_batch_max_time_ms`, then commits
+        if self.transaction_timeout_ms < 1_000
+            || self.transaction_timeout_ms <= self.catch_up_batch_max_time_ms
+        {
+            return Err(err(
+                "transaction_timeout_ms",
+                &self.transaction_timeout_ms,
+                "must be at least 1000 and longer than catch_up_batch_max_time_ms",
+            ));
+        }
         if self.restore_timeout_secs == 0 {
             return Err(err(
                 "restore_timeout_secs",
@@ -168,10 +195,25 @@ impl ProcessorConfig {
         Ok(())
     }
 
-    /// The transactional id of this instance (stable across restarts, so a restarted
-    /// instance fences and aborts the transaction its dead predecessor left open).
-    pub fn transactional_id(&self, topic_prefix: &str) -> String {
-        format!("{topic_prefix}callsync-processor-{}", self.instance_id)
+    /// The transactional id of a new run: stable with `instance_id`, else unique to this run.
+    pub fn transactional_id(&self, topic_prefix: &str) -> TransactionalId {
+        match &self.instance_id {
+            Some(instance) => {
+                TransactionalId::stable(topic_prefix, TRANSACTIONAL_ID_BASE, instance)
+            }
+            None => TransactionalId::per_process(topic_prefix, TRANSACTIONAL_ID_BASE),
+        }
+    }
+
+    /// `group.instance.id` of the consumer: only with a configured `instance_id`.
+    pub fn group_instance_id(&self, topic_prefix: &str) -> Option<String> {
+        self.instance_id
+            .as_ref()
+            .map(|instance| format!("{topic_prefix}{TRANSACTIONAL_ID_BASE}-{instance}"))
+    }
+
+    pub fn transaction_timeout(&self) -> Duration {
+        Duration::from_millis(self.transaction_timeout_ms)
     }
 
     pub fn batch_max_time(&self) -> Duration {
@@ -247,11 +289,33 @@ mod tests {
         assert!(err.to_string().contains("\"XX\""), "{err}");
         let cfg: ProcessorConfig = toml::from_str("instance_id = \" \"").unwrap();
         assert_eq!(cfg.check().unwrap_err().key, "instance_id");
+        let cfg: ProcessorConfig = toml::from_str("transaction_timeout_ms = 100").unwrap();
+        assert_eq!(cfg.check().unwrap_err().key, "transaction_timeout_ms");
     }
 
     #[test]
-    fn transactional_id_is_stable_per_instance() {
+    fn transactional_id_is_stable_per_configured_instance() {
         let cfg: ProcessorConfig = toml::from_str("instance_id = \"p-2\"").unwrap();
-        assert_eq!(cfg.transactional_id("prod."), "prod.callsync-processor-p-2");
+        assert_eq!(
+            cfg.transactional_id("prod.").as_str(),
+            "prod.callsync-processor-p-2"
+        );
+        assert_eq!(cfg.transactional_id("prod."), cfg.transactional_id("prod."));
+        assert_eq!(
+            cfg.group_instance_id("prod.").as_deref(),
+            Some("prod.callsync-processor-p-2")
+        );
+    }
+
+    #[test]
+    fn without_an_instance_every_run_gets_its_own_transactional_id() {
+        // one config shared by any number of processes: no two runs may fence each other
+        let cfg: ProcessorConfig = toml::from_str("").unwrap();
+        let a = cfg.transactional_id("prod.");
+        let b = cfg.transactional_id("prod.");
+        assert_ne!(a, b);
+        assert!(a.as_str().starts_with("prod.callsync-processor-"), "{a}");
+        assert_eq!(cfg.group_instance_id("prod."), None, "dynamic membership");
+        assert_eq!(cfg.transaction_timeout(), Duration::from_secs(10));
     }
 }

@@ -50,6 +50,6 @@ pub enum ProcessorError {
     },
     #[error("the processor worker thread failed: {0}")]
     Worker(String),
-    #[error("the processor thread has been blocked in {step} for {secs} s, past its timeout (a librdkafka call that did not return); the instance stops so that a restart fences its transaction and resumes from the committed offsets")]
+    #[error("the processor thread has been blocked in {step} for {secs} s, past its timeout (a librdkafka call that did not return); the instance stops; its transaction is aborted by the broker (transaction timeout) or fenced by a restart with the same instance_id, and the next owner resumes from the committed offsets")]
     Stuck { step: &'static str, secs: u64 },
 }

@@ -1,8 +1,11 @@
 //! The exactly-once processor loop.
 //!
-//! - A transactional producer with a stable `transactional.id` per instance
-//!   (`{prefix}callsync-processor-{instance_id}`): a restarted instance's
-//!   `init_transactions` fences its dead predecessor and aborts the transaction it left open.
+//! - A transactional producer whose `transactional.id` is unique to the run by default, so any
+//!   number of processes share one config; a member that lost its partitions is fenced by
+//!   the group generation its offsets carry (KIP-447), and a killed run's open transaction is
+//!   aborted by the broker after `transaction_timeout_ms`. With a configured `instance_id`
+//!   the id is stable (`{prefix}callsync-processor-{instance_id}`, static membership): a
+//!   restarted instance's `init_transactions` fences its predecessor at once.
 //! - A `read_committed` consumer in the processor group, auto-commit off.
 //! - Per batch (closed at a record count, after a time, or as soon as the input is idle) one
 //!   transaction holding the records for `calls`, the DLQ records, the dedup changelog
@@ -10,8 +13,12 @@
 //!   metadata, so a member that lost its partitions cannot commit them).
 //! - Rebalances are handled in the consumer's context: before partitions are revoked the
 //!   batch in flight is committed (or aborted, when the assignment was lost) and their state
-//!   dropped; after partitions are assigned their state is restored from the changelog before
-//!   any of their records is processed.
+//!   dropped; after partitions are assigned the batch in flight is committed (no transaction
+//!   stays open through a restore) and their state is restored from the changelog before any
+//!   of their records is processed.
+//! - Every transaction carries consumed offsets with the group's metadata, the TTL sweep's
+//!   tombstones included (it re-commits the committed offsets), so nothing a member writes after
+//!   losing its partitions becomes visible.
 //! - A batch that fails with an abortable error is aborted, its staged state dropped, and its
 //!   partitions rewound to the batch's first offsets. A fenced or fatally failed producer
 //!   stops the instance without writing anything more.
@@ -147,7 +154,7 @@ fn run_blocking(
         dlq: settings.topic(&config.dlq_topic),
         state: settings.topic(&config.state_topic),
     };
-    let transactional_id = config.transactional_id(&settings.topic_prefix);
+    let transactional_id = config.transactional_id(&settings.topic_prefix).to_string();
     let pipeline = RecordPipeline::new(&config)?;
 
     // The queue keeps the factory's bounds (64 MiB, librdkafka's 100,000 messages): a batch
@@ -159,7 +166,16 @@ fn run_blocking(
     let mut producer_config = kafka.transactional_producer_config(&transactional_id);
     producer_config
         .set("batch.num.messages", "10000")
-        .set("batch.size", "1000000");
+        .set("batch.size", "1000000")
+        .set(
+            "transaction.timeout.ms",
+            config.transaction_timeout_ms.to_string(),
+        )
+        // librdkafka wants a record delivered (or failed) within its transaction's timeout
+        .set(
+            "message.timeout.ms",
+            config.transaction_timeout_ms.min(30_000).to_string(),
+        );
     for (k, v) in &settings.client_properties {
         producer_config.set(k, v);
     }
@@ -198,6 +214,9 @@ fn run_blocking(
     consumer_config
         .set("max.partition.fetch.bytes", "4194304")
         .set("fetch.wait.max.ms", "50");
+    if let Some(instance) = config.group_instance_id(&settings.topic_prefix) {
+        consumer_config.set("group.instance.id", instance);
+    }
     for (k, v) in &settings.client_properties {
         consumer_config.set(k, v);
     }
@@ -509,7 +528,9 @@ impl Engine {
             return Ok(());
         }
         if !self.partitions.contains_key(&partition) {
-            // not expected (assignment restores first), but never judge without state
+            // not expected (assignment restores first), but never judge without state; no
+            // transaction stays open through a restore
+            self.commit_batch(consumer, &[])?;
             self.restore(consumer, &[partition])?;
         }
         self.begin_batch()?;
@@ -700,6 +721,9 @@ impl Engine {
     /// own. The state holds keys as hashes, so their texts are read back from the changelog
     /// first ([`find_changelog_keys`]), after committing the batch in flight, whose open
     /// transaction would keep that read_committed reader from reaching the changelog's end.
+    /// The transaction also commits the partitions' committed offsets again, with the group's
+    /// metadata: a member that lost its partitions (evicted, not yet told) is fenced by the
+    /// group generation, and its tombstones are aborted with the transaction.
     fn sweep_expired(
         &mut self,
         consumer: &BaseConsumer<ProcessorContext>,
@@ -750,10 +774,23 @@ impl Engine {
         if found.is_empty() {
             return Ok(());
         }
+        let fence = match self.committed_positions(consumer) {
+            Ok(offsets) if !offsets.is_empty() => offsets,
+            Ok(_) => {
+                tracing::debug!("no committed offset to fence the sweep with; sweep skipped");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the committed offsets for the sweep failed; sweep skipped");
+                return Ok(());
+            }
+        };
         self.begin_batch()?;
         let Some(batch) = self.batch.as_mut() else {
             return Ok(());
         };
+        // committed again unchanged: only the group generation they carry matters
+        batch.next_offsets = fence;
         let mut expired = 0;
         for (partition, keys) in &found {
             let staged = batch.staged.entry(*partition).or_default();
@@ -769,6 +806,27 @@ impl Engine {
             "dedup entries expired (tombstones staged)"
         );
         self.commit_batch(consumer, &[])
+    }
+
+    /// The group's committed offsets of the partitions this member holds (those without one
+    /// left out).
+    fn committed_positions(
+        &self,
+        consumer: &BaseConsumer<ProcessorContext>,
+    ) -> Result<BTreeMap<i32, i64>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for &partition in self.partitions.keys() {
+            tpl.add_partition(&self.topics.input, partition);
+        }
+        let committed = consumer.committed_offsets(tpl, self.config.commit_timeout())?;
+        Ok(committed
+            .elements_for_topic(&self.topics.input)
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(offset) => Some((e.partition(), offset)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Write the batch's state changes and offsets and commit its transaction. On an
@@ -1057,6 +1115,11 @@ impl Engine {
             .filter(|p| !self.partitions.contains_key(p))
             .collect();
         tracing::info!(?assigned, restoring = ?new, "partitions assigned");
+        if !new.is_empty() {
+            // a restore can take seconds: the batch in flight must not stay open past the
+            // transaction timeout meanwhile
+            self.commit_batch(consumer, &[])?;
+        }
         self.restore(consumer, &new)
     }
 

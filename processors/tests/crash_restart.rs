@@ -35,7 +35,7 @@ fn processor_worker_process() {
     let mut settings = KafkaSettings::plaintext(bootstrap);
     settings.topic_prefix = prefix.to_string();
     let mut config = callsync_processors::ProcessorConfig {
-        instance_id: instance.to_string(),
+        instance_id: Some(instance.to_string()),
         group_id: group.to_string(),
         batch_max_time_ms: 100,
         restore_timeout_secs: 90,

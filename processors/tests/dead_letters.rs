@@ -135,7 +135,7 @@ async fn each_bad_record_lands_in_the_dlq_with_its_reason_and_field() {
     // a failing assertion must stop the stage, or the runtime waits for it forever
     let _stop_shutdown = shutdown.trigger_on_drop();
     let run = tokio::spawn(run_processor_with_counters(
-        fx.processor_config("dlq", &fx.kafka.unique_group("proc")),
+        fx.processor_config(&fx.kafka.unique_group("proc")),
         fx.factory.clone(),
         shutdown.clone(),
         counters.clone(),

@@ -53,7 +53,7 @@ async fn the_same_records_fed_twice_come_out_once_and_changes_pass() {
     let _stop_shutdown = shutdown.trigger_on_drop();
     let t1 = Instant::now();
     let run = tokio::spawn(run_processor_with_counters(
-        fx.processor_config("fed-twice", &group),
+        fx.processor_config(&group),
         fx.factory.clone(),
         shutdown.clone(),
         counters.clone(),
@@ -108,7 +108,7 @@ async fn two_instances_and_a_rebalance_mid_stream_lose_and_duplicate_nothing() {
     fx.produce_records(&records);
 
     let group = fx.kafka.unique_group("proc");
-    let mut config = fx.processor_config("a", &group);
+    let mut config = fx.processor_config(&group);
     // small batches so the stream is still flowing when the second instance joins
     config.batch_max_records = 500;
     let counters_a = Arc::new(ProcessorCounters::default());
@@ -131,8 +131,8 @@ async fn two_instances_and_a_rebalance_mid_stream_lose_and_duplicate_nothing() {
     let shutdown_b = Shutdown::new();
     // a failing assertion must stop the stage, or the runtime waits for it forever
     let _stop_shutdown_b = shutdown_b.trigger_on_drop();
-    let mut config_b = config.clone();
-    config_b.instance_id = "b".into();
+    // the same config: each run has a transactional id of its own
+    let config_b = config.clone();
     let run_b = tokio::spawn(run_processor_with_counters(
         config_b,
         fx.factory.clone(),
@@ -191,7 +191,9 @@ async fn a_fenced_instance_stops_without_writing() {
     };
     let fx = Fixture::new(kafka, 2).await;
     let group = fx.kafka.unique_group("proc");
-    let config = fx.processor_config("zombie", &group);
+    let mut config = fx.processor_config(&group);
+    // a stable id (static membership), so another producer can take it over
+    config.instance_id = Some("zombie".into());
     fx.produce_records(&(0..1_000).map(|i| call_record(i, 1)).collect::<Vec<_>>());
 
     let counters = Arc::new(ProcessorCounters::default());
@@ -211,7 +213,7 @@ async fn a_fenced_instance_stops_without_writing() {
 
     // a new producer with the same transactional id fences the running instance
     let factory = fx.factory.clone();
-    let transactional_id = config.transactional_id(fx.prefix());
+    let transactional_id = config.transactional_id(fx.prefix()).to_string();
     let _usurper = tokio::task::spawn_blocking(move || {
         factory
             .transactional_producer(&transactional_id, Duration::from_secs(30))
@@ -249,7 +251,7 @@ async fn a_lone_record_is_committed_once_the_input_is_idle_not_after_batch_max_t
     };
     let fx = Fixture::new(kafka, 1).await;
     let group = fx.kafka.unique_group("proc");
-    let mut config = fx.processor_config("idle", &group);
+    let mut config = fx.processor_config(&group);
     let batch_max_time = Duration::from_secs(10);
     config.batch_max_time_ms = batch_max_time.as_millis() as u64;
     let counters = Arc::new(ProcessorCounters::default());

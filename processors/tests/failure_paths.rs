@@ -88,7 +88,7 @@ async fn expired_entries_get_tombstones_and_their_keys_pass_again() {
     fx.produce_records(&records);
 
     let group = fx.kafka.unique_group("proc");
-    let mut config = fx.processor_config("ttl", &group);
+    let mut config = fx.processor_config(&group);
     config.dedup_ttl_secs = 2;
     config.ttl_sweep_interval_secs = 1;
     let counters = Arc::new(ProcessorCounters::default());
@@ -178,7 +178,7 @@ async fn an_aborted_batch_rewinds_to_its_first_offsets_and_drops_its_state() {
     let shutdown = Shutdown::new();
     let _stop_shutdown = shutdown.trigger_on_drop();
     let mut run = Some(tokio::spawn(run_processor_with_faults(
-        fx.processor_config("abort", &group),
+        fx.processor_config(&group),
         fx.factory.clone(),
         shutdown.clone(),
         counters.clone(),
@@ -231,7 +231,7 @@ async fn a_lost_assignment_aborts_the_batch_and_the_partitions_resume_exactly_on
     let counters = Arc::new(ProcessorCounters::default());
     let shutdown = Shutdown::new();
     let _stop_shutdown = shutdown.trigger_on_drop();
-    let mut config = fx.processor_config("lost", &group);
+    let mut config = fx.processor_config(&group);
     // the batch is still open when the stall begins
     config.batch_max_records = 50_000;
     config.batch_max_time_ms = 2_000;
@@ -282,7 +282,9 @@ async fn a_transaction_call_that_never_returns_stops_the_instance_and_a_new_one_
     let group = fx.kafka.unique_group("stuck");
     let shutdown = Shutdown::new();
     let _stop_shutdown = shutdown.trigger_on_drop();
-    let mut config = fx.processor_config("stuck", &group);
+    let mut config = fx.processor_config(&group);
+    // a stable id: the restarted instance fences the stuck one's transaction at once
+    config.instance_id = Some("stuck".into());
     // a call running twice this (4 s) is taken for one that will not return
     config.commit_timeout_secs = 2;
     // the hang ends after 8 s (a real one never does): the instance must have given up on
@@ -334,4 +336,81 @@ async fn a_transaction_call_that_never_returns_stops_the_instance_and_a_new_one_
     assert_eq!(report.emitted, N);
     assert_eq!(fx.committed_total(&group), N as i64);
     assert_calls_hold_each_key(&fx, N, 1);
+}
+
+/// The TTL sweep of a member that lost its partitions (evicted while it did not poll, not yet
+/// told) is fenced like its batches: the sweep's transaction carries the group's offsets, the
+/// stale generation is refused, and no tombstone of it becomes visible. On the code before the
+/// fix the sweep's transaction held no offsets and committed its tombstones (this test failed:
+/// `expired` = 1000 and 1000 tombstones in the changelog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ttl_sweep_of_a_member_that_lost_its_partitions_writes_no_tombstone() {
+    log_to_stderr();
+    let Some(kafka) = callsync_testkit::real_kafka() else {
+        return;
+    };
+    let fx = Fixture::new(kafka, 2).await;
+    const N: u64 = 1_000;
+    let first: Vec<_> = (0..N).map(|i| call_record(i, 1)).collect();
+    let second: Vec<_> = (N..2 * N).map(|i| call_record(i, 1)).collect();
+    fx.produce_records(&first);
+
+    // the group evicts a member that does not poll for 6 s (the broker's minimum session)
+    let mut settings = fx.factory.settings().clone();
+    for (k, v) in [
+        ("session.timeout.ms", "6000"),
+        ("max.poll.interval.ms", "6000"),
+    ] {
+        settings.client_properties.insert(k.into(), v.into());
+    }
+    let factory = KafkaClientFactory::new(settings);
+    let group = fx.kafka.unique_group("proc");
+    let counters = Arc::new(ProcessorCounters::default());
+    let shutdown = Shutdown::new();
+    let _stop_shutdown = shutdown.trigger_on_drop();
+    let mut config = fx.processor_config(&group);
+    // the first feed's entries expire during the stall, and a sweep is due right after it
+    config.dedup_ttl_secs = 4;
+    config.ttl_sweep_interval_secs = 1;
+    // the second feed's batch is still open when the stall begins
+    config.batch_max_records = 50_000;
+    config.batch_max_time_ms = 2_000;
+    let mut run = Some(tokio::spawn(run_processor_with_faults(
+        config,
+        factory,
+        shutdown.clone(),
+        counters.clone(),
+        ProcessorFaults {
+            stall_after_records: Some((N + 200, Duration::from_millis(9_000))),
+            ..ProcessorFaults::default()
+        },
+    )));
+    wait_until(
+        &mut run,
+        &counters,
+        "first feed committed",
+        Duration::from_secs(60),
+        |r| r.consumed >= N,
+    )
+    .await;
+    fx.produce_records(&second);
+    // stop while it stalls: after the stall it only ticks (batch, sweep) and then stops, so
+    // it never rejoins the group and sweeps as a member again
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = stop(&mut run, &shutdown).await;
+
+    assert!(
+        report.batches_aborted >= 2,
+        "the batch open through the stall and the sweep after it were both refused: {report:?}"
+    );
+    assert_eq!(report.expired, 0, "no tombstone committed: {report:?}");
+    let tombstones = fx
+        .read_topic(names::DEDUP_STATE)
+        .iter()
+        .filter(|r| r.value.is_none())
+        .count();
+    assert_eq!(
+        tombstones, 0,
+        "tombstones written by a member that had lost its partitions"
+    );
 }

@@ -21,11 +21,21 @@ pub const CIRCUIT_STATE: &str = "callsync_circuit_state";
 pub const SINK_BATCH_ROWS: &str = "callsync_sink_batch_rows";
 /// Sink batch commit latency in seconds.
 pub const SINK_BATCH_SECONDS: &str = "callsync_sink_batch_seconds";
+/// Partitions a sink instance holds, labelled `state`: `live`, `backfilling` (read from the
+/// earliest retained offset because the database had no offset for them, not yet at the end
+/// they had then) or `stopped` (the stored offset lies outside the partition or belongs to an
+/// earlier incarnation of the topic; see `callsync status`).
+pub const SINK_PARTITIONS: &str = "callsync_sink_partitions";
+/// Offsets a sink instance still has to read before its backfilling partitions are live.
+pub const SINK_BACKFILL_REMAINING: &str = "callsync_sink_backfill_remaining";
 /// Consumer lag, labelled `group`, `topic`, `partition`: the records a read_committed consumer
 /// still has to read after the group's committed offset (a tail of up to 64 offsets is read and
 /// counted, so a partition that ends in transaction markers shows 0 once consumed; beyond that,
 /// the high watermark minus the committed offset).
 pub const CONSUMER_LAG: &str = "callsync_consumer_lag";
+/// Members of each of callsync's consumer groups (processor, sink, workers), labelled
+/// `group`: a role whose processes are all gone shows 0.
+pub const CONSUMER_GROUP_MEMBERS: &str = "callsync_consumer_group_members";
 /// Records sent to the DLQ, labelled `stage`, `reason`.
 pub const DLQ_TOTAL: &str = "callsync_dlq_total";
 /// Seconds from `observed_at` to the database commit.

@@ -141,6 +141,7 @@ pub async fn measure_sink_drain(
         let offsets = OffsetCommit {
             consumer_group: "callsync-bench".into(),
             topic: topic.into(),
+            topic_id: None,
             advances: batch
                 .next_offsets()
                 .iter()
@@ -148,6 +149,7 @@ pub async fn measure_sink_drain(
                     partition,
                     expected: stored.get(&partition).copied(),
                     next_offset,
+                    backfill_until: None,
                 })
                 .collect(),
         };

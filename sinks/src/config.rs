@@ -64,6 +64,12 @@ pub struct SinkConfig {
     /// Retries of transient database and DLQ errors.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Milliseconds the consumer waits for the sink loop at a rebalance (the loop may be in
+    /// the middle of a batch). After that it goes on without the answer: partitions it was
+    /// given are assigned unread, and the loop seeks them to the stored offsets when it gets
+    /// to them.
+    #[serde(default = "default_rebalance_timeout_ms")]
+    pub rebalance_timeout_ms: u64,
 }
 
 /// Exponential backoff with jitter. Transient errors are retried until the
@@ -137,6 +143,9 @@ fn default_max_connections() -> u32 {
 fn default_true() -> bool {
     true
 }
+fn default_rebalance_timeout_ms() -> u64 {
+    30_000
+}
 fn default_initial_backoff_ms() -> u64 {
     100
 }
@@ -163,7 +172,12 @@ impl SinkConfig {
             row_level_security: false,
             group_instance_id: None,
             retry: RetryPolicy::default(),
+            rebalance_timeout_ms: default_rebalance_timeout_ms(),
         }
+    }
+
+    pub fn rebalance_timeout(&self) -> Duration {
+        Duration::from_millis(self.rebalance_timeout_ms.max(1))
     }
 
     pub fn batch_max_age(&self) -> Duration {

@@ -7,6 +7,12 @@
 //! order, with rebalance events in the same stream; the loop answers
 //! rebalances through a reply channel and sends commits back as commands.
 //!
+//! A handshake the loop does not answer within the timeout (it was busy, e.g. committing a
+//! large batch into a slow database) is given up by the poller, which must return to
+//! librdkafka: it assigns the partitions at their end and reads nothing the loop has not
+//! checked. The loop, when it reaches the stale event, learns from the [`Reply`] that nobody
+//! waits any more and seeks each partition to where the database says instead.
+//!
 //! Seeks go through a [`SeekBoard`] instead, because they must never be lost:
 //! every record carries the seek epoch its partition had when it was polled,
 //! and after asking for a seek the loop drops the records of older epochs
@@ -16,19 +22,34 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use tokio::sync::mpsc;
 
 use crate::batch::SourceRecord;
 use crate::config::IdleTiming;
+
+/// Where the poller starts a newly assigned partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The next offset stored in the database.
+    Offset(i64),
+    /// The earliest retained record (no stored offset).
+    Beginning,
+    /// Not read: assigned but paused (the stored offset does not fit the partition).
+    Paused,
+    /// Not known yet (the database did not answer): at the end, so nothing is read before
+    /// the loop checks the partition and seeks.
+    Unchecked,
+}
 
 /// What the poller tells the sink loop, in the order it happened.
 #[derive(Debug)]
@@ -41,18 +62,84 @@ pub enum PollerEvent {
     /// The consumer had nothing more to read (sent once after records were
     /// read): the batch in flight need not wait for its timer.
     Idle,
-    /// Partitions about to be assigned: answer with the stored next offset of
-    /// each partition that has one (the consumer starts there; the others at
-    /// Kafka's committed offset, else the earliest).
+    /// Partitions about to be assigned: answer where each starts.
     Assigned {
         partitions: Vec<i32>,
-        reply: SyncSender<BTreeMap<i32, i64>>,
+        reply: Reply<BTreeMap<i32, StartAt>>,
     },
     /// Partitions about to be taken away: finish or abort their batch, then answer.
     Revoked {
         partitions: Vec<i32>,
-        reply: SyncSender<()>,
+        reply: Reply<()>,
     },
+    /// The consumer stopped fetching a partition whose position is not in its range
+    /// (`auto.offset.reset=error`; librdkafka does not say which partition).
+    OffsetOutOfRange { message: String },
+}
+
+/// The answer slot of one rebalance handshake, shared by the poller (waiting, with a
+/// timeout) and the loop (answering). Either the answer arrives while the poller waits, or
+/// the poller gives up first and the loop learns so when it answers.
+#[derive(Debug)]
+pub struct Reply<T> {
+    slot: Arc<(Mutex<ReplyState<T>>, Condvar)>,
+}
+
+#[derive(Debug)]
+enum ReplyState<T> {
+    Waiting,
+    Answered(T),
+    Abandoned,
+}
+
+impl<T> Reply<T> {
+    fn new() -> (Self, Self) {
+        let slot = Arc::new((Mutex::new(ReplyState::Waiting), Condvar::new()));
+        (Reply { slot: slot.clone() }, Reply { slot })
+    }
+
+    /// The loop's answer; gives it back when the poller stopped waiting.
+    pub fn answer(self, value: T) -> Result<(), T> {
+        let (lock, ready) = &*self.slot;
+        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        match *state {
+            ReplyState::Waiting => {
+                *state = ReplyState::Answered(value);
+                ready.notify_all();
+                Ok(())
+            }
+            _ => Err(value),
+        }
+    }
+
+    /// The poller's wait; None (and the slot abandoned) after `timeout`.
+    fn wait(&self, timeout: Duration) -> Option<T> {
+        let (lock, ready) = &*self.slot;
+        let deadline = Instant::now() + timeout;
+        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if matches!(*state, ReplyState::Answered(_)) {
+                return match std::mem::replace(&mut *state, ReplyState::Abandoned) {
+                    ReplyState::Answered(value) => Some(value),
+                    _ => None,
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                *state = ReplyState::Abandoned;
+                return None;
+            }
+            state = ready
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn abandon(&self) {
+        let (lock, _) = &*self.slot;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = ReplyState::Abandoned;
+    }
 }
 
 /// What the sink loop asks of the consumer.
@@ -60,6 +147,8 @@ pub enum PollerEvent {
 pub enum PollerCommand {
     /// Commit these next offsets to Kafka (for lag tools).
     Commit(Vec<(i32, i64)>),
+    /// Stop fetching these partitions (they are stopped).
+    Pause(Vec<i32>),
 }
 
 /// The seeks the sink loop asked for and the ones the poller has made, per
@@ -122,8 +211,9 @@ impl SeekBoard {
         }
     }
 
-    /// A fresh assignment starts where the loop said (offsets read from the
-    /// database at that moment): it supersedes seeks asked for before.
+    /// A fresh assignment starts where the loop says: it supersedes seeks asked for before
+    /// it. Called before the handshake, so the seeks the loop asks for while answering a
+    /// handshake the poller gave up on are made.
     fn settle(&self, partitions: &[i32]) {
         let mut board = self.lock();
         for p in partitions {
@@ -171,31 +261,55 @@ impl SinkConsumerContext {
     }
 
     /// Send an event and wait for its answer, unless the sink is closing.
-    fn handshake<T>(&self, make: impl FnOnce(SyncSender<T>) -> PollerEvent) -> Option<T> {
+    fn handshake<T>(&self, make: impl FnOnce(Reply<T>) -> PollerEvent) -> Option<T> {
         if self.closing.load(Ordering::SeqCst) {
             return None;
         }
-        let (tx, rx) = sync_channel(1);
-        self.events.blocking_send(make(tx)).ok()?;
-        match rx.recv_timeout(self.handshake_timeout) {
-            Ok(answer) => Some(answer),
-            Err(e) => {
-                tracing::warn!(error = %e, "sink loop did not answer a rebalance in time");
-                None
-            }
+        let (mine, theirs) = Reply::new();
+        if self.events.blocking_send(make(theirs)).is_err() {
+            mine.abandon();
+            return None;
         }
+        let answer = mine.wait(self.handshake_timeout);
+        if answer.is_none() {
+            tracing::warn!(
+                timeout_ms = self.handshake_timeout.as_millis() as u64,
+                "sink loop did not answer a rebalance in time; it checks the partitions when it gets to it"
+            );
+        }
+        answer
     }
 
     /// Run the loop's queued commands on `consumer`.
     pub fn run_commands(&self, consumer: &BaseConsumer<SinkConsumerContext>) {
         let commands = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Ok(PollerCommand::Commit(offsets)) = commands.try_recv() {
-            let mut tpl = TopicPartitionList::new();
-            for (partition, next) in offsets {
-                let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
-            }
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                tracing::debug!(error = %e, "committing offsets to Kafka (advisory) failed");
+        while let Ok(command) = commands.try_recv() {
+            match command {
+                PollerCommand::Commit(offsets) => {
+                    let mut tpl = TopicPartitionList::new();
+                    for (partition, next) in offsets {
+                        let _ =
+                            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+                    }
+                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                        tracing::debug!(error = %e, "committing offsets to Kafka (advisory) failed");
+                    }
+                }
+                PollerCommand::Pause(partitions) => {
+                    let assigned = consumer
+                        .assignment()
+                        .map(|tpl| self.partitions(&tpl))
+                        .unwrap_or_default();
+                    let mut tpl = TopicPartitionList::new();
+                    for p in partitions.into_iter().filter(|p| assigned.contains(p)) {
+                        tpl.add_partition(&self.topic, p);
+                    }
+                    if tpl.count() > 0 {
+                        if let Err(e) = consumer.pause(&tpl) {
+                            tracing::warn!(error = %e, "pausing stopped partitions failed; their records are dropped");
+                        }
+                    }
+                }
             }
         }
         drop(commands);
@@ -250,15 +364,28 @@ impl ConsumerContext for SinkConsumerContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = self.partitions(tpl);
                 tracing::info!(?partitions, "partitions assigned");
+                self.seeks.settle(&partitions);
                 let answer = self.handshake(|reply| PollerEvent::Assigned {
                     partitions: partitions.clone(),
                     reply,
                 });
-                self.seeks.settle(&partitions);
-                if let Some(stored) = answer {
-                    for (partition, next) in stored {
-                        let _ =
-                            tpl.set_partition_offset(&self.topic, partition, Offset::Offset(next));
+                let mut paused = TopicPartitionList::new();
+                let mut reading = TopicPartitionList::new();
+                for &partition in &partitions {
+                    let start = answer
+                        .as_ref()
+                        .and_then(|a| a.get(&partition).copied())
+                        .unwrap_or(StartAt::Unchecked);
+                    let offset = match start {
+                        StartAt::Offset(next) => Offset::Offset(next),
+                        StartAt::Beginning => Offset::Beginning,
+                        StartAt::Paused | StartAt::Unchecked => Offset::End,
+                    };
+                    let _ = tpl.set_partition_offset(&self.topic, partition, offset);
+                    if start == StartAt::Paused {
+                        paused.add_partition(&self.topic, partition);
+                    } else {
+                        reading.add_partition(&self.topic, partition);
                     }
                 }
                 let result = if cooperative {
@@ -268,6 +395,17 @@ impl ConsumerContext for SinkConsumerContext {
                 };
                 if let Err(e) = result {
                     tracing::error!(error = %e, "assigning partitions failed");
+                }
+                // a partition paused in an earlier assignment stays paused otherwise
+                if reading.count() > 0 {
+                    if let Err(e) = consumer.resume(&reading) {
+                        tracing::warn!(error = %e, "resuming assigned partitions failed");
+                    }
+                }
+                if paused.count() > 0 {
+                    if let Err(e) = consumer.pause(&paused) {
+                        tracing::warn!(error = %e, "pausing stopped partitions failed; their records are dropped");
+                    }
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -339,6 +477,18 @@ pub fn poll_until_stopped(
                 let seek_epoch = context.seeks.applied(partition);
                 if events
                     .blocking_send(PollerEvent::Record { record, seek_epoch })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                // a partition's position left its range (auto.offset.reset=error): the loop
+                // finds which and stops it, or seeks it back where it belongs
+                if events
+                    .blocking_send(PollerEvent::OffsetOutOfRange {
+                        message: "a partition's position is outside its range".into(),
+                    })
                     .is_err()
                 {
                     break;

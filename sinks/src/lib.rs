@@ -6,6 +6,8 @@
 //!   rows and offsets in one transaction and the version guard.
 //! - [`sink`]: the consumer loop ([`run_sink`]); [`consumer`]: the Kafka
 //!   consumer thread and its rebalance handshake; [`dlq`]: dead letters.
+//! - [`partition_start`]: where a newly assigned partition is read from (stored offset,
+//!   backfill, or stopped when the offset does not fit the partition).
 //! - [`bench_support`]: the sink benchmark's measurements.
 //! - [`row_security`]: row-level security on `calls` for multi-tenant readers.
 
@@ -15,8 +17,10 @@ pub mod columns;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
+pub mod partition_start;
 pub mod pg_copy;
 pub mod pg_store;
+pub mod redrive;
 pub mod row_security;
 pub mod sink;
 pub mod sqlite_store;
@@ -27,12 +31,18 @@ use std::sync::Arc;
 
 pub use batch::{BatchLimits, DeadLetter, Pushed, RowKey, SinkBatch, SinkRow, SourceRecord};
 pub use config::{RetryPolicy, SinkConfig};
+pub use partition_start::{
+    classify, PartitionRange, PartitionStart, PartitionStopped, StopCause, TopicInspector,
+    TopicSnapshot,
+};
 pub use pg_store::{PgStore, PG_MIGRATOR};
+pub use redrive::{redrive_dead_letters, DeadLetterRedriveReport, RedriveOptions};
 pub use sink::{avro_decoder, run_sink, run_sink_with_decoder, CallDecoder, SinkError, SinkReport};
 pub use sqlite_store::{SqliteStore, SQLITE_MIGRATOR};
 pub use store::{
-    AppliedCounts, ApplyOutcome, CallStore, OffsetAdvance, OffsetCommit, OffsetConflict,
-    RejectedRow, StoreError, StoredCall,
+    AppliedCounts, ApplyOutcome, CallStore, DeadLetterCounts, DeadLetterId, DeadLetterQuery,
+    OffsetAdvance, OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow,
+    StoreError, StoredCall, StoredDeadLetter, StoredOffset,
 };
 
 /// Open the store `config.database_url` names: `postgres://` / `postgresql://`

@@ -14,10 +14,12 @@ use std::str::FromStr;
 
 use crate::batch::{SinkBatch, SinkRow};
 use crate::columns::{self, CALL_COLUMNS};
+use crate::dlq::reason_code;
 use crate::pg_copy::BinaryCopyWriter;
 use crate::store::{
-    is_row_error, AppliedCounts, ApplyOutcome, CallStore, OffsetCommit, OffsetConflict,
-    RejectedRow, StoreError, StoredCall,
+    is_row_error, AppliedCounts, ApplyOutcome, CallStore, DeadLetterCounts, DeadLetterId,
+    DeadLetterQuery, OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow,
+    StoreError, StoredCall, StoredDeadLetter, StoredOffset,
 };
 
 /// Postgres migrations (`callsync db migrate`).
@@ -114,20 +116,21 @@ impl PgStore {
         Ok(())
     }
 
-    async fn try_apply(
+    /// Upsert the batch's rows and write its ledger (offsets and dead letters, or redrive
+    /// marks) in one transaction; bisect when a row is refused.
+    async fn apply_with(
         &self,
         batch: &SinkBatch,
-        offsets: &OffsetCommit,
-    ) -> Result<ApplyOutcome, StoreError> {
+        ledger: Ledger<'_>,
+    ) -> Result<Outcome, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(|e| StoreError::from_sqlx("beginning the batch transaction", e))?;
-        let conflicts = advance_offsets(&mut tx, offsets).await?;
-        if !conflicts.is_empty() {
+        if let Some(conflict) = write_ledger(&mut tx, batch, ledger).await? {
             let _ = tx.rollback().await;
-            return Ok(ApplyOutcome::OffsetConflict(conflicts));
+            return Ok(Outcome::Conflict(conflict));
         }
         let rows: Vec<&SinkRow> = batch.rows().map(|(_, r)| r).collect();
         let mut counts = AppliedCounts::default();
@@ -144,7 +147,7 @@ impl PgStore {
                 }
                 Err(e) if is_row_error(&e) => {
                     let _ = tx.rollback().await;
-                    return self.bisect(batch, offsets).await;
+                    return self.bisect(batch, ledger).await;
                 }
                 Err(e) => return Err(StoreError::from_sqlx("upserting the batch into calls", e)),
             }
@@ -152,16 +155,12 @@ impl PgStore {
         tx.commit()
             .await
             .map_err(|e| StoreError::from_sqlx("committing the batch transaction", e))?;
-        Ok(ApplyOutcome::Committed(counts))
+        Ok(Outcome::Committed(counts))
     }
 
     /// Find the rows Postgres refuses: halve the batch under savepoints until
     /// each failing half is one row. Nothing is committed when a row is refused.
-    async fn bisect(
-        &self,
-        batch: &SinkBatch,
-        offsets: &OffsetCommit,
-    ) -> Result<ApplyOutcome, StoreError> {
+    async fn bisect(&self, batch: &SinkBatch, ledger: Ledger<'_>) -> Result<Outcome, StoreError> {
         let span = tracing::info_span!("bisect", rows = batch.row_count());
         let _guard = span.enter();
         let mut tx = self
@@ -169,10 +168,9 @@ impl PgStore {
             .begin()
             .await
             .map_err(|e| StoreError::from_sqlx("beginning the bisect transaction", e))?;
-        let conflicts = advance_offsets(&mut tx, offsets).await?;
-        if !conflicts.is_empty() {
+        if let Some(conflict) = write_ledger(&mut tx, batch, ledger).await? {
             let _ = tx.rollback().await;
-            return Ok(ApplyOutcome::OffsetConflict(conflicts));
+            return Ok(Outcome::Conflict(conflict));
         }
         let rows: Vec<&SinkRow> = batch.rows().map(|(_, r)| r).collect();
         let mut rejected = Vec::new();
@@ -209,16 +207,112 @@ impl PgStore {
         }
         if !rejected.is_empty() {
             let _ = tx.rollback().await;
-            return Ok(ApplyOutcome::Rejected(rejected));
+            return Ok(Outcome::Rejected(rejected));
         }
         tx.commit()
             .await
             .map_err(|e| StoreError::from_sqlx("committing the bisected batch", e))?;
-        Ok(ApplyOutcome::Committed(AppliedCounts {
+        Ok(Outcome::Committed(AppliedCounts {
             written,
             stale: rows.len() as u64 - written,
         }))
     }
+}
+
+/// What a transaction records besides the rows.
+#[derive(Debug, Clone, Copy)]
+enum Ledger<'a> {
+    /// The sink's batch: its offsets (compare-and-set) and its dead letters.
+    Batch(&'a OffsetCommit),
+    /// `dlq redrive`: the dead letters whose rows the batch carries.
+    Redrive(&'a RedriveMarks),
+}
+
+/// Why a ledger could not be written (nothing is).
+#[derive(Debug)]
+enum LedgerConflict {
+    Offsets(Vec<OffsetConflict>),
+    AlreadyRedriven,
+}
+
+/// The outcome of [`PgStore::apply_with`].
+#[derive(Debug)]
+enum Outcome {
+    Committed(AppliedCounts),
+    Rejected(Vec<RejectedRow>),
+    Conflict(LedgerConflict),
+}
+
+fn write_ledger<'a>(
+    conn: &'a mut PgConnection,
+    batch: &'a SinkBatch,
+    ledger: Ledger<'a>,
+) -> BoxFuture<'a, Result<Option<LedgerConflict>, StoreError>> {
+    Box::pin(async move {
+        match ledger {
+            Ledger::Batch(offsets) => {
+                let conflicts = advance_offsets(&mut *conn, offsets).await?;
+                if !conflicts.is_empty() {
+                    return Ok(Some(LedgerConflict::Offsets(conflicts)));
+                }
+                record_dead_letters(conn, offsets, batch).await?;
+                Ok(None)
+            }
+            Ledger::Redrive(marks) => {
+                let mut marked = 0u64;
+                for id in &marks.ids {
+                    marked += sqlx::query(
+                        "UPDATE callsync_dead_letters SET redriven_at = now(), \
+                         redrive_attempts = redrive_attempts + 1, last_redrive_error = NULL \
+                         WHERE consumer_group = $1 AND topic = $2 AND partition = $3 \
+                         AND kafka_offset = $4 AND redriven_at IS NULL",
+                    )
+                    .bind(&marks.consumer_group)
+                    .bind(&marks.topic)
+                    .bind(id.partition)
+                    .bind(id.offset)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| StoreError::from_sqlx("marking dead letters redriven", e))?
+                    .rows_affected();
+                }
+                Ok((marked != marks.ids.len() as u64).then_some(LedgerConflict::AlreadyRedriven))
+            }
+        }
+    })
+}
+
+/// Keep the batch's dead letters with its offsets. A record read again (after a rewind)
+/// and refused again replaces its earlier dead letter, pending and unpublished once more.
+fn record_dead_letters<'a>(
+    conn: &'a mut PgConnection,
+    offsets: &'a OffsetCommit,
+    batch: &'a SinkBatch,
+) -> BoxFuture<'a, Result<(), StoreError>> {
+    Box::pin(async move {
+        for letter in batch.dead_letters() {
+            sqlx::query(
+                "INSERT INTO callsync_dead_letters (consumer_group, topic, partition, kafka_offset, \
+                 record_key, value, reason, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (consumer_group, topic, partition, kafka_offset) DO UPDATE SET \
+                 record_key = EXCLUDED.record_key, value = EXCLUDED.value, reason = EXCLUDED.reason, \
+                 message = EXCLUDED.message, created_at = now(), published_at = NULL, \
+                 redrive_attempts = 0, last_redrive_error = NULL, redriven_at = NULL",
+            )
+            .bind(&offsets.consumer_group)
+            .bind(&offsets.topic)
+            .bind(letter.source.partition)
+            .bind(letter.source.offset)
+            .bind(letter.source.key.as_deref())
+            .bind(letter.source.payload.as_deref())
+            .bind(reason_code(&letter.reason))
+            .bind(&letter.reason)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| StoreError::from_sqlx("recording dead letters", e))?;
+        }
+        Ok(())
+    })
 }
 
 fn exec<'a>(
@@ -269,7 +363,8 @@ fn advance_offsets<'a>(
         for a in &advances {
             let moved = match a.expected {
                 Some(expected) => sqlx::query(
-                    "UPDATE callsync_offsets SET next_offset = $4, updated_at = now() \
+                    "UPDATE callsync_offsets SET next_offset = $4, updated_at = now(), \
+                     topic_id = COALESCE($6, topic_id) \
                  WHERE consumer_group = $1 AND topic = $2 AND partition = $3 AND next_offset = $5",
                 )
                 .bind(offsets.consumer_group.clone())
@@ -277,17 +372,20 @@ fn advance_offsets<'a>(
                 .bind(a.partition)
                 .bind(a.next_offset)
                 .bind(expected)
+                .bind(offsets.topic_id.as_deref())
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| StoreError::from_sqlx("advancing callsync_offsets", e))?,
                 None => sqlx::query(
-                    "INSERT INTO callsync_offsets (consumer_group, topic, partition, next_offset) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    "INSERT INTO callsync_offsets (consumer_group, topic, partition, next_offset, \
+                     topic_id, backfill_until) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                 )
                 .bind(offsets.consumer_group.clone())
                 .bind(offsets.topic.clone())
                 .bind(a.partition)
                 .bind(a.next_offset)
+                .bind(offsets.topic_id.as_deref())
+                .bind(a.backfill_until)
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| StoreError::from_sqlx("inserting into callsync_offsets", e))?,
@@ -623,20 +721,33 @@ impl CallStore for PgStore {
             })
     }
 
-    async fn load_offsets(
+    async fn load_partition_offsets(
         &self,
         consumer_group: &str,
         topic: &str,
-    ) -> Result<BTreeMap<i32, i64>, StoreError> {
-        let rows: Vec<(i32, i64)> = sqlx::query_as(
-            "SELECT partition, next_offset FROM callsync_offsets WHERE consumer_group = $1 AND topic = $2",
+    ) -> Result<BTreeMap<i32, StoredOffset>, StoreError> {
+        let rows: Vec<(i32, i64, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT partition, next_offset, topic_id, backfill_until FROM callsync_offsets \
+             WHERE consumer_group = $1 AND topic = $2",
         )
         .bind(consumer_group)
         .bind(topic)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| StoreError::from_sqlx("loading callsync_offsets", e))?;
-        Ok(rows.into_iter().collect())
+        Ok(rows
+            .into_iter()
+            .map(|(p, next_offset, topic_id, backfill_until)| {
+                (
+                    p,
+                    StoredOffset {
+                        next_offset,
+                        topic_id,
+                        backfill_until,
+                    },
+                )
+            })
+            .collect())
     }
 
     async fn apply(
@@ -644,7 +755,162 @@ impl CallStore for PgStore {
         batch: &SinkBatch,
         offsets: &OffsetCommit,
     ) -> Result<ApplyOutcome, StoreError> {
-        self.try_apply(batch, offsets).await
+        Ok(
+            match self.apply_with(batch, Ledger::Batch(offsets)).await? {
+                Outcome::Committed(counts) => ApplyOutcome::Committed(counts),
+                Outcome::Rejected(rows) => ApplyOutcome::Rejected(rows),
+                Outcome::Conflict(LedgerConflict::Offsets(c)) => ApplyOutcome::OffsetConflict(c),
+                Outcome::Conflict(LedgerConflict::AlreadyRedriven) => {
+                    ApplyOutcome::OffsetConflict(Vec::new())
+                }
+            },
+        )
+    }
+
+    async fn dead_letters(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let (after_partition, after_offset) = query
+            .after
+            .map_or((i32::MIN, i64::MIN), |a| (a.partition, a.offset));
+        let rows = sqlx::query(
+            "SELECT partition, kafka_offset, record_key, value, reason, message, created_at, \
+             published_at, redrive_attempts, last_redrive_error, redriven_at \
+             FROM callsync_dead_letters WHERE consumer_group = $1 AND topic = $2 \
+             AND (NOT $3 OR redriven_at IS NULL) AND (NOT $4 OR published_at IS NULL) \
+             AND (cardinality($5::int4[]) = 0 OR partition = ANY($5)) \
+             AND ($6::text IS NULL OR reason = $6) AND (partition, kafka_offset) > ($7, $8) \
+             ORDER BY partition, kafka_offset LIMIT $9",
+        )
+        .bind(consumer_group)
+        .bind(topic)
+        .bind(query.pending_only)
+        .bind(query.unpublished_only)
+        .bind(&query.partitions)
+        .bind(query.reason.as_deref())
+        .bind(after_partition)
+        .bind(after_offset)
+        .bind(query.limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("reading callsync_dead_letters", e))?;
+        rows.iter()
+            .map(|row| {
+                let get = |column: &'static str, e: sqlx::Error| StoreError::Decode {
+                    column,
+                    key: format!("dead letter of {topic}"),
+                    message: e.to_string(),
+                };
+                macro_rules! col {
+                    ($name:literal) => {
+                        row.try_get($name).map_err(|e| get($name, e))?
+                    };
+                }
+                Ok(StoredDeadLetter {
+                    consumer_group: consumer_group.to_string(),
+                    topic: topic.to_string(),
+                    id: DeadLetterId {
+                        partition: col!("partition"),
+                        offset: col!("kafka_offset"),
+                    },
+                    key: col!("record_key"),
+                    value: col!("value"),
+                    reason: col!("reason"),
+                    message: col!("message"),
+                    created_at: col!("created_at"),
+                    published_at: col!("published_at"),
+                    redrive_attempts: col!("redrive_attempts"),
+                    last_redrive_error: col!("last_redrive_error"),
+                    redriven_at: col!("redriven_at"),
+                })
+            })
+            .collect()
+    }
+
+    async fn count_dead_letters(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+    ) -> Result<DeadLetterCounts, StoreError> {
+        let (total, pending, unpublished): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE redriven_at IS NULL), \
+             count(*) FILTER (WHERE published_at IS NULL) \
+             FROM callsync_dead_letters WHERE consumer_group = $1 AND topic = $2",
+        )
+        .bind(consumer_group)
+        .bind(topic)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("counting callsync_dead_letters", e))?;
+        Ok(DeadLetterCounts {
+            total,
+            pending,
+            unpublished,
+        })
+    }
+
+    async fn mark_dead_letters_published(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+        ids: &[DeadLetterId],
+    ) -> Result<(), StoreError> {
+        let partitions: Vec<i32> = ids.iter().map(|i| i.partition).collect();
+        let offsets: Vec<i64> = ids.iter().map(|i| i.offset).collect();
+        sqlx::query(
+            "UPDATE callsync_dead_letters d SET published_at = now() \
+             FROM UNNEST($3::int4[], $4::int8[]) AS u(partition, kafka_offset) \
+             WHERE d.consumer_group = $1 AND d.topic = $2 AND d.partition = u.partition \
+             AND d.kafka_offset = u.kafka_offset AND d.published_at IS NULL",
+        )
+        .bind(consumer_group)
+        .bind(topic)
+        .bind(partitions)
+        .bind(offsets)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("marking dead letters published", e))?;
+        Ok(())
+    }
+
+    async fn redrive(
+        &self,
+        batch: &SinkBatch,
+        marks: &RedriveMarks,
+    ) -> Result<RedriveOutcome, StoreError> {
+        Ok(
+            match self.apply_with(batch, Ledger::Redrive(marks)).await? {
+                Outcome::Committed(counts) => RedriveOutcome::Committed(counts),
+                Outcome::Rejected(rows) => RedriveOutcome::Rejected(rows),
+                Outcome::Conflict(_) => RedriveOutcome::AlreadyRedriven,
+            },
+        )
+    }
+
+    async fn record_redrive_failure(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+        id: DeadLetterId,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE callsync_dead_letters SET redrive_attempts = redrive_attempts + 1, \
+             last_redrive_error = $5 WHERE consumer_group = $1 AND topic = $2 AND partition = $3 \
+             AND kafka_offset = $4 AND redriven_at IS NULL",
+        )
+        .bind(consumer_group)
+        .bind(topic)
+        .bind(id.partition)
+        .bind(id.offset)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("recording a failed redrive", e))?;
+        Ok(())
     }
 
     async fn get(

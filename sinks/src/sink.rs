@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callsync_runtime::metrics::{
-    END_TO_END_SECONDS, RECORDS_TOTAL, SINK_BATCH_ROWS, SINK_BATCH_SECONDS,
+    END_TO_END_SECONDS, RECORDS_TOTAL, SINK_BACKFILL_REMAINING, SINK_BATCH_ROWS,
+    SINK_BATCH_SECONDS, SINK_PARTITIONS,
 };
 use callsync_runtime::topics::names;
 use callsync_runtime::{ClientError, Isolation, KafkaClientFactory, Shutdown};
@@ -21,9 +22,17 @@ use crate::batch::{BatchLimits, SinkBatch, SourceRecord};
 use crate::config::SinkConfig;
 use crate::consumer::{
     poll_until_stopped, send_command, PollerCommand, PollerEvent, SeekBoard, SinkConsumerContext,
+    StartAt,
 };
-use crate::dlq::{DeadLetterQueue, DlqError};
-use crate::store::{ApplyOutcome, CallStore, OffsetAdvance, OffsetCommit, StoreError};
+use crate::dlq::{
+    count_dead_letters, DeadLetterQueue, DlqError, DlqMessage, REASON_DATABASE_REJECTED,
+    REASON_EMPTY_VALUE, REASON_UNDECODABLE,
+};
+use crate::partition_start::{classify, PartitionStart, TopicInspector, TopicSnapshot};
+use crate::store::{
+    ApplyOutcome, CallStore, DeadLetterId, DeadLetterQuery, OffsetAdvance, OffsetCommit,
+    StoreError, StoredDeadLetter,
+};
 
 /// Turns a Kafka value into a record; the error text goes to the DLQ.
 pub type CallDecoder = Arc<dyn Fn(&[u8]) -> Result<CallRecord, String> + Send + Sync>;
@@ -43,11 +52,20 @@ pub struct SinkReport {
     /// Records dropped because they were read before a seek the sink asked for
     /// (they are read again from the seek's offset).
     pub records_before_seek: u64,
+    /// Records dropped because their partition is stopped (see [`PartitionStart`]).
+    pub records_of_stopped_partitions: u64,
+    /// Partitions stopped because their stored offset did not fit them.
+    pub partitions_stopped: u64,
+    /// Partitions read from the earliest retained record for want of a stored offset.
+    pub partitions_backfilled: u64,
     pub batches_committed: u64,
     pub rows_written: u64,
     /// Rows the version guard left alone (the table held a newer version).
     pub rows_stale: u64,
+    /// Dead letters committed with their batch (kept in the database).
     pub dead_letters: u64,
+    /// Dead letters published to the DLQ topic.
+    pub dead_letters_published: u64,
     /// Batches (or parts) dropped because another instance had moved the offsets.
     pub offset_conflicts: u64,
     pub transient_retries: u64,
@@ -125,9 +143,12 @@ pub async fn run_sink_with_decoder(
         command_rx,
         seeks.clone(),
         closing,
-        Duration::from_secs(30),
+        config.rebalance_timeout(),
     );
+    let inspector = TopicInspector::new(&kafka, &config.group, topic.clone())?;
     let mut consumer_config = kafka.consumer_config(&config.group, Isolation::ReadCommitted);
+    // a stored offset outside the partition is an error to report, never a silent jump
+    consumer_config.set("auto.offset.reset", "error");
     if let Some(id) = &config.group_instance_id {
         consumer_config.set("group.instance.id", id);
     }
@@ -170,7 +191,10 @@ pub async fn run_sink_with_decoder(
         commands: command_tx,
         seeks,
         shutdown,
+        inspector,
+        topic_id: None,
         partitions: HashMap::new(),
+        unpublished: false,
         report: SinkReport::default(),
     };
     let result = sink.run(event_rx).await;
@@ -178,6 +202,9 @@ pub async fn run_sink_with_decoder(
     let _ = tokio::task::spawn_blocking(move || poller.join()).await;
     result.map(|()| sink.report)
 }
+
+/// How often partitions assigned while the database did not answer are checked again.
+const UNVERIFIED_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Records the poller may hand ahead of the loop: an eighth of a batch (256..=2048).
 ///
@@ -199,6 +226,22 @@ struct PartitionState {
     accept_from: i64,
     /// Whether `stored` was read from the database for this assignment.
     verified: bool,
+    /// While backfilling: the end offset the partition had when the backfill began.
+    backfill_until: Option<i64>,
+    /// The stored offset does not fit the partition: nothing of it is read.
+    stopped: bool,
+}
+
+impl PartitionState {
+    fn unverified() -> Self {
+        PartitionState {
+            stored: None,
+            accept_from: 0,
+            verified: false,
+            backfill_until: None,
+            stopped: false,
+        }
+    }
 }
 
 struct SinkLoop {
@@ -210,8 +253,13 @@ struct SinkLoop {
     commands: SyncSender<PollerCommand>,
     seeks: Arc<SeekBoard>,
     shutdown: Shutdown,
+    inspector: TopicInspector,
+    /// The topic's id as last read (stored with the offsets).
+    topic_id: Option<String>,
     batch: SinkBatch,
     partitions: HashMap<i32, PartitionState>,
+    /// Dead letters committed but not published yet (Kafka refused them): retried.
+    unpublished: bool,
     report: SinkReport,
 }
 
@@ -226,8 +274,11 @@ enum FlushMode {
 
 impl SinkLoop {
     async fn run(&mut self, mut events: mpsc::Receiver<PollerEvent>) -> Result<(), SinkError> {
+        let mut checks = tokio::time::interval(UNVERIFIED_CHECK_INTERVAL);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.batch.deadline();
+            let unverified = self.partitions.values().any(|s| !s.verified);
             tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => break,
@@ -242,17 +293,28 @@ impl SinkLoop {
                     // Nothing more to read now: commit rather than wait for the timer.
                     Some(PollerEvent::Idle) => self.flush(FlushMode::Normal).await?,
                     Some(PollerEvent::Assigned { partitions, reply }) => {
-                        let stored = self.assigned(&partitions).await;
-                        let _ = reply.send(stored);
+                        let starts = self.assigned(&partitions).await;
+                        if let Err(starts) = reply.answer(starts) {
+                            // the poller gave up waiting and assigned them unread: seek
+                            // each where the database says
+                            tracing::warn!(?partitions, "handling a stale assignment: seeking to the stored offsets");
+                            self.start_by_seeking(&starts);
+                        }
+                        self.publish_pending(&partitions).await;
                     }
                     Some(PollerEvent::Revoked { partitions, reply }) => {
                         self.revoked(&partitions).await;
-                        let _ = reply.send(());
+                        let _ = reply.answer(());
+                    }
+                    Some(PollerEvent::OffsetOutOfRange { message }) => {
+                        tracing::warn!(%message, "checking the partitions' offsets");
+                        self.check_positions().await;
                     }
                 },
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     self.flush(FlushMode::Normal).await?;
                 }
+                _ = checks.tick(), if unverified => self.verify_unverified().await,
             }
         }
         // Shutdown: commit what is in flight if we can, else leave it for the next run.
@@ -263,31 +325,17 @@ impl SinkLoop {
         Ok(())
     }
 
-    /// Offsets stored for newly assigned partitions (the consumer seeks there).
-    async fn assigned(&mut self, partitions: &[i32]) -> BTreeMap<i32, i64> {
+    /// Where newly assigned partitions start, from the offsets stored in the database and
+    /// the partitions' ranges now.
+    async fn assigned(&mut self, partitions: &[i32]) -> BTreeMap<i32, StartAt> {
         let loaded = tokio::time::timeout(
             Duration::from_secs(10),
-            self.store.load_offsets(&self.config.group, &self.topic),
+            self.store
+                .load_partition_offsets(&self.config.group, &self.topic),
         )
         .await;
-        match loaded {
-            Ok(Ok(stored)) => {
-                for &p in partitions {
-                    let s = stored.get(&p).copied();
-                    self.partitions.insert(
-                        p,
-                        PartitionState {
-                            stored: s,
-                            accept_from: s.unwrap_or(0),
-                            verified: true,
-                        },
-                    );
-                }
-                stored
-                    .into_iter()
-                    .filter(|(p, _)| partitions.contains(p))
-                    .collect()
-            }
+        let stored = match loaded {
+            Ok(Ok(stored)) => stored,
             other => {
                 let error = match other {
                     Ok(Err(e)) => e.to_string(),
@@ -295,18 +343,198 @@ impl SinkLoop {
                 };
                 tracing::warn!(%error, ?partitions, "stored offsets unavailable at assignment; checked before the first record");
                 for &p in partitions {
-                    self.partitions.insert(
-                        p,
-                        PartitionState {
-                            stored: None,
-                            accept_from: 0,
-                            verified: false,
-                        },
-                    );
+                    self.partitions.insert(p, PartitionState::unverified());
                 }
-                BTreeMap::new()
+                self.update_gauges();
+                return partitions
+                    .iter()
+                    .map(|&p| (p, StartAt::Unchecked))
+                    .collect();
+            }
+        };
+        let snapshot = self.inspector.snapshot(partitions.to_vec()).await;
+        let starts = partitions
+            .iter()
+            .map(|&p| (p, self.start_partition(p, stored.get(&p), &snapshot)))
+            .collect();
+        self.update_gauges();
+        starts
+    }
+
+    /// Decide how `partition` starts and remember it.
+    fn start_partition(
+        &mut self,
+        partition: i32,
+        stored: Option<&crate::store::StoredOffset>,
+        snapshot: &TopicSnapshot,
+    ) -> StartAt {
+        if snapshot.topic_id.is_some() {
+            self.topic_id = snapshot.topic_id.clone();
+        }
+        let (state, start) = match classify(
+            &self.config.group,
+            &self.topic,
+            partition,
+            stored,
+            snapshot,
+        ) {
+            PartitionStart::Resume {
+                next_offset,
+                backfill_until,
+            } => (
+                PartitionState {
+                    stored: Some(next_offset),
+                    accept_from: next_offset,
+                    verified: true,
+                    backfill_until,
+                    stopped: false,
+                },
+                StartAt::Offset(next_offset),
+            ),
+            PartitionStart::Backfill { from, until } => {
+                tracing::info!(
+                    topic = %self.topic,
+                    partition,
+                    from = ?from,
+                    until = ?until,
+                    "no stored offset: backfilling the partition from its earliest retained record"
+                );
+                self.report.partitions_backfilled += 1;
+                (
+                    PartitionState {
+                        stored: None,
+                        accept_from: from.unwrap_or(0),
+                        verified: true,
+                        backfill_until: until.filter(|&u| u > from.unwrap_or(0)),
+                        stopped: false,
+                    },
+                    StartAt::Beginning,
+                )
+            }
+            PartitionStart::Stopped(stop) => {
+                tracing::error!(
+                    topic = %self.topic,
+                    partition,
+                    stored = stop.next_offset,
+                    low = stop.range.low,
+                    high = stop.range.high,
+                    fix = %stop.fix_command(),
+                    "{stop}"
+                );
+                self.report.partitions_stopped += 1;
+                (
+                    PartitionState {
+                        stored: stored.map(|s| s.next_offset),
+                        accept_from: i64::MAX,
+                        verified: true,
+                        backfill_until: None,
+                        stopped: true,
+                    },
+                    StartAt::Paused,
+                )
+            }
+        };
+        self.partitions.insert(partition, state);
+        start
+    }
+
+    /// Make the starts of a handshake the poller gave up on: seek, or pause.
+    fn start_by_seeking(&mut self, starts: &BTreeMap<i32, StartAt>) {
+        let mut paused = Vec::new();
+        for (&p, start) in starts {
+            match start {
+                StartAt::Offset(next) => {
+                    self.seeks.request(p, Some(*next));
+                }
+                StartAt::Beginning => {
+                    self.seeks.request(p, None);
+                }
+                StartAt::Paused => paused.push(p),
+                // checked before the first record is taken (`verify`)
+                StartAt::Unchecked => {}
             }
         }
+        if !paused.is_empty() {
+            send_command(&self.commands, PollerCommand::Pause(paused));
+        }
+    }
+
+    /// The consumer stopped a partition whose position left its range: find which (its
+    /// next offset is outside the range now: stop it) and seek the others where they were.
+    async fn check_positions(&mut self) {
+        let owned: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| s.verified && !s.stopped)
+            .map(|(p, _)| *p)
+            .collect();
+        if owned.is_empty() {
+            return;
+        }
+        let snapshot = self.inspector.snapshot(owned.clone()).await;
+        let mut paused = Vec::new();
+        for p in owned {
+            let Some(state) = self.partitions.get(&p).copied() else {
+                continue;
+            };
+            let position = crate::store::StoredOffset {
+                next_offset: state.accept_from,
+                topic_id: self.topic_id.clone(),
+                backfill_until: None,
+            };
+            match classify(
+                &self.config.group,
+                &self.topic,
+                p,
+                Some(&position),
+                &snapshot,
+            ) {
+                PartitionStart::Stopped(stop) => {
+                    tracing::error!(
+                        topic = %self.topic,
+                        partition = p,
+                        next = stop.next_offset,
+                        low = stop.range.low,
+                        high = stop.range.high,
+                        fix = %stop.fix_command(),
+                        "{stop}"
+                    );
+                    self.report.partitions_stopped += 1;
+                    if let Some(s) = self.partitions.get_mut(&p) {
+                        s.stopped = true;
+                    }
+                    paused.push(p);
+                }
+                _ => {
+                    // in range: restart its fetch where the loop is (harmless if it runs)
+                    self.seeks.request(p, Some(state.accept_from));
+                }
+            }
+        }
+        if !paused.is_empty() {
+            send_command(&self.commands, PollerCommand::Pause(paused));
+        }
+        self.update_gauges();
+    }
+
+    /// The partitions' states as gauges: how many are live, backfilling, stopped, and how
+    /// many offsets the backfills still have to read.
+    fn update_gauges(&self) {
+        let (mut live, mut backfilling, mut stopped, mut remaining) = (0u64, 0u64, 0u64, 0i64);
+        for state in self.partitions.values() {
+            if state.stopped {
+                stopped += 1;
+            } else if let Some(until) = state.backfill_until {
+                backfilling += 1;
+                remaining += until.saturating_sub(state.accept_from).max(0);
+            } else {
+                live += 1;
+            }
+        }
+        metrics::gauge!(SINK_PARTITIONS, "state" => "live").set(live as f64);
+        metrics::gauge!(SINK_PARTITIONS, "state" => "backfilling").set(backfilling as f64);
+        metrics::gauge!(SINK_PARTITIONS, "state" => "stopped").set(stopped as f64);
+        metrics::gauge!(SINK_BACKFILL_REMAINING).set(remaining as f64);
     }
 
     /// Finish the batch in flight if it holds revoked partitions (or abort
@@ -326,30 +554,16 @@ impl SinkLoop {
         for p in partitions {
             self.partitions.remove(p);
         }
+        self.update_gauges();
     }
 
-    /// Read the stored offset of a partition whose assignment could not.
+    /// Read the stored offset of a partition whose assignment could not, and seek (or stop
+    /// it) accordingly.
     async fn verify(&mut self, partition: i32) -> Result<PartitionState, SinkError> {
         let mut attempt = 0;
         loop {
-            match self
-                .store
-                .load_offsets(&self.config.group, &self.topic)
-                .await
-            {
-                Ok(stored) => {
-                    let s = stored.get(&partition).copied();
-                    let state = PartitionState {
-                        stored: s,
-                        accept_from: s.unwrap_or(0),
-                        verified: true,
-                    };
-                    self.partitions.insert(partition, state);
-                    // The consumer started at Kafka's committed offset (or the
-                    // earliest); the database is the source of truth.
-                    self.seeks.request(partition, s);
-                    return Ok(state);
-                }
+            match self.verify_once(partition).await {
+                Ok(state) => return Ok(state),
                 Err(e) if e.is_transient() => {
                     attempt += 1;
                     self.report.transient_retries += 1;
@@ -368,12 +582,50 @@ impl SinkLoop {
         }
     }
 
+    async fn verify_once(&mut self, partition: i32) -> Result<PartitionState, StoreError> {
+        let stored = self
+            .store
+            .load_partition_offsets(&self.config.group, &self.topic)
+            .await?;
+        let snapshot = self.inspector.snapshot(vec![partition]).await;
+        // The consumer started at the partition's end; the database is the source of truth.
+        let start = self.start_partition(partition, stored.get(&partition), &snapshot);
+        self.start_by_seeking(&BTreeMap::from([(partition, start)]));
+        self.update_gauges();
+        Ok(self
+            .partitions
+            .get(&partition)
+            .copied()
+            .unwrap_or_else(PartitionState::unverified))
+    }
+
+    /// Check the partitions whose assignment could not read the database: they were assigned
+    /// at their end, so on a quiet topic no record would ever trigger the check.
+    async fn verify_unverified(&mut self) {
+        let unverified: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, s)| !s.verified)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in unverified {
+            if let Err(e) = self.verify_once(p).await {
+                tracing::warn!(error = %e, partition = p, "loading stored offsets; trying again shortly");
+                return;
+            }
+        }
+    }
+
     async fn accept(&mut self, record: SourceRecord, seek_epoch: u64) -> Result<(), SinkError> {
         let p = record.partition;
         let mut state = match self.partitions.get(&p) {
             Some(s) if s.verified => *s,
             _ => self.verify(p).await?,
         };
+        if state.stopped {
+            self.report.records_of_stopped_partitions += 1;
+            return Ok(());
+        }
         if seek_epoch < self.seeks.requested(p) {
             // read before a seek we asked for: it will be read again from there
             self.report.records_before_seek += 1;
@@ -387,51 +639,77 @@ impl SinkLoop {
         self.partitions.insert(p, state);
         self.report.records_read += 1;
         match record.payload.as_deref() {
-            None => self
-                .batch
-                .push_dead_letter(record, "empty value (tombstone) in the calls topic"),
+            None => self.batch.push_dead_letter(
+                record,
+                format!("{REASON_EMPTY_VALUE}: empty value (tombstone) in the calls topic"),
+            ),
             Some(bytes) => match (self.decoder)(bytes) {
                 Ok(call) => {
                     self.batch.push(call, record);
                 }
-                Err(reason) => self.batch.push_dead_letter(record, reason),
+                Err(reason) => self
+                    .batch
+                    .push_dead_letter(record, format!("{REASON_UNDECODABLE}: {reason}")),
             },
         }
         Ok(())
     }
 
-    async fn send_dead_letters(&mut self, mode: FlushMode) -> Result<(), SinkError> {
-        if self.batch.dead_letters().is_empty() {
-            return Ok(());
+    /// Publish committed dead letters to the DLQ topic and note it; on failure they stay
+    /// unpublished in the database and are tried again after the next batch.
+    async fn publish(&mut self, letters: &[DlqMessage<'_>]) {
+        if letters.is_empty() {
+            return;
         }
-        let mut attempt = 0;
-        loop {
-            match self
-                .dlq
-                .send_all(&self.topic, self.batch.dead_letters())
-                .await
-            {
-                Ok(()) => {
-                    let sent = self.batch.take_dead_letters();
-                    self.report.dead_letters += sent.len() as u64;
-                    return Ok(());
-                }
-                Err(e) => {
-                    attempt += 1;
-                    let give_up = match mode {
-                        FlushMode::Normal => {
-                            !self.config.retry.allows(attempt) || self.shutdown.is_triggered()
-                        }
-                        FlushMode::Bounded => attempt >= 3,
-                    };
-                    if give_up {
-                        return Err(e.into());
-                    }
-                    tracing::warn!(error = %e, attempt, "sending dead letters; retrying");
-                    tokio::time::sleep(self.config.retry.backoff(attempt)).await;
+        match self
+            .dlq
+            .send_all(&self.config.group, &self.topic, letters)
+            .await
+        {
+            Ok(()) => {
+                self.report.dead_letters_published += letters.len() as u64;
+                let ids: Vec<DeadLetterId> = letters.iter().map(|l| l.id).collect();
+                if let Err(e) = self
+                    .store
+                    .mark_dead_letters_published(&self.config.group, &self.topic, &ids)
+                    .await
+                {
+                    // published again later, with the same id header
+                    tracing::warn!(error = %e, "noting dead letters as published failed");
+                    self.unpublished = true;
                 }
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing dead letters failed; they are kept in the database and published later");
+                self.unpublished = true;
+            }
         }
+    }
+
+    /// Publish the dead letters of `partitions` that are in the database but not in the DLQ
+    /// topic (a crash or a Kafka outage after their batch committed).
+    async fn publish_pending(&mut self, partitions: &[i32]) {
+        let query = DeadLetterQuery {
+            unpublished_only: true,
+            partitions: partitions.to_vec(),
+            limit: 1000,
+            ..DeadLetterQuery::default()
+        };
+        let pending: Vec<StoredDeadLetter> = match self
+            .store
+            .dead_letters(&self.config.group, &self.topic, &query)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading unpublished dead letters failed");
+                return;
+            }
+        };
+        let more = pending.len() as i64 >= query.limit;
+        let refs: Vec<DlqMessage<'_>> = pending.iter().map(DlqMessage::from).collect();
+        self.unpublished = more;
+        self.publish(&refs).await;
     }
 
     async fn flush(&mut self, mode: FlushMode) -> Result<(), SinkError> {
@@ -451,20 +729,24 @@ impl SinkLoop {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
-            self.send_dead_letters(mode).await?;
             let advances = self
                 .batch
                 .next_offsets()
                 .iter()
-                .map(|(&partition, &next_offset)| OffsetAdvance {
-                    partition,
-                    expected: self.partitions.get(&partition).and_then(|s| s.stored),
-                    next_offset,
+                .map(|(&partition, &next_offset)| {
+                    let state = self.partitions.get(&partition);
+                    OffsetAdvance {
+                        partition,
+                        expected: state.and_then(|s| s.stored),
+                        next_offset,
+                        backfill_until: state.and_then(|s| s.backfill_until),
+                    }
                 })
                 .collect();
             let offsets = OffsetCommit {
                 consumer_group: self.config.group.clone(),
                 topic: self.topic.clone(),
+                topic_id: self.topic_id.clone(),
                 advances,
             };
             match self.store.apply(&self.batch, &offsets).await {
@@ -478,8 +760,13 @@ impl SinkLoop {
                     for (p, next) in &committed {
                         if let Some(state) = self.partitions.get_mut(p) {
                             state.stored = Some(*next);
+                            if state.backfill_until.is_some_and(|until| *next >= until) {
+                                tracing::info!(topic = %self.topic, partition = p, "backfill done: the partition is live");
+                                state.backfill_until = None;
+                            }
                         }
                     }
+                    self.update_gauges();
                     send_command(&self.commands, PollerCommand::Commit(committed));
                     let now = chrono::Utc::now();
                     for (_, row) in self.batch.rows() {
@@ -503,7 +790,16 @@ impl SinkLoop {
                         stale = counts.stale,
                         "batch committed"
                     );
+                    let letters = self.batch.take_dead_letters();
                     self.batch.clear();
+                    self.report.dead_letters += letters.len() as u64;
+                    count_dead_letters(&letters);
+                    let refs: Vec<DlqMessage<'_>> = letters.iter().map(DlqMessage::from).collect();
+                    self.publish(&refs).await;
+                    if self.unpublished {
+                        let owned: Vec<i32> = self.partitions.keys().copied().collect();
+                        self.publish_pending(&owned).await;
+                    }
                     return Ok(());
                 }
                 Ok(ApplyOutcome::Rejected(rows)) => {
@@ -511,7 +807,10 @@ impl SinkLoop {
                         rejected = rows.len(),
                         "rows refused by the database go to the DLQ"
                     );
-                    let rejected: Vec<_> = rows.into_iter().map(|r| (r.key, r.reason)).collect();
+                    let rejected: Vec<_> = rows
+                        .into_iter()
+                        .map(|r| (r.key, format!("{REASON_DATABASE_REJECTED}: {}", r.reason)))
+                        .collect();
                     self.batch.reject(&rejected);
                 }
                 Ok(ApplyOutcome::OffsetConflict(conflicts)) => {

@@ -16,9 +16,11 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::batch::{RowKey, SinkBatch};
 use crate::columns::{self, CALL_COLUMNS};
+use crate::dlq::reason_code;
 use crate::store::{
-    is_row_error, AppliedCounts, ApplyOutcome, CallStore, OffsetCommit, OffsetConflict,
-    RejectedRow, StoreError, StoredCall,
+    is_row_error, AppliedCounts, ApplyOutcome, CallStore, DeadLetterCounts, DeadLetterId,
+    DeadLetterQuery, OffsetCommit, OffsetConflict, RedriveMarks, RedriveOutcome, RejectedRow,
+    StoreError, StoredCall, StoredDeadLetter, StoredOffset,
 };
 
 /// SQLite migrations.
@@ -83,7 +85,8 @@ async fn advance_offsets(
     for a in &advances {
         let moved = match a.expected {
             Some(expected) => sqlx::query(
-                "UPDATE callsync_offsets SET next_offset = ?4, updated_at = ?6 \
+                "UPDATE callsync_offsets SET next_offset = ?4, updated_at = ?6, \
+                 topic_id = COALESCE(?7, topic_id) \
                  WHERE consumer_group = ?1 AND topic = ?2 AND partition = ?3 AND next_offset = ?5",
             )
             .bind(offsets.consumer_group.clone())
@@ -92,18 +95,21 @@ async fn advance_offsets(
             .bind(a.next_offset)
             .bind(expected)
             .bind(&now)
+            .bind(offsets.topic_id.as_deref())
             .execute(&mut *conn)
             .await
             .map_err(|e| StoreError::from_sqlx("advancing callsync_offsets", e))?,
             None => sqlx::query(
-                "INSERT INTO callsync_offsets (consumer_group, topic, partition, next_offset, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                "INSERT INTO callsync_offsets (consumer_group, topic, partition, next_offset, updated_at, \
+                 topic_id, backfill_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
             )
             .bind(offsets.consumer_group.clone())
             .bind(offsets.topic.clone())
             .bind(a.partition)
             .bind(a.next_offset)
             .bind(&now)
+            .bind(offsets.topic_id.as_deref())
+            .bind(a.backfill_until)
             .execute(&mut *conn)
             .await
             .map_err(|e| StoreError::from_sqlx("inserting into callsync_offsets", e))?,
@@ -126,6 +132,80 @@ async fn advance_offsets(
         }
     }
     Ok(conflicts)
+}
+
+/// Keep the batch's dead letters with its offsets (see the Postgres store).
+async fn record_dead_letters(
+    conn: &mut SqliteConnection,
+    offsets: &OffsetCommit,
+    batch: &SinkBatch,
+) -> Result<(), StoreError> {
+    let now = time_text(&Utc::now());
+    for letter in batch.dead_letters() {
+        sqlx::query(
+            "INSERT INTO callsync_dead_letters (consumer_group, topic, partition, kafka_offset, \
+             record_key, value, reason, message, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (consumer_group, topic, partition, kafka_offset) DO UPDATE SET \
+             record_key = excluded.record_key, value = excluded.value, reason = excluded.reason, \
+             message = excluded.message, created_at = excluded.created_at, published_at = NULL, \
+             redrive_attempts = 0, last_redrive_error = NULL, redriven_at = NULL",
+        )
+        .bind(&offsets.consumer_group)
+        .bind(&offsets.topic)
+        .bind(letter.source.partition)
+        .bind(letter.source.offset)
+        .bind(letter.source.key.as_deref())
+        .bind(letter.source.payload.as_deref())
+        .bind(reason_code(&letter.reason))
+        .bind(&letter.reason)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| StoreError::from_sqlx("recording dead letters", e))?;
+    }
+    Ok(())
+}
+
+/// Mark dead letters redriven; false when one of them already was.
+async fn mark_redriven(
+    conn: &mut SqliteConnection,
+    marks: &RedriveMarks,
+) -> Result<bool, StoreError> {
+    let now = time_text(&Utc::now());
+    let mut marked = 0u64;
+    for id in &marks.ids {
+        marked += sqlx::query(
+            "UPDATE callsync_dead_letters SET redriven_at = ?5, redrive_attempts = redrive_attempts + 1, \
+             last_redrive_error = NULL WHERE consumer_group = ?1 AND topic = ?2 AND partition = ?3 \
+             AND kafka_offset = ?4 AND redriven_at IS NULL",
+        )
+        .bind(&marks.consumer_group)
+        .bind(&marks.topic)
+        .bind(id.partition)
+        .bind(id.offset)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| StoreError::from_sqlx("marking dead letters redriven", e))?
+        .rows_affected();
+    }
+    Ok(marked == marks.ids.len() as u64)
+}
+
+fn parse_time(
+    column: &'static str,
+    text: Option<String>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    text.map(|t| {
+        DateTime::parse_from_rfc3339(&t)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| StoreError::Decode {
+                column,
+                key: "dead letter".to_string(),
+                message: e.to_string(),
+            })
+    })
+    .transpose()
 }
 
 fn upsert_sql() -> String {
@@ -228,6 +308,81 @@ fn stored_call(row: &SqliteRow) -> Result<StoredCall, StoreError> {
     })
 }
 
+/// Upsert the batch's rows in `tx` and commit, unless the database refuses one (then
+/// nothing is committed).
+async fn upsert_rows(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    batch: &SinkBatch,
+) -> Result<ApplyOutcome, StoreError> {
+    let sql = upsert_sql();
+    let synced_at = time_text(&Utc::now());
+    let mut counts = AppliedCounts::default();
+    let mut rejected = Vec::new();
+    for (key, row) in batch.rows() {
+        let r = &row.record;
+        let result = sqlx::query(&sql)
+            .bind(r.provider.as_str())
+            .bind(&r.account_id)
+            .bind(&r.call_id)
+            .bind(r.version)
+            .bind(time_text(&r.started_at))
+            .bind(r.answered_at.as_ref().map(time_text))
+            .bind(r.ended_at.as_ref().map(time_text))
+            .bind(r.duration_secs)
+            .bind(r.billable_secs)
+            .bind(r.caller_number.as_deref())
+            .bind(r.tracking_number.as_deref())
+            .bind(r.destination_number.as_deref())
+            .bind(r.campaign_id.as_deref())
+            .bind(r.campaign_name.as_deref())
+            .bind(r.publisher_id.as_deref())
+            .bind(r.publisher_name.as_deref())
+            .bind(r.buyer_id.as_deref())
+            .bind(r.buyer_name.as_deref())
+            .bind(r.status.as_str())
+            .bind(r.provider_status.as_deref())
+            .bind(r.converted)
+            .bind(r.revenue.map(|d| d.to_string()))
+            .bind(r.payout.map(|d| d.to_string()))
+            .bind(r.currency.as_deref())
+            .bind(r.recording_url.as_deref())
+            .bind(String::from_utf8_lossy(&columns::tags_json(&r.tags)).into_owned())
+            .bind(r.source.as_str())
+            .bind(time_text(&r.observed_at))
+            .bind(r.provider_updated_at.as_ref().map(time_text))
+            .bind(r.raw.as_deref())
+            .bind(batch.topic())
+            .bind(row.source.partition)
+            .bind(row.source.offset)
+            .bind(&synced_at)
+            .execute(&mut *tx)
+            .await;
+        match result {
+            Ok(done) => {
+                counts.written += done.rows_affected();
+                counts.stale += 1 - done.rows_affected().min(1);
+            }
+            // SQLite rolls back only the failing statement: note the row, go on.
+            Err(e) if is_row_error(&e) => rejected.push(RejectedRow {
+                key: RowKey::clone(key),
+                reason: match &e {
+                    sqlx::Error::Database(db) => db.message().to_string(),
+                    other => other.to_string(),
+                },
+            }),
+            Err(e) => return Err(StoreError::from_sqlx("upserting a call into calls", e)),
+        }
+    }
+    if !rejected.is_empty() {
+        let _ = tx.rollback().await;
+        return Ok(ApplyOutcome::Rejected(rejected));
+    }
+    tx.commit()
+        .await
+        .map_err(|e| StoreError::from_sqlx("committing the batch transaction", e))?;
+    Ok(ApplyOutcome::Committed(counts))
+}
+
 #[async_trait]
 impl CallStore for SqliteStore {
     fn kind(&self) -> &'static str {
@@ -244,20 +399,33 @@ impl CallStore for SqliteStore {
             })
     }
 
-    async fn load_offsets(
+    async fn load_partition_offsets(
         &self,
         consumer_group: &str,
         topic: &str,
-    ) -> Result<BTreeMap<i32, i64>, StoreError> {
-        let rows: Vec<(i32, i64)> = sqlx::query_as(
-            "SELECT partition, next_offset FROM callsync_offsets WHERE consumer_group = ?1 AND topic = ?2",
+    ) -> Result<BTreeMap<i32, StoredOffset>, StoreError> {
+        let rows: Vec<(i32, i64, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT partition, next_offset, topic_id, backfill_until FROM callsync_offsets \
+             WHERE consumer_group = ?1 AND topic = ?2",
         )
         .bind(consumer_group)
         .bind(topic)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| StoreError::from_sqlx("loading callsync_offsets", e))?;
-        Ok(rows.into_iter().collect())
+        Ok(rows
+            .into_iter()
+            .map(|(p, next_offset, topic_id, backfill_until)| {
+                (
+                    p,
+                    StoredOffset {
+                        next_offset,
+                        topic_id,
+                        backfill_until,
+                    },
+                )
+            })
+            .collect())
     }
 
     async fn apply(
@@ -275,73 +443,170 @@ impl CallStore for SqliteStore {
             let _ = tx.rollback().await;
             return Ok(ApplyOutcome::OffsetConflict(conflicts));
         }
-        let sql = upsert_sql();
-        let synced_at = time_text(&Utc::now());
-        let mut counts = AppliedCounts::default();
-        let mut rejected = Vec::new();
-        for (key, row) in batch.rows() {
-            let r = &row.record;
-            let result = sqlx::query(&sql)
-                .bind(r.provider.as_str())
-                .bind(&r.account_id)
-                .bind(&r.call_id)
-                .bind(r.version)
-                .bind(time_text(&r.started_at))
-                .bind(r.answered_at.as_ref().map(time_text))
-                .bind(r.ended_at.as_ref().map(time_text))
-                .bind(r.duration_secs)
-                .bind(r.billable_secs)
-                .bind(r.caller_number.as_deref())
-                .bind(r.tracking_number.as_deref())
-                .bind(r.destination_number.as_deref())
-                .bind(r.campaign_id.as_deref())
-                .bind(r.campaign_name.as_deref())
-                .bind(r.publisher_id.as_deref())
-                .bind(r.publisher_name.as_deref())
-                .bind(r.buyer_id.as_deref())
-                .bind(r.buyer_name.as_deref())
-                .bind(r.status.as_str())
-                .bind(r.provider_status.as_deref())
-                .bind(r.converted)
-                .bind(r.revenue.map(|d| d.to_string()))
-                .bind(r.payout.map(|d| d.to_string()))
-                .bind(r.currency.as_deref())
-                .bind(r.recording_url.as_deref())
-                .bind(String::from_utf8_lossy(&columns::tags_json(&r.tags)).into_owned())
-                .bind(r.source.as_str())
-                .bind(time_text(&r.observed_at))
-                .bind(r.provider_updated_at.as_ref().map(time_text))
-                .bind(r.raw.as_deref())
-                .bind(batch.topic())
-                .bind(row.source.partition)
-                .bind(row.source.offset)
-                .bind(&synced_at)
-                .execute(&mut *tx)
-                .await;
-            match result {
-                Ok(done) => {
-                    counts.written += done.rows_affected();
-                    counts.stale += 1 - done.rows_affected().min(1);
+        record_dead_letters(&mut tx, offsets, batch).await?;
+        upsert_rows(tx, batch).await
+    }
+
+    async fn dead_letters(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError> {
+        let (after_partition, after_offset) = query
+            .after
+            .map_or((i32::MIN, i64::MIN), |a| (a.partition, a.offset));
+        let partitions = serde_json::to_string(&query.partitions).unwrap_or_else(|_| "[]".into());
+        let rows = sqlx::query(
+            "SELECT partition, kafka_offset, record_key, value, reason, message, created_at, \
+             published_at, redrive_attempts, last_redrive_error, redriven_at \
+             FROM callsync_dead_letters WHERE consumer_group = ?1 AND topic = ?2 \
+             AND (NOT ?3 OR redriven_at IS NULL) AND (NOT ?4 OR published_at IS NULL) \
+             AND (json_array_length(?5) = 0 OR partition IN (SELECT value FROM json_each(?5))) \
+             AND (?6 IS NULL OR reason = ?6) \
+             AND (partition > ?7 OR (partition = ?7 AND kafka_offset > ?8)) \
+             ORDER BY partition, kafka_offset LIMIT ?9",
+        )
+        .bind(consumer_group)
+        .bind(topic)
+        .bind(query.pending_only)
+        .bind(query.unpublished_only)
+        .bind(partitions)
+        .bind(query.reason.as_deref())
+        .bind(after_partition)
+        .bind(after_offset)
+        .bind(query.limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("reading callsync_dead_letters", e))?;
+        rows.iter()
+            .map(|row| {
+                let get = |column: &'static str, e: sqlx::Error| StoreError::Decode {
+                    column,
+                    key: format!("dead letter of {topic}"),
+                    message: e.to_string(),
+                };
+                macro_rules! col {
+                    ($name:literal) => {
+                        row.try_get($name).map_err(|e| get($name, e))?
+                    };
                 }
-                // SQLite rolls back only the failing statement: note the row, go on.
-                Err(e) if is_row_error(&e) => rejected.push(RejectedRow {
-                    key: RowKey::clone(key),
-                    reason: match &e {
-                        sqlx::Error::Database(db) => db.message().to_string(),
-                        other => other.to_string(),
+                let created_at: Option<String> = col!("created_at");
+                Ok(StoredDeadLetter {
+                    consumer_group: consumer_group.to_string(),
+                    topic: topic.to_string(),
+                    id: DeadLetterId {
+                        partition: col!("partition"),
+                        offset: col!("kafka_offset"),
                     },
-                }),
-                Err(e) => return Err(StoreError::from_sqlx("upserting a call into calls", e)),
-            }
-        }
-        if !rejected.is_empty() {
-            let _ = tx.rollback().await;
-            return Ok(ApplyOutcome::Rejected(rejected));
+                    key: col!("record_key"),
+                    value: col!("value"),
+                    reason: col!("reason"),
+                    message: col!("message"),
+                    created_at: parse_time("created_at", created_at)?.unwrap_or_default(),
+                    published_at: parse_time("published_at", col!("published_at"))?,
+                    redrive_attempts: col!("redrive_attempts"),
+                    last_redrive_error: col!("last_redrive_error"),
+                    redriven_at: parse_time("redriven_at", col!("redriven_at"))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn count_dead_letters(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+    ) -> Result<DeadLetterCounts, StoreError> {
+        let (total, pending, unpublished): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE redriven_at IS NULL), \
+             count(*) FILTER (WHERE published_at IS NULL) \
+             FROM callsync_dead_letters WHERE consumer_group = ?1 AND topic = ?2",
+        )
+        .bind(consumer_group)
+        .bind(topic)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("counting callsync_dead_letters", e))?;
+        Ok(DeadLetterCounts {
+            total,
+            pending,
+            unpublished,
+        })
+    }
+
+    async fn mark_dead_letters_published(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+        ids: &[DeadLetterId],
+    ) -> Result<(), StoreError> {
+        let now = time_text(&Utc::now());
+        let mut tx =
+            self.pool.begin().await.map_err(|e| {
+                StoreError::from_sqlx("beginning to mark dead letters published", e)
+            })?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE callsync_dead_letters SET published_at = ?5 WHERE consumer_group = ?1 \
+                 AND topic = ?2 AND partition = ?3 AND kafka_offset = ?4 AND published_at IS NULL",
+            )
+            .bind(consumer_group)
+            .bind(topic)
+            .bind(id.partition)
+            .bind(id.offset)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_sqlx("marking dead letters published", e))?;
         }
         tx.commit()
             .await
-            .map_err(|e| StoreError::from_sqlx("committing the batch transaction", e))?;
-        Ok(ApplyOutcome::Committed(counts))
+            .map_err(|e| StoreError::from_sqlx("committing dead letters published", e))
+    }
+
+    async fn redrive(
+        &self,
+        batch: &SinkBatch,
+        marks: &RedriveMarks,
+    ) -> Result<RedriveOutcome, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| StoreError::from_sqlx("beginning the redrive transaction", e))?;
+        if !mark_redriven(&mut tx, marks).await? {
+            let _ = tx.rollback().await;
+            return Ok(RedriveOutcome::AlreadyRedriven);
+        }
+        Ok(match upsert_rows(tx, batch).await? {
+            ApplyOutcome::Committed(counts) => RedriveOutcome::Committed(counts),
+            ApplyOutcome::Rejected(rows) => RedriveOutcome::Rejected(rows),
+            ApplyOutcome::OffsetConflict(_) => RedriveOutcome::AlreadyRedriven,
+        })
+    }
+
+    async fn record_redrive_failure(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+        id: DeadLetterId,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE callsync_dead_letters SET redrive_attempts = redrive_attempts + 1, \
+             last_redrive_error = ?5 WHERE consumer_group = ?1 AND topic = ?2 AND partition = ?3 \
+             AND kafka_offset = ?4 AND redriven_at IS NULL",
+        )
+        .bind(consumer_group)
+        .bind(topic)
+        .bind(id.partition)
+        .bind(id.offset)
+        .bind(error)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("recording a failed redrive", e))?;
+        Ok(())
     }
 
     async fn get(

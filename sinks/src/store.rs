@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use callsync_schemas::CallRecord;
+use chrono::{DateTime, Utc};
 
 use crate::batch::{RowKey, SinkBatch};
 
@@ -14,6 +15,9 @@ use crate::batch::{RowKey, SinkBatch};
 pub struct OffsetCommit {
     pub consumer_group: String,
     pub topic: String,
+    /// The Kafka topic id of the incarnation the offsets belong to, when known; stored with
+    /// them (and filled into rows written before ids were kept).
+    pub topic_id: Option<String>,
     /// Sorted by partition.
     pub advances: Vec<OffsetAdvance>,
 }
@@ -26,6 +30,101 @@ pub struct OffsetAdvance {
     pub partition: i32,
     pub expected: Option<i64>,
     pub next_offset: i64,
+    /// Where the partition's backfill ends (its end offset when the sink found it without a
+    /// stored offset); written with the partition's first row only.
+    pub backfill_until: Option<i64>,
+}
+
+/// A partition's row of `callsync_offsets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOffset {
+    pub next_offset: i64,
+    /// The topic id of the incarnation the offset belongs to (None: not known).
+    pub topic_id: Option<String>,
+    /// Set when the partition was backfilled: the end offset it had when the backfill began.
+    pub backfill_until: Option<i64>,
+}
+
+impl StoredOffset {
+    /// Offsets still to read before the backfill is done (0 when it is, or never was).
+    pub fn backfill_remaining(&self) -> i64 {
+        self.backfill_until
+            .map_or(0, |until| until.saturating_sub(self.next_offset).max(0))
+    }
+}
+
+/// Identifies a sink dead letter: the Kafka record it was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeadLetterId {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A record the sink could not write, as kept in `callsync_dead_letters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeadLetter {
+    pub consumer_group: String,
+    pub topic: String,
+    pub id: DeadLetterId,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// A short code: `undecodable`, `empty_value`, `database_rejected`.
+    pub reason: String,
+    /// What exactly went wrong (the decoder's or the database's message).
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+    /// When it was published to the DLQ topic (None: not yet).
+    pub published_at: Option<DateTime<Utc>>,
+    pub redrive_attempts: i32,
+    pub last_redrive_error: Option<String>,
+    /// When `dlq redrive` applied it to the table (None: pending).
+    pub redriven_at: Option<DateTime<Utc>>,
+}
+
+/// Which dead letters to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterQuery {
+    /// Only those not redriven yet.
+    pub pending_only: bool,
+    /// Only those not published to the DLQ topic yet.
+    pub unpublished_only: bool,
+    /// Only these partitions (all when empty).
+    pub partitions: Vec<i32>,
+    /// Only this reason code.
+    pub reason: Option<String>,
+    /// Only those after this one (paging), in (partition, offset) order.
+    pub after: Option<DeadLetterId>,
+    pub limit: i64,
+}
+
+/// How many dead letters (group, topic) has, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterCounts {
+    pub total: i64,
+    /// Not redriven yet.
+    pub pending: i64,
+    /// Not published to the DLQ topic yet.
+    pub unpublished: i64,
+}
+
+/// Dead letters `dlq redrive` applies in one transaction, with the rows they carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedriveMarks {
+    pub consumer_group: String,
+    pub topic: String,
+    pub ids: Vec<DeadLetterId>,
+}
+
+/// What one redrive transaction did. Only `Committed` wrote anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedriveOutcome {
+    /// The rows were upserted (or left alone where the table is newer) and the dead letters
+    /// marked redriven.
+    Committed(AppliedCounts),
+    /// Nothing written: these rows are still refused.
+    Rejected(Vec<RejectedRow>),
+    /// Nothing written: another redrive got to some of these dead letters first.
+    AlreadyRedriven,
 }
 
 /// A partition whose stored offset was not what the batch expected.
@@ -208,16 +307,70 @@ pub trait CallStore: Send + Sync + std::fmt::Debug {
         &self,
         consumer_group: &str,
         topic: &str,
-    ) -> Result<BTreeMap<i32, i64>, StoreError>;
+    ) -> Result<BTreeMap<i32, i64>, StoreError> {
+        Ok(self
+            .load_partition_offsets(consumer_group, topic)
+            .await?
+            .into_iter()
+            .map(|(p, s)| (p, s.next_offset))
+            .collect())
+    }
+
+    /// partition -> its row of `callsync_offsets` for (group, topic).
+    async fn load_partition_offsets(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+    ) -> Result<BTreeMap<i32, StoredOffset>, StoreError>;
 
     /// Upsert the batch's rows (guard: an older version never overwrites a
-    /// newer; an equal one is re-applied) and move the offsets, in one
-    /// transaction.
+    /// newer; an equal one is re-applied), record its dead letters and move the
+    /// offsets, in one transaction.
     async fn apply(
         &self,
         batch: &SinkBatch,
         offsets: &OffsetCommit,
     ) -> Result<ApplyOutcome, StoreError>;
+
+    /// Dead letters of (group, topic) matching `query`, in (partition, offset) order.
+    async fn dead_letters(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+        query: &DeadLetterQuery,
+    ) -> Result<Vec<StoredDeadLetter>, StoreError>;
+
+    /// How many dead letters (group, topic) has, by state.
+    async fn count_dead_letters(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+    ) -> Result<DeadLetterCounts, StoreError>;
+
+    /// Note that these dead letters are in the DLQ topic.
+    async fn mark_dead_letters_published(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+        ids: &[DeadLetterId],
+    ) -> Result<(), StoreError>;
+
+    /// Upsert the batch's rows (rebuilt from dead letters) and mark those dead letters
+    /// redriven, in one transaction.
+    async fn redrive(
+        &self,
+        batch: &SinkBatch,
+        marks: &RedriveMarks,
+    ) -> Result<RedriveOutcome, StoreError>;
+
+    /// Note a redrive that failed again for one dead letter (it stays pending).
+    async fn record_redrive_failure(
+        &self,
+        consumer_group: &str,
+        topic: &str,
+        id: DeadLetterId,
+        error: &str,
+    ) -> Result<(), StoreError>;
 
     /// One call by primary key.
     async fn get(

@@ -27,6 +27,7 @@ fn commit(batch: &SinkBatch, expected: &[(i32, Option<i64>)]) -> OffsetCommit {
     OffsetCommit {
         consumer_group: "g".into(),
         topic: "calls".into(),
+        topic_id: None,
         advances: batch
             .next_offsets()
             .iter()
@@ -37,6 +38,7 @@ fn commit(batch: &SinkBatch, expected: &[(i32, Option<i64>)]) -> OffsetCommit {
                     .find(|(p, _)| *p == partition)
                     .and_then(|(_, e)| *e),
                 next_offset,
+                backfill_until: None,
             })
             .collect(),
     }

@@ -1,6 +1,7 @@
 //! CLI commands that are more than a call into another module: `sync`/`backfill` with a
-//! progress bar, `secrets encrypt`, `simulate`.
+//! progress bar, `secrets encrypt`, `simulate`, `config check`.
 
+pub mod config_check;
 pub mod sync;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -14,6 +15,7 @@ use serde_json::json;
 
 use crate::secrets::{SecretKey, SECRET_KEY_ENV};
 
+pub use config_check::{config_check, ConfigCheckArgs};
 pub use sync::{run_sync_command, BackfillArgs, SyncArgs};
 
 /// `callsync secrets encrypt`.

@@ -171,7 +171,7 @@ pub async fn run_demo(
             api_listener: Some(listener),
             webhook_listener: Some(hooks_listener),
             status_store: Some(status.clone()),
-            registry: None,
+            ..RunOptions::default()
         };
         tokio::spawn(async move { run_roles_with(&config, &Role::ALL, shutdown, options).await })
     };

@@ -1,9 +1,20 @@
 //! `callsync dlq list` and `callsync dlq redrive`.
 //!
-//! ## Redrive semantics (exactly once)
-//! Redrive re-injects DLQ records into `calls.raw` (original key and bytes, the original
-//! headers minus the error/source headers, plus `callsync.redrive.count` incremented and
-//! `callsync.redrive.from` = `topic/partition/offset`), after a fix to a validation rule.
+//! ## Where a redriven record goes (by `callsync.error.stage`)
+//! - the processor's (`decode`, `validate`, `encode`, or none): back into `calls.raw`, through
+//!   validation again (original key and bytes, the original headers minus the error/source
+//!   headers, plus `callsync.redrive.count` incremented and `callsync.redrive.from` =
+//!   `topic/partition/offset`), after a fix to a validation rule;
+//! - the connectors' (`connector`, the provider's raw JSON): mapped again with the current
+//!   mapping and the account's current settings, and the record written to `calls.raw`; one
+//!   that still fails goes back to `calls.dlq` with the new error (same transaction);
+//! - the sink's (`sink`): its rows are re-applied to the sink's database from the dead
+//!   letters kept there, each in the transaction that marks it redriven
+//!   ([`callsync_sinks::redrive_dead_letters`]). In `calls.dlq` they are only passed over:
+//!   sending them to `calls.raw` would not land (the processor has emitted that version
+//!   already and drops it as a duplicate).
+//!
+//! ## Kafka redrive semantics (exactly once)
 //!
 //! Progress is kept as consumer-group offsets on `calls.dlq`, committed in the **same Kafka
 //! transaction** as the re-injected records (`send_offsets_to_transaction`):
@@ -35,8 +46,15 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
+use callsync_connectors::Connectors;
+use callsync_sinks::dlq::{HEADER_DEAD_LETTER_ID, HEADER_SINK_GROUP};
+use callsync_sinks::{redrive_dead_letters, DeadLetterRedriveReport, RedriveOptions};
+use std::sync::Arc;
+
 use super::offsets::{committed_offsets, topic_partitions, watermarks};
+use super::remap::{remap, Remapped};
 use super::scan::{scan_consumer, scan_partitions, Visit, READ_ONLY_GROUP};
+use super::sink_db::SinkDatabase;
 use super::table::TextTable;
 use super::{blocking, OpsError, DEFAULT_KAFKA_TIMEOUT};
 
@@ -70,9 +88,13 @@ pub struct DlqListArgs {
     /// JSON lines (headers and base64 bytes) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The consumer group base name `dlq redrive` records its progress in (to show what
+    /// was redriven).
+    #[arg(long, default_value = REDRIVE_GROUP)]
+    pub redrive_group: String,
 }
 
-/// `callsync dlq redrive`: re-inject DLQ records into `calls.raw`, exactly once.
+/// `callsync dlq redrive`: send DLQ records on to the stage that can take them, exactly once.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DlqRedriveArgs {
     /// Only records with this `callsync.error.reason` (tracked per reason).
@@ -107,6 +129,13 @@ pub struct DlqRecord {
     pub message: Option<String>,
     pub source: Option<String>,
     pub redrive_count: u32,
+    /// Whether `dlq redrive` sent it on (a sink entry: applied to the sink's database);
+    /// None when that cannot be told (a sink entry without the sink's database).
+    pub redriven: Option<bool>,
+    /// When a sink entry was applied to the sink's database by `dlq redrive`.
+    pub redriven_at: Option<DateTime<Utc>>,
+    /// A sink entry's `callsync.dead_letter.id` (every publication of it has the same).
+    pub dead_letter_id: Option<String>,
     /// Every header, values as UTF-8 (lossy).
     pub headers: Vec<(String, Option<String>)>,
     /// The original value, base64 (standard alphabet).
@@ -162,6 +191,9 @@ pub fn dlq_record(message: &BorrowedMessage<'_>) -> DlqRecord {
         message: get(HEADER_ERROR_MESSAGE),
         source,
         redrive_count: redrive_count(headers),
+        redriven: None,
+        redriven_at: None,
+        dead_letter_id: get(HEADER_DEAD_LETTER_ID),
         headers: headers
             .map(|h| {
                 h.iter()
@@ -228,6 +260,9 @@ pub fn redrive_headers(message: &BorrowedMessage<'_>) -> OwnedHeaders {
 pub struct DlqListReport {
     pub scanned: u64,
     pub matching: u64,
+    /// Sink entries published more than once (a crash between their publication and its
+    /// note in the database), counted once.
+    pub duplicates: u64,
     pub records: Vec<DlqRecord>,
 }
 
@@ -237,10 +272,22 @@ pub async fn run_dlq_list(
     factory: &KafkaClientFactory,
     out: &mut impl Write,
 ) -> Result<DlqListReport, OpsError> {
+    run_dlq_list_with(args, factory, None, out).await
+}
+
+/// Runs `callsync dlq list`, telling sink entries redriven from `sink`'s database.
+pub async fn run_dlq_list_with(
+    args: &DlqListArgs,
+    factory: &KafkaClientFactory,
+    sink: Option<&SinkDatabase>,
+    out: &mut impl Write,
+) -> Result<DlqListReport, OpsError> {
     let topic = factory.settings().topic(names::CALLS_DLQ);
     let consumer = scan_consumer(factory, READ_ONLY_GROUP, Isolation::ReadCommitted)?;
     let (reason, limit) = (args.reason.clone(), args.limit);
-    let report = blocking("dlq list", move || {
+    let redrive_base = args.redrive_group.clone();
+    let factory_owned = factory.clone();
+    let mut report = blocking("dlq list", move || {
         let timeout = DEFAULT_KAFKA_TIMEOUT;
         let partitions = topic_partitions(&consumer, &topic, timeout)?;
         let marks = watermarks(&consumer, &topic, &partitions, timeout)?;
@@ -248,14 +295,42 @@ pub async fn run_dlq_list(
         let mut report = DlqListReport {
             scanned: 0,
             matching: 0,
+            duplicates: 0,
             records: Vec::new(),
         };
+        let mut seen_ids = std::collections::HashSet::new();
+        // redrive progress: C_all, and C_r per reason (see the module docs)
+        let all_group = redrive_group(&redrive_base, None);
+        let all_consumer = scan_consumer(&factory_owned, &all_group, Isolation::ReadCommitted)?;
+        let all_floor = committed_offsets(&all_consumer, &all_group, &topic, &partitions, timeout)?;
+        let mut reason_floors: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
         scan_partitions(&consumer, &topic, &ranges, super::scan_idle(), |m| {
             report.scanned += 1;
-            if reason.as_deref().is_none_or(|r| r == message_reason(m)) {
+            let record_reason = message_reason(m);
+            if reason.as_deref().is_none_or(|r| r == record_reason) {
+                if let Some(id) = header_value(m.headers(), HEADER_DEAD_LETTER_ID) {
+                    if !seen_ids.insert(id.to_string()) {
+                        report.duplicates += 1;
+                        return Ok(Visit::Continue);
+                    }
+                }
                 report.matching += 1;
                 if report.records.len() < limit {
-                    report.records.push(dlq_record(m));
+                    let mut record = dlq_record(m);
+                    if record.stage.as_deref() != Some("sink") {
+                        if !reason_floors.contains_key(&record_reason) {
+                            let g = redrive_group(&redrive_base, Some(&record_reason));
+                            let c = scan_consumer(&factory_owned, &g, Isolation::ReadCommitted)?;
+                            let floors = committed_offsets(&c, &g, &topic, &partitions, timeout)?;
+                            reason_floors.insert(record_reason.clone(), floors);
+                        }
+                        let floor = all_floor
+                            .get(&m.partition())
+                            .copied()
+                            .max(reason_floors[&record_reason].get(&m.partition()).copied());
+                        record.redriven = Some(floor.is_some_and(|f| m.offset() < f));
+                    }
+                    report.records.push(record);
                 }
             }
             Ok(Visit::Continue)
@@ -266,6 +341,9 @@ pub async fn run_dlq_list(
         Ok(report)
     })
     .await?;
+    if let Some(db) = sink {
+        mark_sink_entries(&mut report.records, db).await?;
+    }
 
     if args.json {
         for r in &report.records {
@@ -283,6 +361,7 @@ pub async fn run_dlq_list(
             "field",
             "stage",
             "redrives",
+            "redriven",
             "key",
             "message",
         ]);
@@ -300,6 +379,11 @@ pub async fn run_dlq_list(
                 r.field.clone().unwrap_or_else(|| "-".into()),
                 r.stage.clone().unwrap_or_else(|| "-".into()),
                 r.redrive_count.to_string(),
+                match r.redriven {
+                    Some(true) => "yes".to_string(),
+                    Some(false) => "no".to_string(),
+                    None => "?".to_string(),
+                },
                 r.key.clone().unwrap_or_else(|| "-".into()),
                 message,
             ]);
@@ -307,13 +391,61 @@ pub async fn run_dlq_list(
         table.write_to(out)?;
         writeln!(
             out,
-            "{} shown of {} matching ({} DLQ records read)",
+            "{} shown of {} matching ({} DLQ records read{})",
             report.records.len(),
             report.matching,
-            report.scanned
+            report.scanned,
+            if report.duplicates > 0 {
+                format!(
+                    "; {} repeated publication(s) of sink dead letters counted once",
+                    report.duplicates
+                )
+            } else {
+                String::new()
+            }
         )?;
     }
     Ok(report)
+}
+
+/// Sink entries: redriven (and when) as the sink's database says.
+async fn mark_sink_entries(records: &mut [DlqRecord], db: &SinkDatabase) -> Result<(), OpsError> {
+    if !records.iter().any(|r| r.stage.as_deref() == Some("sink")) {
+        return Ok(());
+    }
+    let query = callsync_sinks::DeadLetterQuery {
+        limit: 1_000_000,
+        ..Default::default()
+    };
+    let kept = db
+        .store
+        .dead_letters(&db.group, &db.topic, &query)
+        .await
+        .map_err(|e| {
+            OpsError::Usage(format!(
+                "reading the dead letters of sink group {:?} on {:?} from its database: {e}",
+                db.group, db.topic
+            ))
+        })?;
+    let by_id: BTreeMap<String, Option<DateTime<Utc>>> = kept
+        .iter()
+        .map(|d| {
+            (
+                callsync_sinks::dlq::dead_letter_id(&d.consumer_group, &d.topic, d.id),
+                d.redriven_at,
+            )
+        })
+        .collect();
+    for r in records
+        .iter_mut()
+        .filter(|r| r.stage.as_deref() == Some("sink"))
+    {
+        if let Some(redriven_at) = r.dead_letter_id.as_ref().and_then(|id| by_id.get(id)) {
+            r.redriven = Some(redriven_at.is_some());
+            r.redriven_at = *redriven_at;
+        }
+    }
+    Ok(())
 }
 
 /// What `dlq redrive` did.
@@ -327,14 +459,36 @@ pub struct RedriveReport {
     pub dry_run: bool,
     /// DLQ records read.
     pub scanned: u64,
-    /// Records re-injected (or, in a dry run, that would be), per reason.
+    /// Records sent on (or, in a dry run, that would be), per reason: processor entries to
+    /// `calls.raw`, connector entries mapped again.
     pub redriven_by_reason: BTreeMap<String, u64>,
+    /// Connector entries mapped again and written to `calls.raw`.
+    pub remapped: u64,
+    /// Connector entries whose mapping failed again: back in the DLQ with the new error.
+    pub failed_again: u64,
+    /// Sink entries passed over in the DLQ topic: their rows are redriven from the sink's
+    /// database (`database`).
+    pub sink_entries: u64,
+    /// Sink entries of another sink group or topic than the configured sink's: not redriven
+    /// here.
+    pub sink_entries_elsewhere: u64,
     /// Records read but not re-injected: other reason, or redriven before for their reason.
     pub skipped: u64,
     /// Transactions committed.
     pub transactions: u64,
     /// True when `--limit` stopped the run before the end of the DLQ.
     pub stopped_by_limit: bool,
+    /// The sink's dead letters re-applied to its database (None: no sink database).
+    pub database: Option<DeadLetterRedriveReport>,
+}
+
+/// Where `dlq redrive` can send what it finds besides `calls.raw`.
+#[derive(Debug, Clone, Default)]
+pub struct RedriveTargets {
+    /// The sink's database: its dead letters are re-applied there.
+    pub sink: Option<SinkDatabase>,
+    /// The configured provider accounts: connector entries are mapped again with them.
+    pub connectors: Option<Arc<Connectors>>,
 }
 
 impl RedriveReport {
@@ -351,10 +505,20 @@ pub fn redrive_group(base: &str, reason: Option<&str>) -> String {
     }
 }
 
-/// Runs `callsync dlq redrive`.
+/// Runs `callsync dlq redrive` with only `calls.raw` as a target (processor entries).
 pub async fn run_dlq_redrive(
     args: &DlqRedriveArgs,
     factory: &KafkaClientFactory,
+    out: &mut impl Write,
+) -> Result<RedriveReport, OpsError> {
+    run_dlq_redrive_with(args, factory, &RedriveTargets::default(), out).await
+}
+
+/// Runs `callsync dlq redrive`: the DLQ topic, then the sink's dead letters in its database.
+pub async fn run_dlq_redrive_with(
+    args: &DlqRedriveArgs,
+    factory: &KafkaClientFactory,
+    targets: &RedriveTargets,
     out: &mut impl Write,
 ) -> Result<RedriveReport, OpsError> {
     if args.batch_size == 0 {
@@ -362,10 +526,46 @@ pub async fn run_dlq_redrive(
     }
     let factory = factory.clone();
     let args_owned = args.clone();
-    let report = blocking("dlq redrive", move || {
-        redrive_blocking(&args_owned, &factory)
+    let targets_owned = targets.clone();
+    let mut report = blocking("dlq redrive", move || {
+        redrive_blocking(&args_owned, &factory, &targets_owned)
     })
     .await?;
+    if let Some(db) = &targets.sink {
+        let options = RedriveOptions {
+            reason: args.reason.clone(),
+            limit: args
+                .limit
+                .map(|l| l.saturating_sub(report.redriven() + report.failed_again)),
+            batch_size: args.batch_size,
+            dry_run: args.dry_run,
+        };
+        let done = redrive_dead_letters(
+            db.store.as_ref(),
+            &db.group,
+            &db.topic,
+            &callsync_sinks::avro_decoder(),
+            &options,
+        )
+        .await
+        .map_err(|e| {
+            OpsError::Usage(format!(
+                "redriving the dead letters of sink group {:?} on {:?} in its database: {e}",
+                db.group, db.topic
+            ))
+        })?;
+        report.stopped_by_limit |= done.stopped_by_limit;
+        report.database = Some(done);
+    }
+    write_redrive_report(&report, targets.sink.as_ref(), out)?;
+    Ok(report)
+}
+
+fn write_redrive_report(
+    report: &RedriveReport,
+    sink: Option<&SinkDatabase>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     let verb = if report.dry_run {
         "would redrive (dry run, nothing changed)"
     } else {
@@ -373,10 +573,13 @@ pub async fn run_dlq_redrive(
     };
     writeln!(
         out,
-        "{} -> {} {verb}: {} record(s); {} skipped; {} read; {} transaction(s); progress in group {}",
+        "{} -> {} {verb}: {} record(s) ({} mapped again, {} failed again and back in the DLQ); \
+         {} skipped; {} read; {} transaction(s); progress in group {}",
         report.dlq_topic,
         report.target_topic,
         report.redriven(),
+        report.remapped,
+        report.failed_again,
         report.skipped,
         report.scanned,
         report.transactions,
@@ -389,14 +592,61 @@ pub async fn run_dlq_redrive(
     if !table.is_empty() {
         table.write_to(out)?;
     }
+    match (&report.database, sink) {
+        (Some(db), Some(sink)) => {
+            writeln!(
+                out,
+                "sink dead letters (group {}, topic {}) -> the sink's database {verb}: {} \
+                 ({} rows written, {} older than the table's); {} refused again (still pending)",
+                sink.group,
+                sink.topic,
+                db.redriven(),
+                db.rows_written,
+                db.rows_stale,
+                db.failed_again
+            )?;
+            let mut table = TextTable::new(["reason", "records"]);
+            for (reason, n) in &db.redriven_by_reason {
+                table.row([reason.clone(), n.to_string()]);
+            }
+            if !table.is_empty() {
+                table.write_to(out)?;
+            }
+        }
+        _ => {
+            if report.sink_entries > 0 {
+                writeln!(
+                    out,
+                    "{} sink dead letter(s) passed over: the config names no sink database to \
+                     re-apply them to",
+                    report.sink_entries
+                )?;
+            }
+        }
+    }
+    if report.sink_entries_elsewhere > 0 {
+        writeln!(
+            out,
+            "{} sink dead letter(s) of another sink group or topic passed over: redrive them \
+             with that sink's config",
+            report.sink_entries_elsewhere
+        )?;
+    }
     if report.stopped_by_limit {
         writeln!(out, "stopped at --limit; run again to go on")?;
     }
-    Ok(report)
+    Ok(())
 }
 
-/// A record to re-inject: key, value, headers, and `topic/partition/offset` it came from.
-type RedriveRecord = (Option<Vec<u8>>, Option<Vec<u8>>, OwnedHeaders, String);
+/// A record to re-inject: topic, key, value, headers, and `topic/partition/offset` it came
+/// from.
+type RedriveRecord = (
+    String,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    OwnedHeaders,
+    String,
+);
 
 /// One transaction's worth of work.
 struct RedriveBatch {
@@ -419,6 +669,7 @@ impl RedriveBatch {
 fn redrive_blocking(
     args: &DlqRedriveArgs,
     factory: &KafkaClientFactory,
+    targets: &RedriveTargets,
 ) -> Result<RedriveReport, OpsError> {
     let timeout = DEFAULT_KAFKA_TIMEOUT;
     let dlq_topic = factory.settings().topic(names::CALLS_DLQ);
@@ -486,9 +737,14 @@ fn redrive_blocking(
         dry_run: args.dry_run,
         scanned: 0,
         redriven_by_reason: BTreeMap::new(),
+        remapped: 0,
+        failed_again: 0,
+        sink_entries: 0,
+        sink_entries_elsewhere: 0,
         skipped: 0,
         transactions: 0,
         stopped_by_limit: false,
+        database: None,
     };
     let mut batch = RedriveBatch::new();
     let mut redriven_total: u64 = 0;
@@ -511,9 +767,9 @@ fn redrive_blocking(
                 .begin_transaction()
                 .map_err(|e| OpsError::kafka("beginning a redrive transaction", e))?;
             let result = (|| {
-                for (key, value, headers, origin) in batch.records.drain(..) {
+                for (topic, key, value, headers, origin) in batch.records.drain(..) {
                     let mut record: BaseRecord<'_, [u8], [u8]> =
-                        BaseRecord::to(&target_topic).headers(headers);
+                        BaseRecord::to(&topic).headers(headers);
                     if let Some(k) = key.as_deref() {
                         record = record.key(k);
                     }
@@ -535,7 +791,7 @@ fn redrive_blocking(
                             }
                             Err((source, _)) => {
                                 return Err(OpsError::kafka(
-                                    format!("producing to {target_topic:?} (from {origin})"),
+                                    format!("producing to {topic:?} (from {origin})"),
                                     source,
                                 ))
                             }
@@ -592,14 +848,68 @@ fn redrive_blocking(
             }
         };
         if wanted {
-            redriven_total += 1;
-            *report.redriven_by_reason.entry(record_reason).or_insert(0) += 1;
-            batch.records.push((
-                m.key().map(<[u8]>::to_vec),
-                m.payload().map(<[u8]>::to_vec),
-                redrive_headers(m),
-                format!("{}/{}/{}", m.topic(), m.partition(), m.offset()),
-            ));
+            let origin = format!("{}/{}/{}", m.topic(), m.partition(), m.offset());
+            match header_value(m.headers(), HEADER_ERROR_STAGE) {
+                Some("sink") => {
+                    // re-applied from the sink's database (see the module docs)
+                    let group = header_value(m.headers(), HEADER_SINK_GROUP);
+                    let topic = header_value(m.headers(), HEADER_SOURCE_TOPIC);
+                    match &targets.sink {
+                        Some(db)
+                            if group.is_none_or(|g| g == db.group)
+                                && topic.is_none_or(|t| t == db.topic) =>
+                        {
+                            report.sink_entries += 1
+                        }
+                        Some(_) => report.sink_entries_elsewhere += 1,
+                        None => report.sink_entries += 1,
+                    }
+                }
+                Some("connector") => {
+                    let Some(connectors) = targets.connectors.as_deref() else {
+                        return Err(OpsError::Usage(format!(
+                            "{origin} is a connector dead letter (the provider's raw JSON): \
+                             redriving it maps it again, which needs the `connectors` section \
+                             of the config"
+                        )));
+                    };
+                    redriven_total += 1;
+                    *report.redriven_by_reason.entry(record_reason).or_insert(0) += 1;
+                    match remap(connectors, m)? {
+                        Remapped::Record { key, value } => {
+                            report.remapped += 1;
+                            batch.records.push((
+                                target_topic.clone(),
+                                Some(key),
+                                Some(value),
+                                redrive_headers(m),
+                                origin,
+                            ));
+                        }
+                        Remapped::Failed(failure) => {
+                            report.failed_again += 1;
+                            batch.records.push((
+                                dlq_topic.clone(),
+                                m.key().map(<[u8]>::to_vec),
+                                m.payload().map(<[u8]>::to_vec),
+                                failure.headers(redrive_headers(m)),
+                                origin,
+                            ));
+                        }
+                    }
+                }
+                _ => {
+                    redriven_total += 1;
+                    *report.redriven_by_reason.entry(record_reason).or_insert(0) += 1;
+                    batch.records.push((
+                        target_topic.clone(),
+                        m.key().map(<[u8]>::to_vec),
+                        m.payload().map(<[u8]>::to_vec),
+                        redrive_headers(m),
+                        origin,
+                    ));
+                }
+            }
         } else {
             report.skipped += 1;
         }

@@ -1,4 +1,5 @@
 //! Operations commands: `replay`, `sink rewind`, `status`, `dlq list|redrive` and `tail`.
+//! [`sink_db`] reads the sink's database for `status` and `dlq`.
 //!
 //! Each command is a clap `Args` struct and an async `run_*` function that writes its
 //! human output (or JSON) to a writer and returns a typed report, so the CLI prints and the
@@ -11,21 +12,29 @@ pub mod dlq;
 pub mod error;
 pub mod group;
 pub mod offsets;
+pub mod remap;
 pub mod replay;
 pub mod scan;
+pub mod sink_db;
 pub mod sink_rewind;
 pub mod status;
 pub mod table;
 pub mod tail;
 pub mod time;
+pub mod topic_name;
 
-pub use dlq::{run_dlq_list, run_dlq_redrive, DlqListArgs, DlqRedriveArgs, RedriveReport};
+pub use dlq::{
+    run_dlq_list, run_dlq_list_with, run_dlq_redrive, run_dlq_redrive_with, DlqListArgs,
+    DlqRedriveArgs, RedriveReport, RedriveTargets,
+};
 pub use error::OpsError;
 pub use group::{describe_group, GroupDescription};
 pub use replay::{run_replay, ReplayArgs, ReplayReport};
+pub use sink_db::{SinkDatabase, SinkPartitionStatus, SinkStatus};
 pub use sink_rewind::{run_sink_rewind, SinkRewindArgs, SinkRewindReport};
-pub use status::{run_status, StatusArgs, StatusReport};
+pub use status::{run_status, run_status_with, StatusArgs, StatusReport};
 pub use tail::{run_tail, TailArgs, TailReport};
+pub use topic_name::TopicName;
 
 use std::time::Duration;
 

@@ -40,7 +40,8 @@ pub struct ReplayArgs {
     /// The consumer group whose offsets move (it must have no active members).
     #[arg(long)]
     pub group: String,
-    /// The topic, full name (including any prefix), e.g. `calls`.
+    /// The topic: a callsync base name (`calls`; the configured prefix is added) or a full
+    /// name. The command says which it used.
     #[arg(long)]
     pub topic: String,
     /// Move to the first record at or after this time (RFC 3339, or YYYY-MM-DDTHH:MM:SS in UTC).
@@ -240,9 +241,11 @@ pub async fn run_replay(
         "replay consumer",
         &factory.consumer_config(&args.group, Isolation::ReadCommitted),
     )?;
+    let named = super::TopicName::resolve(factory.settings(), &args.topic);
+    eprintln!("replay: {named}");
     let (group, topic, wanted, dry_run) = (
         args.group.clone(),
-        args.topic.clone(),
+        named.full,
         args.partitions.clone(),
         args.dry_run,
     );

@@ -30,6 +30,7 @@ use super::dlq::message_reason;
 use super::group::{describe_group, GroupMember, PartitionOwner};
 use super::offsets::{topic_partitions, watermarks, Watermarks};
 use super::scan::{records_left, scan_consumer, scan_partitions, Visit, READ_ONLY_GROUP};
+use super::sink_db::{sink_status, write_sink_status, SinkDatabase, SinkStatus};
 use super::table::{opt_cell, TextTable};
 use super::{blocking, OpsError, DEFAULT_KAFKA_TIMEOUT};
 
@@ -51,6 +52,10 @@ pub struct StatusArgs {
     /// Read at most this many sync events (the newest).
     #[arg(long, default_value_t = 100_000)]
     pub events_scan_limit: u64,
+    /// callsync's own groups as configured (`processor.group_id`, `sink.group`,
+    /// `workers.group_id`); empty: the roles' default names ([`CALLSYNC_GROUPS`]).
+    #[arg(skip)]
+    pub own_groups: Vec<String>,
 }
 
 /// One partition's lag for a group.
@@ -133,19 +138,50 @@ pub struct StatusReport {
     pub syncs: Vec<AccountSync>,
     pub providers: Vec<ProviderHealthRow>,
     pub dlq: Option<DlqSummary>,
+    /// The sink's partitions and dead letters, from its database (when the config names one).
+    pub sink: Option<SinkStatus>,
     /// Parts that could not be read (a missing topic, ...), with why.
     pub problems: Vec<String>,
 }
 
-/// Runs `callsync status`.
+/// Runs `callsync status` (Kafka only).
 pub async fn run_status(
     args: &StatusArgs,
     factory: &KafkaClientFactory,
     out: &mut impl Write,
 ) -> Result<StatusReport, OpsError> {
+    run_status_with(args, factory, None, out).await
+}
+
+/// Runs `callsync status`, with the sink's partitions and dead letters from `sink`'s
+/// database.
+pub async fn run_status_with(
+    args: &StatusArgs,
+    factory: &KafkaClientFactory,
+    sink: Option<&SinkDatabase>,
+    out: &mut impl Write,
+) -> Result<StatusReport, OpsError> {
+    let sink_rows = match sink {
+        Some(db) => Some(db.rows().await),
+        None => None,
+    };
     let factory = factory.clone();
     let args_owned = args.clone();
-    let report = blocking("status", move || status_blocking(&args_owned, &factory)).await?;
+    let sink_topic = sink.map(|db| db.topic.clone());
+    let (mut report, sink_topic_state) = blocking("status", move || {
+        let report = status_blocking(&args_owned, &factory)?;
+        let sink_topic_state = sink_topic.map(|topic| sink_topic_state(&factory, &topic));
+        Ok((report, sink_topic_state))
+    })
+    .await?;
+    if let (Some(db), Some(rows), Some(topic_state)) = (sink, sink_rows, sink_topic_state) {
+        match (rows, topic_state) {
+            (Ok(rows), Ok((marks, topic_id))) => {
+                report.sink = Some(sink_status(db, &rows, &marks, topic_id));
+            }
+            (Err(e), _) | (_, Err(e)) => report.problems.push(e.to_string()),
+        }
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|source| OpsError::Json {
             what: "the status report",
@@ -188,7 +224,11 @@ fn status_blocking(
     }
 
     // groups
-    let mut group_names: Vec<String> = CALLSYNC_GROUPS.iter().map(|g| g.to_string()).collect();
+    let mut group_names: Vec<String> = if args.own_groups.is_empty() {
+        CALLSYNC_GROUPS.iter().map(|g| g.to_string()).collect()
+    } else {
+        args.own_groups.clone()
+    };
     for g in &args.groups {
         if !group_names.contains(g) {
             group_names.push(g.clone());
@@ -234,8 +274,22 @@ fn status_blocking(
         syncs,
         providers,
         dlq,
+        sink: None,
         problems,
     })
+}
+
+/// The sink topic's ranges and id.
+fn sink_topic_state(
+    factory: &KafkaClientFactory,
+    topic: &str,
+) -> Result<(BTreeMap<i32, Watermarks>, Option<String>), OpsError> {
+    let timeout = DEFAULT_KAFKA_TIMEOUT;
+    let reader = scan_consumer(factory, READ_ONLY_GROUP, Isolation::ReadCommitted)?;
+    let partitions = topic_partitions(&reader, topic, timeout)?;
+    let marks = watermarks(&reader, topic, &partitions, timeout)?;
+    let topic_id = callsync_runtime::topic_id(reader.client(), topic, timeout).unwrap_or(None);
+    Ok((marks, topic_id))
 }
 
 fn group_status(
@@ -614,6 +668,10 @@ pub fn write_status(report: &StatusReport, out: &mut impl Write) -> std::io::Res
         }
         None => writeln!(out, "(DLQ topic not found)")?,
     }
+    if let Some(sink) = &report.sink {
+        writeln!(out)?;
+        write_sink_status(sink, out)?;
+    }
     for p in &report.problems {
         writeln!(out, "problem: {p}")?;
     }
@@ -726,6 +784,7 @@ mod tests {
             syncs: vec![],
             providers: vec![],
             dlq: None,
+            sink: None,
             problems: vec![],
         };
         let mut out = Vec::new();

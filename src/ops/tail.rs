@@ -57,22 +57,10 @@ pub struct TailReport {
     pub undecodable: usize,
 }
 
-/// The full name of `topic`: callsync's base names get the configured prefix.
+/// The full name of `topic` ([`super::TopicName`]'s rule: callsync's base names get the
+/// configured prefix).
 pub fn resolve_topic(factory: &KafkaClientFactory, topic: &str) -> String {
-    let known = [
-        names::CALLS_RAW,
-        names::CALLS,
-        names::CALLS_DLQ,
-        names::DEDUP_STATE,
-        names::SOURCE_OFFSETS,
-        names::SYNC_REQUESTS,
-        names::SYNC_EVENTS,
-    ];
-    if known.contains(&topic) {
-        factory.settings().topic(topic)
-    } else {
-        topic.to_string()
-    }
+    super::TopicName::resolve(factory.settings(), topic).full
 }
 
 /// Kafka's murmur2 hash (the Java client's `Utils.murmur2`, also librdkafka's).
@@ -141,7 +129,9 @@ pub async fn run_tail(
     registry: Option<Arc<SchemaRegistryClient>>,
     out: &mut impl Write,
 ) -> Result<TailReport, OpsError> {
-    let topic = resolve_topic(factory, &args.topic);
+    let named = super::TopicName::resolve(factory.settings(), &args.topic);
+    eprintln!("tail: {named}");
+    let topic = named.full;
     let kind = if topic == factory.settings().topic(names::CALLS_DLQ) {
         TopicKind::Dlq
     } else if topic == factory.settings().topic(names::SYNC_EVENTS) {

@@ -412,7 +412,6 @@ fn service_config(
         "kafka": {"bootstrap_servers": settings.bootstrap_servers, "topic_prefix": settings.topic_prefix},
         "topics": {"call_partitions": CALL_PARTITIONS},
         "processor": {
-            "instance_id": format!("svc-{unique}"),
             "group_id": format!("svc-{unique}-processor"),
             "batch_max_time_ms": 100,
         },

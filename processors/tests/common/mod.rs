@@ -59,10 +59,11 @@ impl Fixture {
         &self.factory.settings().topic_prefix
     }
 
-    /// A processor config for this fixture with a unique group.
-    pub fn processor_config(&self, instance_id: &str, group: &str) -> ProcessorConfig {
+    /// A processor config for this fixture with a unique group (no `instance_id`: each run
+    /// gets a transactional id of its own).
+    pub fn processor_config(&self, group: &str) -> ProcessorConfig {
         ProcessorConfig {
-            instance_id: instance_id.to_string(),
+            instance_id: None,
             group_id: group.to_string(),
             batch_max_records: 5_000,
             batch_max_time_ms: 100,
