@@ -108,11 +108,17 @@ fn callsync_services() -> Vec<Service> {
     out
 }
 
+/// The example token whose SHA-256 compose configures (docs/security.md).
+const EXAMPLE_TOKEN: &str = "example-token-do-not-use-0123456789abcdef";
+
 /// The test's rewrites of one variable's value.
 struct Rewrites {
     bootstrap: String,
     database_url: String,
+    /// The private control API (compose: 8081).
     api_port: u16,
+    /// The public webhook listener (compose: 8080).
+    hooks_port: u16,
 }
 
 impl Rewrites {
@@ -132,13 +138,18 @@ impl Rewrites {
                 );
                 self.database_url.clone()
             }
-            "CALLSYNC__API__LISTEN" => {
+            "CALLSYNC__API__LISTEN" | "CALLSYNC__WEBHOOKS__LISTEN" => {
                 let (host, _) = value.rsplit_once(':').expect("host:port");
                 assert_eq!(
                     host, "0.0.0.0",
-                    "the API listens on every interface in a container"
+                    "the listeners listen on every interface in a container"
                 );
-                format!("{host}:{}", self.api_port)
+                let port = if key == "CALLSYNC__API__LISTEN" {
+                    self.api_port
+                } else {
+                    self.hooks_port
+                };
+                format!("{host}:{port}")
             }
             _ => value.to_string(),
         }
@@ -291,6 +302,7 @@ async fn every_compose_service_starts_with_its_exact_command_and_environment() {
             server.port().unwrap_or(5432)
         ),
         api_port: free_port(),
+        hooks_port: free_port(),
     };
     // isolation on the shared broker (compose sets none of these)
     let prefix = format!("{}.", kafka.unique_topic("compose"));
@@ -354,12 +366,21 @@ async fn every_compose_service_starts_with_its_exact_command_and_environment() {
         }
     }
 
-    // the api's healthcheck as compose runs it (in the container, port rewritten), /readyz
+    // the api's healthcheck as compose runs it (in the container, on the public listener, port
+    // rewritten), and /readyz on the private one with the example token
     let check: Vec<String> = api.healthcheck.clone().expect("healthcheck")[1..]
         .iter()
-        .map(|a| a.replace(":8080", &format!(":{}", rewrites.api_port)))
+        .map(|a| a.replace(":8080", &format!(":{}", rewrites.hooks_port)))
         .collect();
-    let http = reqwest::Client::new();
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {EXAMPLE_TOKEN}").parse().expect("header"),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .expect("http");
     let started = Instant::now();
     loop {
         let healthy = Command::new(&check[0])
