@@ -333,11 +333,12 @@ fn apply_rows<'a>(
                         .push(update),
                 }
             }
-            if complete.is_empty() {
-            } else if complete.len() >= copy_threshold {
-                written += upsert_by_copy(&mut *conn, topic, &complete).await?;
-            } else {
-                written += upsert_by_unnest(&mut *conn, topic, &complete, None).await?;
+            if !complete.is_empty() {
+                written += if complete.len() >= copy_threshold {
+                    upsert_by_copy(&mut *conn, topic, &complete).await?
+                } else {
+                    upsert_by_unnest(&mut *conn, topic, &complete, None).await?
+                };
             }
             for (set, updates) in partial.values() {
                 written += upsert_by_unnest(&mut *conn, topic, updates, Some(*set)).await?;
@@ -360,7 +361,7 @@ fn upsert_sql(select: &str, carried: Option<FieldSet>) -> String {
 }
 
 const STAGING_DDL: &str = "SET LOCAL client_min_messages = warning; \
-CREATE TEMP TABLE IF NOT EXISTS callsync_staging_v2 (\
+CREATE TEMP TABLE IF NOT EXISTS callsync_staging (\
 provider text, account_id text, call_id text, version int8, fingerprint int8, \
 started_at timestamptz, \
 answered_at timestamptz, ended_at timestamptz, duration_secs int4, billable_secs int4, \
@@ -380,7 +381,7 @@ fn upsert_by_copy<'a>(
     Box::pin(async move {
         sqlx::Executor::execute(&mut *conn, STAGING_DDL).await?;
         let copy_sql = format!(
-            "COPY callsync_staging_v2 ({}) FROM STDIN (FORMAT binary)",
+            "COPY callsync_staging ({}) FROM STDIN (FORMAT binary)",
             CALL_COLUMNS.join(", ")
         );
         let mut copy = conn.copy_in_raw(&copy_sql).await?;
@@ -401,7 +402,7 @@ fn upsert_by_copy<'a>(
         copy.finish().await?;
         let result = sqlx::query(&upsert_sql(
             &format!(
-                "SELECT {}, now() FROM callsync_staging_v2",
+                "SELECT {}, now() FROM callsync_staging",
                 CALL_COLUMNS.join(", ")
             ),
             None,
@@ -409,7 +410,7 @@ fn upsert_by_copy<'a>(
         .execute(&mut *conn)
         .await?;
         // staging rows go on commit; clear now too, in case of bisect on the same tx
-        sqlx::Executor::execute(&mut *conn, "TRUNCATE callsync_staging_v2").await?;
+        sqlx::Executor::execute(&mut *conn, "TRUNCATE callsync_staging").await?;
         Ok(result.rows_affected())
     })
 }
