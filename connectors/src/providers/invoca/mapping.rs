@@ -95,5 +95,6 @@ pub fn map_transaction(raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, M
         observed_at: ctx.observed_at,
         provider_updated_at: corrected_at,
         raw: Some(raw_bytes(raw)),
+        present_fields: None,
     })
 }
