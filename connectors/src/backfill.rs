@@ -90,6 +90,8 @@ pub(crate) struct WindowPlanner {
     /// Rows and seconds of every window read in full.
     rows: u64,
     secs: f64,
+    /// No window is cut shorter (the provider's [`crate::ProviderClient::min_backfill_window`]).
+    min_secs: f64,
 }
 
 fn secs_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
@@ -106,7 +108,15 @@ impl WindowPlanner {
             page_size: None,
             rows: 0,
             secs: 0.0,
+            min_secs: MIN_WINDOW.as_secs_f64(),
         }
+    }
+
+    /// No window shorter than `min` (and the first ones at least that long).
+    pub fn with_min_window(mut self, min: Duration) -> Self {
+        self.min_secs = min.max(MIN_WINDOW).as_secs_f64();
+        self.span_secs = self.span_secs.max(self.min_secs);
+        self
     }
 
     /// Learns from a window read to its end (or from a page size seen).
@@ -122,7 +132,7 @@ impl WindowPlanner {
 
     /// The length a new window should have, before the end-of-range split.
     fn target_span(&self) -> f64 {
-        let min = MIN_WINDOW.as_secs_f64();
+        let min = self.min_secs;
         if self.secs <= 0.0 {
             return self.span_secs;
         }
@@ -158,18 +168,18 @@ impl WindowPlanner {
         // near the end, spread what is left over the concurrent windows
         let remaining = self.remaining_secs();
         let span = (remaining / self.concurrency).clamp(target / 4.0, target);
-        let span = span.max(MIN_WINDOW.as_secs_f64());
+        let span = span.max(self.min_secs);
         let (start, end) = self.gaps.pop_front()?;
         let step = chrono::Duration::microseconds((span * 1e6) as i64);
         let cut = start + step;
         // a sliver shorter than a minimum window goes with this one
-        let window_end = if cut >= end || secs_between(cut, end) < MIN_WINDOW.as_secs_f64() {
+        let window_end = if cut >= end || secs_between(cut, end) < self.min_secs {
             end
         } else {
             self.gaps.push_front((cut, end));
             cut
         };
-        self.span_secs = secs_between(start, window_end).max(MIN_WINDOW.as_secs_f64());
+        self.span_secs = secs_between(start, window_end).max(self.min_secs);
         Some((start, window_end))
     }
 }

@@ -148,7 +148,8 @@ pub fn provider_page(provider: Provider, input: &[u8]) -> Result<PageOutcome, St
         }
         Provider::Ringba => {
             let size = u64::from(config.ringba[0].page_size.clamp(1, 1000));
-            crate::providers::ringba::read_page(&resp, &created, 0, size)?
+            crate::providers::ringba::read_page(&resp, &created, 0, size)
+                .map_err(|e| format!("{e:?}"))?
         }
         Provider::Invoca => {
             let limit = config.invoca[0].limit.clamp(1, 4000);
@@ -162,13 +163,14 @@ pub fn provider_page(provider: Provider, input: &[u8]) -> Result<PageOutcome, St
                 relative: true,
                 position: 0,
             };
-            crate::providers::callrail::read_page(&resp, &created, relative)?;
+            let base = &config.callrail[0].base_url;
+            crate::providers::callrail::read_page(&resp, &created, relative, base)?;
             let numbered = CallRailPosition {
                 per_page,
                 relative: false,
                 position: 1,
             };
-            crate::providers::callrail::read_page(&resp, &created, numbered)?
+            crate::providers::callrail::read_page(&resp, &created, numbered, base)?
         }
         Provider::TrackDrive => crate::providers::trackdrive::read_page(&resp, &created)?,
     };

@@ -661,7 +661,8 @@ async fn run_sync_inner(
         Duration::from_secs(deps.settings.backfill_window_secs),
         deps.settings.backfill_pages_per_window,
         concurrency,
-    );
+    )
+    .with_min_window(client.min_backfill_window());
     for seen in &plan.seen {
         planner.observe(*seen);
     }

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::config::RingbaAccount;
 use crate::error::ClientError;
-use crate::http::{HttpResponse, ProviderHttp};
+use crate::http::{BodyProblem, HttpResponse, ProviderHttp};
 use crate::mapping::{MapContext, MappingError};
 use crate::providers::{
     bad_token, keep_in_window, peek_field, Page, PageRequest, PageToken, ProviderClient,
@@ -40,17 +40,20 @@ fn call_time(raw: &RawValue) -> Option<DateTime<Utc>> {
 }
 
 /// One call-logs response (asked at `offset` with page `size`) to its records in the window
-/// and the next page token; an error is a malformed body (retried).
+/// and the next page token. A body with `isRateLimited: true` (Ringba may throttle with a
+/// 2xx) is a rate-limited answer; any other unreadable body is malformed (retried).
 pub(crate) fn read_page(
     resp: &HttpResponse,
     req: &PageRequest,
     offset: u64,
     size: u64,
-) -> Result<Page, String> {
+) -> Result<Page, BodyProblem> {
     let env: Envelope = serde_json::from_slice(&resp.body)
         .map_err(|e| format!("expected {{\"report\": {{\"records\": [...]}}}}: {e}"))?;
     if env.is_rate_limited {
-        return Err("rate limited (isRateLimited in a 2xx body)".to_string());
+        return Err(BodyProblem::RateLimited(
+            "isRateLimited in a 2xx body".to_string(),
+        ));
     }
     let report = env
         .report
