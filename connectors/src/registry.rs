@@ -106,7 +106,9 @@ impl Connectors {
         }
         for a in &config.ringba {
             let h = http(Provider::Ringba, &a.account, &a.rate_limit)?;
-            c.insert(Arc::new(RingbaClient::new(a.clone(), h)), &a.rate_limit)?;
+            let client =
+                RingbaClient::new(a.clone(), h).map_err(bad(Provider::Ringba, &a.account))?;
+            c.insert(Arc::new(client), &a.rate_limit)?;
         }
         for a in &config.invoca {
             let h = http(Provider::Invoca, &a.account, &a.rate_limit)?;

@@ -157,6 +157,7 @@ mod names;
 mod providers;
 mod rng;
 mod truth;
+mod webhooks;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -172,12 +173,16 @@ use tokio_util::sync::CancellationToken;
 pub use clock::SimClock;
 pub use config::{
     AccountConfig, ClockConfig, FaultConfig, LifecycleConfig, ProviderConfig, RateLimitRule,
-    SimulatorConfig,
+    SimulatorConfig, WebhookSenderConfig,
 };
 pub use control::{AccountStats, FaultSetting, RateLimitSettings, WindowPeak};
 pub use dataset::{AccountCredentials, BadRecordKind, Stage};
 pub use error::SimulatorError;
 pub use truth::{provider_has_versions, record_checksum, TruthIter, TruthRecord, TruthSummary};
+pub use webhooks::{
+    default_template, template_tokens, WebhookEvent, WebhookReport, WebhookTarget,
+    WebhookTargetAuth, INVOCA_TEMPLATE, RETREAVER_TEMPLATE, RINGBA_TEMPLATE, TRACKDRIVE_TEMPLATE,
+};
 
 use crate::control::Controls;
 use crate::dataset::Dataset;
@@ -432,9 +437,29 @@ impl SimulatorHandle {
                 "rate limit rules need max_requests >= 1 and per_secs >= 1".into(),
             ));
         }
-        self.state
-            .controls
-            .set_rate_limits(provider, RateLimitSettings { rules, retry_after });
+        let shared_consumer_share = self.state.controls.rate_limits(provider).shared_consumer_share;
+        self.state.controls.set_rate_limits(
+            provider,
+            RateLimitSettings {
+                rules,
+                retry_after,
+                shared_consumer_share,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sets the share of each rate-limit window that another consumer of the provider's
+    /// budget spends (0 = nobody else).
+    pub fn set_shared_consumer(&self, provider: Provider, share: f64) -> Result<(), SimulatorError> {
+        if !(0.0..1.0).contains(&share) {
+            return Err(SimulatorError::InvalidConfig(format!(
+                "shared consumer share must be in [0, 1), got {share}"
+            )));
+        }
+        let mut settings = self.state.controls.rate_limits(provider);
+        settings.shared_consumer_share = share;
+        self.state.controls.set_rate_limits(provider, settings);
         Ok(())
     }
 
@@ -497,6 +522,60 @@ impl SimulatorHandle {
             (provider != Provider::Invoca || state.stage != Stage::Created)
                 .then(|| truth::truth_record(account, &facts, &state))
         }))
+    }
+
+    /// Renders `template` (in the provider's token syntax) for call `index` as of `stage`,
+    /// as the provider would send it. A token the simulator does not render is an error.
+    pub fn render_webhook(
+        &self,
+        provider: Provider,
+        account_id: &str,
+        index: u64,
+        stage: Stage,
+        template: &str,
+    ) -> Result<String, SimulatorError> {
+        let account = self.require_account(provider, account_id)?;
+        if index >= account.calls {
+            return Err(SimulatorError::InvalidConfig(format!(
+                "{provider} account {account_id} has no call {index}"
+            )));
+        }
+        webhooks::render(account, &account.facts(index), stage, template)
+    }
+
+    /// The webhooks the account sends for the changes in `[from, to)` (simulated time), in
+    /// sending order, for the configured share of calls.
+    pub fn webhook_events(
+        &self,
+        provider: Provider,
+        account_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<WebhookEvent>, SimulatorError> {
+        let account = self.require_account(provider, account_id)?;
+        let config = &self.state.config.provider(provider).webhooks;
+        webhooks::events_between(
+            account,
+            from.timestamp_millis(),
+            to.timestamp_millis(),
+            config.share,
+            config.template.as_deref(),
+        )
+    }
+
+    /// Sends the webhooks of [`SimulatorHandle::webhook_events`] to `target`, retrying a
+    /// failed delivery as the provider does (CallRail never).
+    pub async fn send_webhooks(
+        &self,
+        provider: Provider,
+        account_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        target: &WebhookTarget,
+    ) -> Result<WebhookReport, SimulatorError> {
+        let events = self.webhook_events(provider, account_id, from, to)?;
+        let retries = self.state.config.provider(provider).webhooks.retries;
+        Ok(webhooks::deliver(&events, target, retries).await)
     }
 
     fn require_account(

@@ -99,10 +99,9 @@ impl ProviderClient for InvocaClient {
             self.account.role.path(),
             self.account.role_id
         );
-        let mut query: Vec<(&str, String)> = vec![
-            ("limit", limit.to_string()),
-            ("transaction_type", "Call".to_string()),
-        ];
+        // every transaction type: conversions (Signal, Sale, Post Call Event) are their own
+        // rows, folded onto their call by the mapping
+        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
         if let Some(a) = &after {
             query.push(("start_after_transaction_id", a.clone()));
         }

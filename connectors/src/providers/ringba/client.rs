@@ -16,6 +16,7 @@ use crate::providers::{
 #[derive(Debug)]
 pub struct RingbaClient {
     account: RingbaAccount,
+    tz: chrono_tz::Tz,
     http: ProviderHttp,
 }
 
@@ -71,8 +72,15 @@ pub(crate) fn read_page(
 }
 
 impl RingbaClient {
-    pub fn new(account: RingbaAccount, http: ProviderHttp) -> Self {
-        RingbaClient { account, http }
+    /// Fails when `time_zone` is not an IANA zone name.
+    pub fn new(account: RingbaAccount, http: ProviderHttp) -> Result<Self, String> {
+        let tz = match &account.time_zone {
+            None => chrono_tz::UTC,
+            Some(name) => name
+                .parse::<chrono_tz::Tz>()
+                .map_err(|e| format!("time_zone {name:?}: {e}"))?,
+        };
+        Ok(RingbaClient { account, tz, http })
     }
 }
 
@@ -124,6 +132,7 @@ impl ProviderClient for RingbaClient {
 
     fn map_context(&self, source: RecordSource) -> MapContext {
         let mut ctx = MapContext::new(Provider::Ringba, &self.account.account, source);
+        ctx.time_zone = self.tz;
         if let Some(c) = &self.account.currency {
             ctx.currency = Some(c.clone());
         }
