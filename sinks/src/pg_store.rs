@@ -592,6 +592,7 @@ fn stored_call(row: &sqlx::postgres::PgRow) -> Result<StoredCall, StoreError> {
         observed_at: col!("observed_at"),
         provider_updated_at: col!("provider_updated_at"),
         raw: col!("raw"),
+        present_fields: None,
     };
     Ok(StoredCall {
         record,

@@ -219,6 +219,7 @@ fn stored_call(row: &SqliteRow) -> Result<StoredCall, StoreError> {
         observed_at: required("observed_at", time("observed_at", col!("observed_at"))?)?,
         provider_updated_at: time("provider_updated_at", col!("provider_updated_at"))?,
         raw: col!("raw"),
+        present_fields: None,
     };
     Ok(StoredCall {
         record,

@@ -162,5 +162,6 @@ pub fn map_transaction(raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, M
         observed_at: ctx.observed_at,
         provider_updated_at: updated_at,
         raw: Some(raw_bytes(raw)),
+        present_fields: None,
     })
 }
