@@ -42,6 +42,8 @@ pub(crate) struct WindowStats {
     pub full_page: Option<u64>,
     /// The window was read from its first page in this run (its `rows` are the window's).
     pub complete: bool,
+    /// The window was read to its last page.
+    pub reached_end: bool,
 }
 
 /// The covered and uncovered parts of a backfill range, from the cursors of its windows.
@@ -146,6 +148,21 @@ impl WindowPlanner {
             _ => self.span_secs * MAX_GROWTH,
         };
         wanted.clamp(min, (self.span_secs * MAX_GROWTH).max(min))
+    }
+
+    /// Pages needed to read `span_secs` more at the call density and page size seen so far
+    /// (`None` before any window was read).
+    pub fn estimate_pages(&self, span_secs: f64) -> Option<u64> {
+        if self.secs <= 0.0 {
+            return None;
+        }
+        let rows = self.rows as f64 / self.secs * span_secs.max(0.0);
+        let pages = match self.page_size {
+            Some(page) if page > 0 => (rows / page as f64).ceil(),
+            // every window so far fitted one page: assume the same page holds this one
+            _ => 1.0,
+        };
+        Some((pages as u64).max(1))
     }
 
     /// Seconds of the range that no window has been cut for yet.
@@ -264,6 +281,7 @@ mod tests {
             span_secs: 3600.0,
             full_page: None,
             complete: true,
+            reached_end: true,
         });
         // one page only so far: the page size is unknown, grow by the cap
         let second = p.next_window().unwrap();
@@ -273,6 +291,7 @@ mod tests {
             span_secs: 8.0 * 3600.0,
             full_page: Some(100),
             complete: true,
+            reached_end: true,
         });
         let third = p.next_window().unwrap();
         assert_eq!(
@@ -298,6 +317,7 @@ mod tests {
             span_secs: 100.0 * 3600.0,
             full_page: Some(100),
             complete: true,
+            reached_end: true,
         });
         // the target is 100 h, the range 100 h: four windows of 25 h
         let w = p.next_window().unwrap();

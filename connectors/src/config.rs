@@ -61,6 +61,14 @@ pub struct SyncSettings {
     pub initial_incremental_secs: u64,
     /// `full` re-reads this trailing window.
     pub full_window_days: u32,
+    /// Reconcile: the nightly `full` sync of a provider scanned by call time (Ringba,
+    /// CallRail, TrackDrive) also re-reads the older window back to this many days, once every
+    /// `reconcile_every_days`, so changes made weeks after a call are caught. 0 turns it off.
+    pub reconcile_window_days: u32,
+    pub reconcile_every_days: u32,
+    /// Requests a reconcile may use in one run (its cost is estimated first); the rest is
+    /// read by the next runs, from where it stopped. 0: no cap.
+    pub reconcile_max_requests: u64,
     /// A backfill range is split into windows, each resumable on its own. The first ones are
     /// this long (and all of them for a provider that never returns a full page); later ones
     /// are sized from the call density seen to hold `backfill_pages_per_window` pages.
@@ -87,6 +95,9 @@ impl Default for SyncSettings {
             created_scan_lookback_secs: 2 * 86_400,
             initial_incremental_secs: 24 * 3600,
             full_window_days: 7,
+            reconcile_window_days: 35,
+            reconcile_every_days: 7,
+            reconcile_max_requests: 1000,
             backfill_window_secs: 24 * 3600,
             backfill_pages_per_window: 100,
             backfill_concurrency: 4,

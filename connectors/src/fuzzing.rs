@@ -210,7 +210,8 @@ pub fn provider_page(provider: Provider, input: &[u8]) -> Result<PageOutcome, St
 /// One webhook body of `provider` through its parser and the Avro encoding. `Err` is a body
 /// the receiver answers 400.
 pub fn webhook(provider: Provider, body: &[u8]) -> Result<CallRecord, WebhookError> {
-    let record = crate::webhook::parse_templated_webhook(provider, ACCOUNT, body, observed_at())?;
+    let ctx = crate::webhook::default_context(provider, ACCOUNT);
+    let record = crate::webhook::parse_webhook(body, &ctx, observed_at())?;
     assert_eq!(record.provider, provider);
     assert_eq!(record.account_id, ACCOUNT);
     assert_eq!(record.source, RecordSource::Webhook);
