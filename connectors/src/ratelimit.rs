@@ -241,18 +241,12 @@ impl AccountRateLimiter {
         }
     }
 
-    /// The provider said we are over its limit (a 429, or a 2xx body saying so): everyone of
-    /// this account pauses for `retry_after` (when the provider said), and an adaptive rate
-    /// halves.
+    /// The provider said we are over its limit (a 429, or a 2xx body saying so): an adaptive
+    /// rate halves, and everyone of this account pauses for `retry_after` when the provider
+    /// said, else for one interval of the (new) rate, so that the retry does not go out at
+    /// once on a fresh pacing quota.
     pub fn on_rate_limited(&self, retry_after: Option<Duration>) {
-        if let Some(d) = retry_after {
-            let until = Instant::now() + d;
-            let mut p = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-            if p.is_none_or(|t| t < until) {
-                *p = Some(until);
-            }
-        }
-        if self.policy.adaptive {
+        let rate = if self.policy.adaptive {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let floor = (self.policy.target_per_minute() / 64.0).max(0.5);
             s.rate = (s.rate * 0.5).max(floor);
@@ -260,6 +254,15 @@ impl AccountRateLimiter {
             s.successes = 0;
             s.last_429 = Some(Instant::now());
             tracing::info!(rate_per_min = s.rate, "adaptive rate halved after a rate-limited answer");
+            s.rate
+        } else {
+            self.current_per_minute()
+        };
+        let pause = retry_after.unwrap_or_else(|| Duration::from_secs_f64(60.0 / rate.max(0.01)));
+        let until = Instant::now() + pause;
+        let mut p = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if p.is_none_or(|t| t < until) {
+            *p = Some(until);
         }
     }
 }

@@ -269,7 +269,7 @@ fn plan(
                 prev_watermark: None,
                 max_pages: None,
             }];
-            windows.extend(reconcile_window(request, client, settings, cursors, start, now));
+            windows.extend(reconcile_window(request, client, settings, cursors, start, end));
             Ok(Plan {
                 windows,
                 already_done: 0,
@@ -339,15 +339,16 @@ fn plan(
 
 /// The reconcile window a full sync adds: for a provider scanned by call time (its
 /// incremental lookback and the nightly full window miss changes made weeks later), the
-/// older window `[now - reconcile_window_days, start of the full window)`, once every
-/// `reconcile_every_days`; an unfinished one resumes where the last run stopped.
+/// older window `[end - reconcile_window_days, start of the full window)`, once every
+/// `reconcile_every_days` (measured between the ends of the windows, the full sync's `end`
+/// being now); an unfinished one resumes where the last run stopped.
 fn reconcile_window(
     request: &SyncRequest,
     client: &DynClient,
     settings: &SyncSettings,
     cursors: &std::collections::HashMap<String, SourceCursor>,
     full_start: DateTime<Utc>,
-    now: DateTime<Utc>,
+    end: DateTime<Utc>,
 ) -> Option<WindowPlan> {
     if client.incremental_scan() != Scan::Created
         || settings.reconcile_window_days <= settings.full_window_days
@@ -374,13 +375,15 @@ fn reconcile_window(
     match prev {
         Some(p) if !p.done => Some(window(p.window_start, p.window_end, Some(p))),
         Some(p)
-            if now - p.updated_at
-                < chrono::Duration::days(i64::from(settings.reconcile_every_days.max(1))) =>
+            // the last reconcile window ended where that run's full window began
+            if end - p.window_end
+                < chrono::Duration::days(i64::from(settings.reconcile_every_days.max(1)))
+                    + chrono::Duration::days(i64::from(settings.full_window_days)) =>
         {
             None
         }
         _ => {
-            let start = now - chrono::Duration::days(i64::from(settings.reconcile_window_days));
+            let start = end - chrono::Duration::days(i64::from(settings.reconcile_window_days));
             (start < full_start).then(|| window(start, full_start, None))
         }
     }

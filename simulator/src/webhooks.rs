@@ -74,9 +74,7 @@ pub const INVOCA_TEMPLATE: &str = r#"{
   "campaign_name": "{advertiser_campaign_name}",
   "publisher_id": "{affiliate_id}",
   "publisher_name": "{affiliate_name}",
-  "status": "{call_result_description_detail}",
-  "revenue": "{advertiser_payin_localized}",
-  "payout": "{affiliate_payout_localized}"
+  "status": "{call_result_description_detail}"
 }"#;
 
 /// TrackDrive's template in docs/webhooks.md.
@@ -549,7 +547,7 @@ mod tests {
         );
         assert_eq!(
             template_tokens(Provider::Invoca, INVOCA_TEMPLATE).len(),
-            12,
+            10,
             "JSON braces are not tokens"
         );
     }
