@@ -97,7 +97,13 @@ fn free_port() -> u16 {
 
 /// The config of the test's processes: the simulator's accounts (Ringba with its zone), a
 /// webhook account per provider (a token; CallRail's signing key).
-fn config_text(kafka: &RealKafka, prefix: &str, db: &TestDatabase, sim: &RunningSimulator, port: u16) -> String {
+fn config_text(
+    kafka: &RealKafka,
+    prefix: &str,
+    db: &TestDatabase,
+    sim: &RunningSimulator,
+    port: u16,
+) -> String {
     let providers = Provider::ALL.to_vec();
     let mut connectors = callsync::cli::connectors_for_simulator(sim, &providers, 60_000.0);
     connectors["sync"] = json!({
@@ -219,18 +225,16 @@ impl Callsync {
 }
 
 /// Posts `body` as the provider sends it (its token header; CallRail signed).
-async fn post(
-    service: &Callsync,
-    provider: Provider,
-    account: &str,
-    body: &[u8],
-) -> (u16, String) {
+async fn post(service: &Callsync, provider: Provider, account: &str, body: &[u8]) -> (u16, String) {
     let mut request = reqwest::Client::new()
         .post(webhook_url(service, provider, account))
         .header("content-type", "application/json")
         .body(body.to_vec());
     request = if provider == Provider::CallRail {
-        request.header("Signature", callrail_signature(CALLRAIL_KEY.as_bytes(), body))
+        request.header(
+            "Signature",
+            callrail_signature(CALLRAIL_KEY.as_bytes(), body),
+        )
     } else {
         request.header("X-Callsync-Token", TOKEN)
     };
@@ -301,7 +305,9 @@ fn recent_completed(sim: &RunningSimulator, provider: Provider, account: &str) -
 async fn every_documented_template_reaches_postgres_as_the_provider_sent_it() {
     let kafka = callsync_testkit::skip_unless_kafka!();
     let db = callsync_testkit::skip_unless_postgres!();
-    let sim = Simulator::start(simulator_config(31)).await.expect("simulator");
+    let sim = Simulator::start(simulator_config(31))
+        .await
+        .expect("simulator");
     let mut service = start(&kafka, &db, &sim, "api,processor,sink").await;
     let templates = documented_templates();
     assert_eq!(templates.len(), 4, "{templates:?}");
@@ -315,7 +321,13 @@ async fn every_documented_template_reaches_postgres_as_the_provider_sent_it() {
             .filter(|t| t.stage == Stage::Completed);
         for truth in calls.take(3) {
             let body = sim
-                .render_webhook(provider, &account, truth.index, Stage::Completed, &templates[&provider])
+                .render_webhook(
+                    provider,
+                    &account,
+                    truth.index,
+                    Stage::Completed,
+                    &templates[&provider],
+                )
                 .expect("the documented template renders");
             let (status, answer) = post(&service, provider, &account, body.as_bytes()).await;
             assert_eq!(status, 202, "{provider}: {answer}\n{body}");
@@ -325,12 +337,22 @@ async fn every_documented_template_reaches_postgres_as_the_provider_sent_it() {
     // CallRail's own bodies: a Post-Call and a Pre-Call, in whichever id style they come
     let account = sim.accounts(Provider::CallRail)[0].clone();
     let events = sim
-        .webhook_events(Provider::CallRail, &account, sim.now() - chrono::Duration::hours(12), sim.now())
+        .webhook_events(
+            Provider::CallRail,
+            &account,
+            sim.now() - chrono::Duration::hours(12),
+            sim.now(),
+        )
         .expect("events");
     for kind in ["post_call", "pre_call"] {
         let event = events
             .iter()
-            .find(|e| e.kind == kind && !expected.iter().any(|x| x.1.index == e.index && x.1.provider == Provider::CallRail))
+            .find(|e| {
+                e.kind == kind
+                    && !expected
+                        .iter()
+                        .any(|x| x.1.index == e.index && x.1.provider == Provider::CallRail)
+            })
             .expect("an event of each kind");
         let (status, answer) = post(&service, Provider::CallRail, &account, &event.body).await;
         assert_eq!(status, 202, "CallRail {kind}: {answer}");
@@ -342,7 +364,13 @@ async fn every_documented_template_reaches_postgres_as_the_provider_sent_it() {
     }
     // a template with a field the parser does not know is refused, naming it
     let ringba = sim.accounts(Provider::Ringba)[0].clone();
-    let (status, answer) = post(&service, Provider::Ringba, &ringba, br#"{"call_id": "x", "revnue": "1"}"#).await;
+    let (status, answer) = post(
+        &service,
+        Provider::Ringba,
+        &ringba,
+        br#"{"call_id": "x", "revnue": "1"}"#,
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(answer.contains("revnue"), "{answer}");
 
@@ -352,16 +380,27 @@ async fn every_documented_template_reaches_postgres_as_the_provider_sent_it() {
     for (key, truth, body) in &expected {
         let row = &rows[key];
         let what = format!("{key}: {}", String::from_utf8_lossy(body));
-        assert_eq!(row.source, callsync_schemas::RecordSource::Webhook, "{what}");
+        assert_eq!(
+            row.source,
+            callsync_schemas::RecordSource::Webhook,
+            "{what}"
+        );
         assert!(
             (row.started_at - truth.started_at).num_milliseconds().abs() < 1000,
             "{what}: started_at {} vs {}",
             row.started_at,
             truth.started_at
         );
-        assert_eq!(row.caller_number.as_ref(), Some(&truth.caller_number), "{what}");
+        assert_eq!(
+            row.caller_number.as_ref(),
+            Some(&truth.caller_number),
+            "{what}"
+        );
         if truth.provider == Provider::CallRail && row.status == CallStatus::InProgress {
-            assert_eq!(row.duration_secs, None, "a Pre-Call carries no duration: {what}");
+            assert_eq!(
+                row.duration_secs, None,
+                "a Pre-Call carries no duration: {what}"
+            );
         } else if truth.provider != Provider::Ringba {
             // Ringba has no status token; the others carry the call's status
             assert_eq!(row.status, truth.status, "{what}");
@@ -374,7 +413,11 @@ async fn every_documented_template_reaches_postgres_as_the_provider_sent_it() {
 }
 
 /// The rows a poll of `account` leaves, as the truth says (for comparing after the poll).
-fn polled(sim: &RunningSimulator, provider: Provider, account: &str) -> BTreeMap<String, TruthRecord> {
+fn polled(
+    sim: &RunningSimulator,
+    provider: Provider,
+    account: &str,
+) -> BTreeMap<String, TruthRecord> {
     sim.truth(provider, account, None)
         .expect("truth")
         .filter(|t| t.bad.is_none())
@@ -387,12 +430,15 @@ async fn webhooks_and_polls_interleave_without_losing_fields() {
     let kafka = callsync_testkit::skip_unless_kafka!();
     let db = callsync_testkit::skip_unless_postgres!();
     let provider = Provider::Retreaver;
-    let sim = Simulator::start(simulator_config(32)).await.expect("simulator");
+    let sim = Simulator::start(simulator_config(32))
+        .await
+        .expect("simulator");
     let mut service = start(&kafka, &db, &sim, "api,processor,sink").await;
     let account = sim.accounts(provider)[0].clone();
     let template = documented_templates()[&provider].clone();
     let calls = recent_completed(&sim, provider, &account);
-    let [before_poll, after_poll, duplicate, partial] = [&calls[0], &calls[1], &calls[2], &calls[3]];
+    let [before_poll, after_poll, duplicate, partial] =
+        [&calls[0], &calls[1], &calls[2], &calls[3]];
     let render = |t: &TruthRecord| {
         sim.render_webhook(provider, &account, t.index, Stage::Completed, &template)
             .expect("renders")
@@ -420,7 +466,11 @@ async fn webhooks_and_polls_interleave_without_losing_fields() {
         let t = &truth[key];
         assert_eq!(Some(row.version), t.version, "{key}: the poll's version");
         assert_eq!(row.revenue, t.revenue, "{key}");
-        assert_eq!(row.tracking_number.as_ref(), Some(&t.tracking_number), "{key}");
+        assert_eq!(
+            row.tracking_number.as_ref(),
+            Some(&t.tracking_number),
+            "{key}"
+        );
         assert!(!row.is_partial(), "{key}: complete after the poll");
     }
 
@@ -445,7 +495,11 @@ async fn webhooks_and_polls_interleave_without_losing_fields() {
     let row = &after[&partial.call_key];
     let t = &truth[&partial.call_key];
     assert_eq!(row.caller_number.as_ref(), Some(&t.caller_number), "kept");
-    assert_eq!(row.tracking_number.as_ref(), Some(&t.tracking_number), "kept");
+    assert_eq!(
+        row.tracking_number.as_ref(),
+        Some(&t.tracking_number),
+        "kept"
+    );
     assert_eq!(row.status, t.status, "kept");
     assert_eq!(row.payout, t.payout, "kept");
     assert_eq!(row.duration_secs, t.duration_secs.map(|d| d as i32), "kept");

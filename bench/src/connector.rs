@@ -43,10 +43,7 @@ pub async fn run(seconds: u64, calls: u64) -> anyhow::Result<BenchOutcome> {
     let mut figures = Vec::new();
     for (label, share) in [
         ("Retreaver, its own budget", &plain),
-        (
-            "Ringba, a budget 30% spent by another consumer",
-            &shared,
-        ),
+        ("Ringba, a budget 30% spent by another consumer", &shared),
     ] {
         let records_target = (share.target_per_minute * f64::from(PAGE_SIZE)).max(1e-9);
         figures.push(Figure {
@@ -78,9 +75,7 @@ pub async fn run(seconds: u64, calls: u64) -> anyhow::Result<BenchOutcome> {
             ),
             baseline: format!("{records_target:.0}/min"),
             ratio: Some(share.records_per_minute / records_target),
-            met: Some(
-                share.records_per_minute >= 0.95 * records_target && share.rate_limited == 0,
-            ),
+            met: Some(share.records_per_minute >= 0.95 * records_target && share.rate_limited == 0),
         });
     }
     figures.push(Figure {

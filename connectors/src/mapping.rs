@@ -466,7 +466,9 @@ pub fn parse_decimal(text: &str) -> Option<Decimal> {
         Some(rest) => (true, rest.trim_start()),
         None => (false, t),
     };
-    let t = t.trim_start_matches(['$', '€', '£']).trim_end_matches(['€', '$', '£']);
+    let t = t
+        .trim_start_matches(['$', '€', '£'])
+        .trim_end_matches(['€', '$', '£']);
     let t = t.trim();
     let t: String = t
         .chars()

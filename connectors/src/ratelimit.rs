@@ -52,7 +52,12 @@ impl RatePolicy {
     pub fn quota_budgets(&self) -> Vec<(usize, Duration)> {
         self.quotas
             .iter()
-            .map(|q| (((q.max_requests * self.share).floor().max(1.0)) as usize, q.period))
+            .map(|q| {
+                (
+                    ((q.max_requests * self.share).floor().max(1.0)) as usize,
+                    q.period,
+                )
+            })
             .collect()
     }
 }
@@ -253,7 +258,10 @@ impl AccountRateLimiter {
             s.limiter = build(s.rate);
             s.successes = 0;
             s.last_429 = Some(Instant::now());
-            tracing::info!(rate_per_min = s.rate, "adaptive rate halved after a rate-limited answer");
+            tracing::info!(
+                rate_per_min = s.rate,
+                "adaptive rate halved after a rate-limited answer"
+            );
             s.rate
         } else {
             self.current_per_minute()
@@ -303,7 +311,10 @@ mod tests {
             max_requests: 10_000.0,
             period: Duration::from_secs(86_400),
         }];
-        assert_eq!(p.quota_budgets(), vec![(5_000, Duration::from_secs(86_400))]);
+        assert_eq!(
+            p.quota_budgets(),
+            vec![(5_000, Duration::from_secs(86_400))]
+        );
     }
 
     #[test]

@@ -269,7 +269,9 @@ fn plan(
                 prev_watermark: None,
                 max_pages: None,
             }];
-            windows.extend(reconcile_window(request, client, settings, cursors, start, end));
+            windows.extend(reconcile_window(
+                request, client, settings, cursors, start, end,
+            ));
             Ok(Plan {
                 windows,
                 already_done: 0,
@@ -818,11 +820,7 @@ async fn run_sync_inner(
             None => break,
             Some((stream, Ok(stats))) => {
                 if stream == RECONCILE_STREAM {
-                    if let Some(r) = reconcile
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_mut()
-                    {
+                    if let Some(r) = reconcile.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
                         r.finished = stats.reached_end;
                     }
                 }

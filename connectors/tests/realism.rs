@@ -83,7 +83,13 @@ async fn documented_templates_render_and_parse_into_the_truth() {
         assert!(events.len() > 100, "{provider}: {} webhooks", events.len());
         for event in events.iter().step_by(7) {
             let rendered = sim
-                .render_webhook(provider, &account, event.index, event.stage, template.trim_end())
+                .render_webhook(
+                    provider,
+                    &account,
+                    event.index,
+                    event.stage,
+                    template.trim_end(),
+                )
                 .expect("every documented token is one the provider renders");
             assert_eq!(rendered.as_bytes(), &event.body[..]);
             let record = parse_webhook(rendered.as_bytes(), &ctx, event.at)
@@ -92,12 +98,18 @@ async fn documented_templates_render_and_parse_into_the_truth() {
                 .truth_of_call(provider, &account, event.index, Some(event.at))
                 .expect("truth")
                 .expect("the call exists");
-            let what = format!("{provider} call {} at {:?}: {rendered}", event.index, event.stage);
+            let what = format!(
+                "{provider} call {} at {:?}: {rendered}",
+                event.index, event.stage
+            );
             assert!(record.is_partial(), "{what}");
             assert_eq!(record.key().as_str(), truth.call_key, "{what}");
             assert!(record.carries(CallField::StartedAt), "{what}");
             assert!(
-                (record.started_at - truth.started_at).num_milliseconds().abs() < 1000,
+                (record.started_at - truth.started_at)
+                    .num_milliseconds()
+                    .abs()
+                    < 1000,
                 "{what}: started_at {} vs {}",
                 record.started_at,
                 truth.started_at
@@ -119,7 +131,11 @@ async fn documented_templates_render_and_parse_into_the_truth() {
             if record.carries(CallField::Converted) {
                 assert_eq!(record.converted, Some(truth.converted), "{what}");
             }
-            assert_eq!(record.caller_number.as_ref(), Some(&truth.caller_number), "{what}");
+            assert_eq!(
+                record.caller_number.as_ref(),
+                Some(&truth.caller_number),
+                "{what}"
+            );
             assert!(record.version <= event.at.timestamp_micros(), "{what}");
         }
     }
@@ -191,7 +207,9 @@ async fn the_simulator_retries_where_the_provider_does_and_callrail_never() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let sim = Simulator::start(SimulatorConfig::for_tests(3)).await.unwrap();
+    let sim = Simulator::start(SimulatorConfig::for_tests(3))
+        .await
+        .unwrap();
     for (provider, retried) in [(Provider::Ringba, true), (Provider::CallRail, false)] {
         let account = sim.accounts(provider)[0].clone();
         let to = sim.now();
@@ -238,7 +256,9 @@ async fn invoca_conversions_fold_into_their_calls() {
         None,
         Some(sim.now()),
     );
-    run_sync(&first, &deps, NoProgress).await.expect("stream read");
+    run_sync(&first, &deps, NoProgress)
+        .await
+        .expect("stream read");
     let records = decoded(&store);
     assert_matches_truth(&sim, provider, &account, &records);
     let newest = newest(&records);
@@ -402,7 +422,9 @@ async fn reconcile_catches_changes_weeks_after_the_call() {
         Some(info.first_call_at - chrono::Duration::hours(1)),
         Some(sim.now()),
     );
-    run_sync(&everything, &deps, NoProgress).await.expect("backfill");
+    run_sync(&everything, &deps, NoProgress)
+        .await
+        .expect("backfill");
     assert!(stale_revenue(&sim, provider, &account, &store).is_empty());
 
     let nightly = |n: u32| {
@@ -416,7 +438,9 @@ async fn reconcile_catches_changes_weeks_after_the_call() {
         )
     };
     // night 1: the reconcile (due: never run) reads 3 pages of its window, then stops
-    let first = run_sync(&nightly(1), &deps, NoProgress).await.expect("full 1");
+    let first = run_sync(&nightly(1), &deps, NoProgress)
+        .await
+        .expect("full 1");
     let r = first.reconcile.expect("a reconcile ran");
     assert!(r.estimated_requests.is_some_and(|n| n > 3), "{r:?}");
     assert_eq!(r.max_requests, Some(3));
@@ -443,7 +467,10 @@ async fn reconcile_catches_changes_weeks_after_the_call() {
         .expect("full");
     assert!(quiet.reconcile.is_none(), "not due within a week");
     let stale = stale_revenue(&sim, provider, &account, &store);
-    assert!(!stale.is_empty(), "the setup has changes past the full window");
+    assert!(
+        !stale.is_empty(),
+        "the setup has changes past the full window"
+    );
     // a week after the last reconcile it runs again and catches every one of them
     sim.clock().advance(Duration::from_secs(5 * 86_400));
     loop {
@@ -470,7 +497,11 @@ async fn reconcile_catches_changes_weeks_after_the_call() {
                 .is_some_and(|t| t.started_at > cutoff)
         })
         .collect();
-    assert!(missed.is_empty(), "{} late changes missed: {missed:?}", missed.len());
+    assert!(
+        missed.is_empty(),
+        "{} late changes missed: {missed:?}",
+        missed.len()
+    );
 }
 
 /// Ringba's budget is shared with the account's UI users (here 30% of each window) and it

@@ -99,10 +99,14 @@ impl SimulatorConfig {
         for provider in Provider::ALL {
             let config = self.provider(provider);
             if !(0.0..1.0).contains(&config.shared_consumer_share) {
-                return invalid(format!("{provider}: shared_consumer_share must be in [0, 1)"));
+                return invalid(format!(
+                    "{provider}: shared_consumer_share must be in [0, 1)"
+                ));
             }
             if !matches!(config.rate_limited_status, 200 | 429) {
-                return invalid(format!("{provider}: rate_limited_status must be 200 or 429"));
+                return invalid(format!(
+                    "{provider}: rate_limited_status must be 200 or 429"
+                ));
             }
             if config.max_page_size == 0 || config.default_page_size == 0 {
                 return invalid(format!("{provider}: page sizes must be at least 1"));

@@ -441,16 +441,14 @@ impl Account {
         });
         // drawn apart from the sequence above, so that adding the stage changed no other fact
         let mut late_draws = Draws::new(mix(self.draw(SALT_LATE_ADJUST, index), 0x1A7E));
-        let late_adjustment_ms = self
-            .may_have_stage(Stage::LateAdjusted, index)
-            .then(|| {
-                created_ms
-                    + rng::between(
-                        late_draws.next_word(),
-                        lifecycle.late_adjustment_min_ms as u64,
-                        lifecycle.late_adjustment_max_ms as u64,
-                    ) as i64
-            });
+        let late_adjustment_ms = self.may_have_stage(Stage::LateAdjusted, index).then(|| {
+            created_ms
+                + rng::between(
+                    late_draws.next_word(),
+                    lifecycle.late_adjustment_min_ms as u64,
+                    lifecycle.late_adjustment_max_ms as u64,
+                ) as i64
+        });
         // the revenue before it: the first adjustment's, else the conversion's; a chargeback
         // (0) is reinstated, anything else moves by 60-139 % but never 100 %
         let before = if adjustment_ms.is_some() {

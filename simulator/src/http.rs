@@ -178,7 +178,12 @@ pub(crate) async fn admit<'a>(
     }
     if let Err(throttle) = state.controls.check_rate(runtime) {
         runtime.count(Counter::RateLimited);
-        return Err(rate_limited_response(state, provider, Some(throttle), retry_after));
+        return Err(rate_limited_response(
+            state,
+            provider,
+            Some(throttle),
+            retry_after,
+        ));
     }
     let fault = state.controls.draw_fault(runtime, request_number, &faults);
     if fault == FaultDraw::RateLimited {

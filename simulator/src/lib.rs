@@ -437,7 +437,11 @@ impl SimulatorHandle {
                 "rate limit rules need max_requests >= 1 and per_secs >= 1".into(),
             ));
         }
-        let shared_consumer_share = self.state.controls.rate_limits(provider).shared_consumer_share;
+        let shared_consumer_share = self
+            .state
+            .controls
+            .rate_limits(provider)
+            .shared_consumer_share;
         self.state.controls.set_rate_limits(
             provider,
             RateLimitSettings {
@@ -451,7 +455,11 @@ impl SimulatorHandle {
 
     /// Sets the share of each rate-limit window that another consumer of the provider's
     /// budget spends (0 = nobody else).
-    pub fn set_shared_consumer(&self, provider: Provider, share: f64) -> Result<(), SimulatorError> {
+    pub fn set_shared_consumer(
+        &self,
+        provider: Provider,
+        share: f64,
+    ) -> Result<(), SimulatorError> {
         if !(0.0..1.0).contains(&share) {
             return Err(SimulatorError::InvalidConfig(format!(
                 "shared consumer share must be in [0, 1), got {share}"

@@ -235,12 +235,7 @@ fn ms_of(value: &serde_json::Value) -> Option<i64> {
 
 /// A token's rendered value for a call as of `stage` (`None`: the provider has no such
 /// token).
-fn token_value(
-    account: &Account,
-    facts: &CallFacts,
-    stage: Stage,
-    token: &str,
-) -> Option<String> {
+fn token_value(account: &Account, facts: &CallFacts, stage: Stage, token: &str) -> Option<String> {
     let state = facts.state_at_stage(stage);
     let offset = account.utc_offset_minutes;
     match account.provider {
@@ -535,14 +530,19 @@ mod tests {
     #[test]
     fn ringba_dates_render_like_its_tokens() {
         // 2025-11-27T02:48:06Z in UTC-5
-        assert_eq!(ringba_date(1_764_211_686_000, -300), "11/26/2025 9:48:06 PM");
+        assert_eq!(
+            ringba_date(1_764_211_686_000, -300),
+            "11/26/2025 9:48:06 PM"
+        );
         assert_eq!(ringba_date(1_764_201_600_000, 0), "11/27/2025 12:00:00 AM");
     }
 
     #[test]
     fn tokens_are_found_in_each_syntax() {
         assert_eq!(
-            template_tokens(Provider::Ringba, RINGBA_TEMPLATE).first().map(String::as_str),
+            template_tokens(Provider::Ringba, RINGBA_TEMPLATE)
+                .first()
+                .map(String::as_str),
             Some("Call:InboundCallId")
         );
         assert_eq!(

@@ -365,7 +365,10 @@ fn apply_invoca_rows(rows: &[Value], latest: &mut BTreeMap<String, (i64, Value)>
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let version = match (row["corrected_at"].as_str(), row["signal_occurred_at"].as_i64()) {
+        let version = match (
+            row["corrected_at"].as_str(),
+            row["signal_occurred_at"].as_i64(),
+        ) {
             (Some(text), _) => chrono::DateTime::parse_from_rfc3339(text)
                 .map(|t| t.timestamp_micros())
                 .unwrap_or_default(),
@@ -411,8 +414,15 @@ async fn invoca_cursor_stream_carries_corrections_and_late_rows() -> TestResult 
         .iter()
         .filter(|r| r["transaction_type"] == "Call")
         .all(|r| r["advertiser_payin_localized"] == "0,00"));
-    let (calls_only, _) =
-        invoca_stream(&client, &sim, &account, &key, None, "&transaction_type=Call").await?;
+    let (calls_only, _) = invoca_stream(
+        &client,
+        &sim,
+        &account,
+        &key,
+        None,
+        "&transaction_type=Call",
+    )
+    .await?;
     assert!(calls_only.iter().all(|r| r["transaction_type"] == "Call"));
     let mut latest = BTreeMap::new();
     apply_invoca_rows(&rows, &mut latest);
@@ -1343,14 +1353,26 @@ async fn invoca_advertiser_rows_and_transaction_types() -> TestResult {
         assert!(row["call_result_description_detail_managed_advertiser"].is_string());
         assert!(row.get("affiliate_payout_localized").is_none());
     }
-    let signals: Vec<Value> = invoca_get(&client, &sim, &account, &key, "limit=500&transaction_type=Signal")
-        .await?
-        .json()
-        .await?;
+    let signals: Vec<Value> = invoca_get(
+        &client,
+        &sim,
+        &account,
+        &key,
+        "limit=500&transaction_type=Signal",
+    )
+    .await?
+    .json()
+    .await?;
     assert!(!signals.is_empty());
-    assert!(signals.iter().all(|r| r["transaction_type"] == "Signal" && r["signal_name"] == "Sale"));
+    assert!(signals
+        .iter()
+        .all(|r| r["transaction_type"] == "Signal" && r["signal_name"] == "Sale"));
     let bad = invoca_get(&client, &sim, &account, &key, "transaction_type=Nope").await?;
-    assert_eq!(bad.status(), StatusCode::FORBIDDEN, "Invoca's validation errors are 403");
+    assert_eq!(
+        bad.status(),
+        StatusCode::FORBIDDEN,
+        "Invoca's validation errors are 403"
+    );
     sim.shutdown().await?;
     Ok(())
 }

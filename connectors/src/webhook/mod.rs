@@ -92,12 +92,11 @@ pub fn parse_webhook(
         return callrail::parse(body, &ctx, received_at);
     }
     if api_record_shape(provider, body) {
-        let raw: &RawValue =
-            serde_json::from_slice(body).map_err(|e| WebhookError::Malformed {
-                provider,
-                account: ctx.account_id.clone(),
-                detail: e.to_string(),
-            })?;
+        let raw: &RawValue = serde_json::from_slice(body).map_err(|e| WebhookError::Malformed {
+            provider,
+            account: ctx.account_id.clone(),
+            detail: e.to_string(),
+        })?;
         let mut record = match provider {
             Provider::Retreaver => crate::providers::retreaver::map_call(raw, &ctx)?,
             Provider::Ringba => crate::providers::ringba::map_call(raw, &ctx)?,

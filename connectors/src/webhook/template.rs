@@ -101,7 +101,10 @@ fn render(body: &[u8], ctx: &MapContext) -> Result<Rendered, WebhookError> {
         }
         match crate::mapping::kind_of(raw) {
             crate::mapping::JsonKind::Object | crate::mapping::JsonKind::Array => {
-                return Err(bad(&key, "expected a string, number or boolean".to_string()))
+                return Err(bad(
+                    &key,
+                    "expected a string, number or boolean".to_string(),
+                ))
             }
             _ => {}
         }
@@ -225,10 +228,7 @@ pub fn parse(
         (converted.is_some(), CallField::Converted),
         (revenue.is_some(), CallField::Revenue),
         (payout.is_some(), CallField::Payout),
-        (
-            revenue.is_some() || payout.is_some(),
-            CallField::Currency,
-        ),
+        (revenue.is_some() || payout.is_some(), CallField::Currency),
         (v.contains_key("recording_url"), CallField::RecordingUrl),
         (rendered.tags.is_some(), CallField::Tags),
         (updated_at.is_some(), CallField::ProviderUpdatedAt),

@@ -4,9 +4,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::*;
 
 fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .unwrap()
-        .with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
 fn ctx(provider: Provider) -> MapContext {
@@ -61,20 +59,32 @@ fn a_rendered_retreaver_template_is_a_partial_record_of_exactly_its_fields() {
             "raw"
         ]
     );
-    assert_eq!(r.version, at("2024-11-04T16:53:01Z").timestamp_micros(), "updated_at");
+    assert_eq!(
+        r.version,
+        at("2024-11-04T16:53:01Z").timestamp_micros(),
+        "updated_at"
+    );
 }
 
 #[test]
 fn ringba_dates_are_read_in_the_accounts_zone() {
-    let body = br#"{"call_id": "RGB1", "started_at": "11/26/2025 9:48:06 PM", "duration_secs": "60",
+    let body =
+        br#"{"call_id": "RGB1", "started_at": "11/26/2025 9:48:06 PM", "duration_secs": "60",
                     "converted": "True", "revenue": "12.5", "payout": "[Call:ConversionPayout]"}"#;
     let mut c = ctx(Provider::Ringba);
     c.time_zone = chrono_tz::America::New_York;
     let r = parse_webhook(body, &c, at("2025-11-27T03:00:00Z")).unwrap();
     assert_eq!(r.started_at, at("2025-11-27T02:48:06Z"));
-    assert_eq!(r.ended_at, Some(at("2025-11-27T02:49:06Z")), "start + duration");
+    assert_eq!(
+        r.ended_at,
+        Some(at("2025-11-27T02:49:06Z")),
+        "start + duration"
+    );
     assert_eq!(r.converted, Some(true));
-    assert!(!r.carries(CallField::Payout), "a token left in place is not carried");
+    assert!(
+        !r.carries(CallField::Payout),
+        "a token left in place is not carried"
+    );
     assert_eq!(
         r.version,
         at("2025-11-27T02:49:06Z").timestamp_micros(),
@@ -132,7 +142,11 @@ fn callrail_post_call_and_call_modified_in_both_id_styles() {
     assert_eq!(post.campaign_id.as_deref(), Some("TRK1"));
     assert_eq!(post.status, CallStatus::Completed);
     assert_eq!(post.duration_secs, Some(60));
-    assert_eq!(post.version, at("2024-01-02T15:21:00Z").timestamp_micros(), "timestamp");
+    assert_eq!(
+        post.version,
+        at("2024-01-02T15:21:00Z").timestamp_micros(),
+        "timestamp"
+    );
     assert!(post.carries(CallField::Revenue) && !post.carries(CallField::Tags));
     // since 2021: resource_id / tracker_resource_id
     let modified = br#"{"resource_id":"CAL1","tracker_resource_id":"TRK1","answered":true,"start_time":"2024-01-02T10:00:00.000-05:00","duration":60,"value":"12.00","tags":["Sale"],"changes":["value","tags"],"timestamp":"2024-01-03T09:00:00.000-05:00"}"#;
@@ -208,7 +222,10 @@ fn webhook_and_poll_interleavings_keep_every_field() {
         at("2024-11-04T18:00:02Z"),
     )
     .unwrap();
-    assert!(webhook.version < poll.version, "the webhook is older than the poll");
+    assert!(
+        webhook.version < poll.version,
+        "the webhook is older than the poll"
+    );
 
     // webhook then poll: the poll (complete, newer) wins as it is
     let mut row = None;

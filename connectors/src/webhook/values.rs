@@ -98,8 +98,8 @@ pub fn webhook_version(
 /// provider had no value for it and left the token in place.
 pub fn is_unrendered_token(text: &str) -> bool {
     let t = text.trim();
-    let bracketed = (t.starts_with('[') && t.ends_with(']'))
-        || (t.starts_with('{') && t.ends_with('}'));
+    let bracketed =
+        (t.starts_with('[') && t.ends_with(']')) || (t.starts_with('{') && t.ends_with('}'));
     bracketed
         && t.len() > 2
         && t[1..t.len() - 1]

@@ -345,7 +345,11 @@ struct OptionalValues {
 }
 
 /// The call object as CallRail's webhooks send it: every field, the optional ones too.
-pub(crate) fn record_json(account: &Account, facts: &CallFacts, state: &CallState) -> serde_json::Value {
+pub(crate) fn record_json(
+    account: &Account,
+    facts: &CallFacts,
+    state: &CallState,
+) -> serde_json::Value {
     let all = OptionalFields {
         company: true,
         created_at: true,

@@ -130,7 +130,10 @@ pub(crate) fn row_version_micros(facts: &CallFacts, stage: Stage) -> i64 {
     match stage {
         Stage::Created | Stage::Completed => facts.created_ms * 1000,
         Stage::ConversionPosted => {
-            row_ms(facts, stage).unwrap_or(facts.completed_ms).div_euclid(1000) * 1_000_000
+            row_ms(facts, stage)
+                .unwrap_or(facts.completed_ms)
+                .div_euclid(1000)
+                * 1_000_000
         }
         _ => facts.stage_ms(stage).unwrap_or(facts.created_ms) * 1000,
     }
@@ -266,7 +269,9 @@ fn build_page(
         Some(id) => {
             let cursor = decode_transaction_id(id)
                 .filter(|cursor| cursor.index < account.calls && cursor.stage != Stage::Created)
-                .filter(|cursor| row_ms(&account.facts(cursor.index), cursor.stage) == Some(cursor.at_ms))
+                .filter(|cursor| {
+                    row_ms(&account.facts(cursor.index), cursor.stage) == Some(cursor.at_ms)
+                })
                 .ok_or_else(|| {
                     ApiError::BadRequest(format!(
                         "start_after_transaction_id {id} is not a transaction"

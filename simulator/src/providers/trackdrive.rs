@@ -292,7 +292,11 @@ struct TrackDriveCall {
 }
 
 /// The call as the calls API serves it, for webhooks.
-pub(crate) fn record_json(account: &Account, facts: &CallFacts, state: &CallState) -> serde_json::Value {
+pub(crate) fn record_json(
+    account: &Account,
+    facts: &CallFacts,
+    state: &CallState,
+) -> serde_json::Value {
     serde_json::to_value(record(account, facts, state)).unwrap_or_default()
 }
 

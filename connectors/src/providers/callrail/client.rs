@@ -70,9 +70,9 @@ pub(crate) fn read_page(
     let next = if relative {
         match (env.has_next_page, env.next_page) {
             (Some(false), _) => None,
-            (_, Some(link)) if !link.trim().is_empty() && fetched > 0 => {
-                Some(PageToken::NextLink(same_origin_link(base_url, link.trim())?))
-            }
+            (_, Some(link)) if !link.trim().is_empty() && fetched > 0 => Some(PageToken::NextLink(
+                same_origin_link(base_url, link.trim())?,
+            )),
             (Some(true), _) if fetched > 0 => {
                 return Err("has_next_page is true but next_page is missing".to_string())
             }

@@ -119,7 +119,10 @@ pub fn map_transaction(raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, M
     for (field, tag) in [
         ("transaction_type", "transaction_type"),
         ("virtual_line_id", "promo_number_id"),
-        ("advertiser_promo_line_description", "promo_line_description"),
+        (
+            "advertiser_promo_line_description",
+            "promo_line_description",
+        ),
         ("media_type", "media_type"),
         ("hangup_cause", "hangup_cause"),
         ("call_source_description", "call_source_description"),

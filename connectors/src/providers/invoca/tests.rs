@@ -60,19 +60,41 @@ fn a_signal_row_and_its_correction_fold_into_the_call() {
     let signal = map_transaction(&rows[3], &ctx).unwrap();
     let corrected = map_transaction(&rows[4], &ctx).unwrap();
     assert_eq!(signal.call_id, call.call_id);
-    assert_eq!(call.converted, None, "a Call row says nothing about conversions");
+    assert_eq!(
+        call.converted, None,
+        "a Call row says nothing about conversions"
+    );
     assert_eq!(signal.converted, Some(true));
-    assert_eq!(signal.revenue.unwrap().to_string(), "125.50", "decimal comma");
+    assert_eq!(
+        signal.revenue.unwrap().to_string(),
+        "125.50",
+        "decimal comma"
+    );
     assert_eq!(signal.payout.unwrap().to_string(), "1010.25");
     assert_eq!(signal.version, 1_709_316_000_000_000, "signal_occurred_at");
     assert!(signal.version > call.version);
-    assert_eq!(signal.tags.get("signal:Sale").map(String::as_str), Some("true"));
-    assert_eq!(signal.tags.get("signal:Quote").map(String::as_str), Some("true"));
-    assert!(corrected.version > signal.version, "a correction of the signal wins");
+    assert_eq!(
+        signal.tags.get("signal:Sale").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        signal.tags.get("signal:Quote").map(String::as_str),
+        Some("true")
+    );
+    assert!(
+        corrected.version > signal.version,
+        "a correction of the signal wins"
+    );
     assert_eq!(corrected.converted, Some(false));
     assert_eq!(corrected.revenue.unwrap().to_string(), "0.00");
-    assert_eq!(call.tags.get("promo_number_id").map(String::as_str), Some("9911"));
-    assert_eq!(call.tracking_number, None, "the API has no tracking phone number");
+    assert_eq!(
+        call.tags.get("promo_number_id").map(String::as_str),
+        Some("9911")
+    );
+    assert_eq!(
+        call.tracking_number, None,
+        "the API has no tracking phone number"
+    );
 }
 
 #[test]
