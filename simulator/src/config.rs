@@ -284,7 +284,7 @@ pub struct ProviderConfig {
     pub webhooks: WebhookSenderConfig,
 }
 
-/// How a provider sends webhooks (see [`crate::webhooks`]).
+/// How a provider sends webhooks (see the crate docs, "Webhooks").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct WebhookSenderConfig {
