@@ -303,21 +303,30 @@ fn build_page(
         None => rows_by_creation(account, now_ms, cursor, limit, types),
     };
     let advertiser = role == "advertisers";
-    let records: Vec<serde_json::Value> = rows
+    let records: Vec<RoleRow> = rows
         .into_iter()
         .map(|change| {
             let facts = account.facts(change.index);
             let state = facts.state_at_stage(change.stage);
-            let row = serde_json::to_value(row(account, &facts, &state, change.stage))
-                .unwrap_or_default();
+            let row = row(account, &facts, &state, change.stage);
             if advertiser {
-                advertiser_view(row)
+                RoleRow::Advertiser(advertiser_view(
+                    serde_json::to_value(row).unwrap_or_default(),
+                ))
             } else {
-                row
+                RoleRow::Network(Box::new(row))
             }
         })
         .collect();
     Page::json(&records, records.len())
+}
+
+/// A row as the role sees it (the network's is serialized as built: pages stay fast).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RoleRow {
+    Network(Box<InvocaRow>),
+    Advertiser(serde_json::Value),
 }
 
 /// The advertiser role's row: its own status column, none of the network's columns.

@@ -1,4 +1,4 @@
-use callsync_schemas::{CallRecord, CallStatus};
+use callsync_schemas::{CallField, CallRecord, CallStatus, FieldSet};
 use chrono::{TimeZone, Utc};
 use serde_json::value::RawValue;
 
@@ -133,7 +133,7 @@ pub fn map_transaction(raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, M
             tags.insert(tag.to_string(), v);
         }
     }
-    Ok(CallRecord {
+    let record = CallRecord {
         provider: ctx.provider,
         account_id: ctx.account_id.clone(),
         call_id,
@@ -166,5 +166,15 @@ pub fn map_transaction(raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, M
         provider_updated_at: updated_at,
         raw: Some(raw_bytes(raw)),
         present_fields: None,
+    };
+    // a Call row that names no signal says nothing about conversions: it must not clear the
+    // `converted` a Signal row set (a correction of the call comes after its signals)
+    Ok(match converted {
+        Some(_) => record,
+        None => {
+            let mut carried = FieldSet::ALL;
+            carried.remove(CallField::Converted);
+            record.into_partial(carried)
+        }
     })
 }
