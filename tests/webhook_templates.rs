@@ -254,13 +254,14 @@ async fn rows(
         .expect("Postgres");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let all: BTreeMap<String, CallRecord> = store
-            .all_calls()
-            .await
-            .expect("calls")
-            .into_iter()
-            .map(|c| (c.record.key().into_string(), c.record))
-            .collect();
+        // the sink migrates the database when it starts: until then the query may fail
+        let all: BTreeMap<String, CallRecord> = match store.all_calls().await {
+            Ok(calls) => calls
+                .into_iter()
+                .map(|c| (c.record.key().into_string(), c.record))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
         if keys.iter().all(|k| all.contains_key(k)) && until(&all) {
             return all;
         }
