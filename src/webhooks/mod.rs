@@ -36,7 +36,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use callsync_runtime::metrics::RECORDS_TOTAL;
 use callsync_runtime::KafkaSettings;
-use callsync_schemas::{CallRecord, Provider, WireFormat};
+use callsync_schemas::{CallField, CallRecord, Provider, WireFormat};
 use chrono::{DateTime, TimeZone, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -372,7 +372,13 @@ fn check_times(record: &CallRecord, now: DateTime<Utc>) -> Result<(), String> {
         .checked_add_signed(MAX_FUTURE_SKEW)
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let times = [
-        ("started_at", Some(record.started_at)),
+        // a partial record's uncarried started_at is a placeholder, not a time it claims
+        (
+            "started_at",
+            record
+                .carries(CallField::StartedAt)
+                .then_some(record.started_at),
+        ),
         ("answered_at", record.answered_at),
         ("ended_at", record.ended_at),
         ("provider_updated_at", record.provider_updated_at),
