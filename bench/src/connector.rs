@@ -674,11 +674,21 @@ fn follow_sync_events(
     }
     consumer.assign(&tpl)?;
     let decoder: RecordDecoder<SyncEvent> = RecordDecoder::new();
+    // a topic just created can be unknown to this client's metadata for a while
+    let mut failing_since: Option<std::time::Instant> = None;
     while !tx.is_closed() {
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
-            Some(Err(e)) => return Err(e).context("reading sync events"),
+            Some(Err(e)) => {
+                let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(60) {
+                    return Err(e).context("reading sync events (failing for 60 s)");
+                }
+                eprintln!("bench: reading sync events: {e} (retrying)");
+                std::thread::sleep(Duration::from_millis(500));
+            }
             Some(Ok(m)) => {
+                failing_since = None;
                 let Some(value) = m.payload() else { continue };
                 match decoder.decode(value) {
                     Ok(ev) if ev.sync_id == sync_id => {
