@@ -519,6 +519,16 @@ fn upsert_by_copy<'a>(
     })
 }
 
+/// The binary COPY stream of complete records, as [`upsert_by_copy`] sends it but in one
+/// piece (the sink benchmark's in-memory measurement).
+pub(crate) fn copy_stream(topic: &str, updates: &[Update<'_>]) -> Vec<u8> {
+    let mut writer = BinaryCopyWriter::with_capacity(COPY_CHUNK_BYTES + 64 * 1024);
+    for update in updates {
+        write_copy_row(&mut writer, topic, update);
+    }
+    writer.finish()
+}
+
 /// `started_at`, NULL when a partial record does not carry it.
 fn started_at(r: &CallRecord) -> Option<&chrono::DateTime<chrono::Utc>> {
     r.carries(CallField::StartedAt).then_some(&r.started_at)
