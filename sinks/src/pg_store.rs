@@ -563,7 +563,7 @@ fn write_copy_row(w: &mut BinaryCopyWriter, topic: &str, update: &Update<'_>) {
     w.opt_numeric(r.payout.as_ref());
     w.opt_text(r.currency.as_deref());
     w.opt_text(r.recording_url.as_deref());
-    w.jsonb(&columns::tags_json(&r.tags));
+    w.jsonb_with(|out| columns::write_tags_json(out, &r.tags));
     w.text(r.source.as_str());
     w.timestamptz(&r.observed_at);
     w.opt_timestamptz(r.provider_updated_at.as_ref());
