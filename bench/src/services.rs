@@ -323,12 +323,21 @@ pub struct BenchProcess {
 impl BenchProcess {
     /// Starts `callsync --config CONFIG ARGS...`, its output going to `log`.
     pub fn spawn(config: &std::path::Path, args: &[&str], log: PathBuf) -> anyhow::Result<Self> {
-        let bin = callsync_binary()?;
+        Self::spawn_binary(&callsync_binary()?, config, args, log)
+    }
+
+    /// [`Self::spawn`] with a given `callsync` binary (another build, compared side by side).
+    pub fn spawn_binary(
+        bin: &std::path::Path,
+        config: &std::path::Path,
+        args: &[&str],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone().context("log file handle")?;
         let what = format!("callsync {}", args.join(" "));
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .arg("--config")
             .arg(config)
             .args(args)

@@ -79,28 +79,44 @@ fn write_config(
     std::fs::write(path, toml).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Where the sink role drains from and to.
+pub struct RoleTarget<'a> {
+    pub database_url: &'a str,
+    pub bootstrap: &'a str,
+    pub prefix: &'a str,
+    pub partitions: i32,
+    /// The consumer group (a fresh one per drain: each reads the topic from its start).
+    pub group: String,
+    /// Another `callsync` build to run instead of this one's (compared side by side).
+    pub binary: Option<&'a Path>,
+}
+
 /// Runs the sink role process from an empty `calls` table until every call of the `calls`
 /// topic under `prefix` is in it.
 pub async fn drain(
     pool: &sqlx::PgPool,
-    database_url: &str,
-    bootstrap: &str,
-    prefix: &str,
-    partitions: i32,
+    target: &RoleTarget<'_>,
     keys: &LandedKeys,
     servers: &Servers,
 ) -> anyhow::Result<MethodFigures> {
     let work = tempfile::tempdir()?;
     let config = work.path().join("sink.toml");
-    let group = format!("{prefix}callsync-sink");
-    write_config(&config, bootstrap, prefix, partitions, database_url, &group)?;
+    write_config(
+        &config,
+        target.bootstrap,
+        target.prefix,
+        target.partitions,
+        target.database_url,
+        &target.group,
+    )?;
     let watch = DrainWatch::start("callsync sink role", servers);
     let started = Instant::now();
-    let mut sink = BenchProcess::spawn(
-        &config,
-        &["run", "--roles", "sink"],
-        work.path().join("sink.log"),
-    )?;
+    let args = ["run", "--roles", "sink"];
+    let log = work.path().join("sink.log");
+    let mut sink = match target.binary {
+        Some(binary) => BenchProcess::spawn_binary(binary, &config, &args, log)?,
+        None => BenchProcess::spawn(&config, &args, log)?,
+    };
     let figures = watch
         .until_landed(pool, keys, &mut sink, started)
         .await

@@ -27,11 +27,24 @@ use crate::{proc_usage, services, sink_role};
 const SINK_PARTITIONS: i32 = 12;
 /// Our sink's batch bound in rows (the store path's batches; the peer's `batch.size`).
 const SINK_BATCH_ROWS: usize = 10_000;
+/// Another `callsync` build whose sink role drains the same rows in the same run, right after
+/// this build's (before/after comparisons on a noisy machine).
+const SINK_BASELINE_BIN_ENV: &str = "CALLSYNC_BENCH_SINK_BASELINE_BIN";
+/// `0` skips the peer (Kafka Connect takes ~2 minutes and ~1.5 cores): for experiments only.
+const SINK_PEER_ENV: &str = "CALLSYNC_BENCH_SINK_PEER";
 
 pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
     // Everything a measurement needs is set up first: the peer's jars, a Postgres cluster,
     // both topics filled. Then each method runs on its own from an empty table.
-    let plugin_path = debezium_peer::fetch().context("fetching Kafka Connect and Debezium")?;
+    let run_peer = std::env::var(SINK_PEER_ENV).map_or(true, |v| v != "0");
+    let baseline_bin = std::env::var_os(SINK_BASELINE_BIN_ENV)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
+    let plugin_path = if run_peer {
+        Some(debezium_peer::fetch().context("fetching Kafka Connect and Debezium")?)
+    } else {
+        None
+    };
     // Postgres as production runs it (fsync and synchronous_commit on): what each method
     // pays per commit is part of what is compared
     let server = PgServer::start_throwaway_with(PgDurability::Production)
@@ -65,8 +78,10 @@ pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
     eprintln!("bench: producing {rows} calls for the sink role and {rows} for the peer");
     sink_role::produce_partitioned(&factory, &role_topic, &calls, SINK_PARTITIONS)?;
     let peer_topic = settings.topic("calls.connect-json");
-    create_topic(&factory, &peer_topic, SINK_PARTITIONS).await?;
-    debezium_peer::produce(&factory, &peer_topic, &calls, SINK_PARTITIONS)?;
+    if run_peer {
+        create_topic(&factory, &peer_topic, SINK_PARTITIONS).await?;
+        debezium_peer::produce(&factory, &peer_topic, &calls, SINK_PARTITIONS)?;
+    }
     let sink_rows: Vec<SinkRow> = calls
         .iter()
         .enumerate()
@@ -124,32 +139,51 @@ pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
     // 4. the sink role process, from Kafka
     eprintln!("bench: the sink role");
     sink_drain::empty_table(&db.pool).await?;
+    let role_target = |group: &str, binary| sink_role::RoleTarget {
+        database_url: &db.url,
+        bootstrap: &bootstrap,
+        prefix: &settings.topic_prefix,
+        partitions: SINK_PARTITIONS,
+        group: format!("{}{group}", settings.topic_prefix),
+        binary,
+    };
     let role = sink_role::drain(
         &db.pool,
-        &db.url,
-        &bootstrap,
-        &settings.topic_prefix,
-        SINK_PARTITIONS,
+        &role_target("callsync-sink", None),
         &keys,
         &servers,
     )
     .await?;
+    let baseline_role = match &baseline_bin {
+        Some(bin) => {
+            eprintln!("bench: the sink role of {}", bin.display());
+            sink_drain::empty_table(&db.pool).await?;
+            let target = role_target("callsync-sink-baseline", Some(bin.as_path()));
+            Some(sink_role::drain(&db.pool, &target, &keys, &servers).await?)
+        }
+        None => None,
+    };
 
     // 5. the peer: Kafka Connect with the Debezium JDBC sink, from Kafka
-    eprintln!("bench: Kafka Connect with the Debezium JDBC sink");
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let peer_config = PeerConfig {
         tasks: cores,
         batch_rows: SINK_BATCH_ROWS,
     };
-    sink_drain::empty_table(&db.pool).await?;
-    let target = PeerTarget {
-        bootstrap: &bootstrap,
-        topic: &peer_topic,
-        database_url: &db.url,
-        plugin_path: &plugin_path,
+    let peer = match &plugin_path {
+        Some(plugin_path) => {
+            eprintln!("bench: Kafka Connect with the Debezium JDBC sink");
+            sink_drain::empty_table(&db.pool).await?;
+            let target = PeerTarget {
+                bootstrap: &bootstrap,
+                topic: &peer_topic,
+                database_url: &db.url,
+                plugin_path,
+            };
+            Some(debezium_peer::drain(&db.pool, &target, &keys, &servers, &peer_config).await?)
+        }
+        None => None,
     };
-    let peer = debezium_peer::drain(&db.pool, &target, &keys, &servers, &peer_config).await?;
     sink_drain::empty_table(&db.pool).await?;
     drop(store);
     db.drop_database()
@@ -163,6 +197,7 @@ pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
         row_by_row,
         row_by_row_batched,
         role,
+        baseline_role: baseline_role.map(|figures| (baseline_bin.unwrap_or_default(), figures)),
         peer,
         peer_config: peer_config.describe(),
     }))
@@ -176,7 +211,10 @@ struct SinkResults {
     row_by_row: Measurement,
     row_by_row_batched: Measurement,
     role: MethodFigures,
-    peer: MethodFigures,
+    /// The sink role of another build (`CALLSYNC_BENCH_SINK_BASELINE_BIN`), same rows, same run.
+    baseline_role: Option<(std::path::PathBuf, MethodFigures)>,
+    /// None when skipped (`CALLSYNC_BENCH_SINK_PEER=0`).
+    peer: Option<MethodFigures>,
     peer_config: String,
 }
 
@@ -189,8 +227,11 @@ fn sink_outcome(r: SinkResults) -> BenchOutcome {
     let psql_rate = r.psql.steady_rows_per_sec.max(1e-9);
     let store_vs_psql = r.store_path.steady_rows_per_sec / psql_rate;
     let role_vs_psql = r.role.steady_rows_per_sec / psql_rate;
-    let role_vs_peer = r.role.steady_rows_per_sec / r.peer.steady_rows_per_sec.max(1e-9);
-    let peer_vs_psql = r.peer.steady_rows_per_sec / psql_rate;
+    // a skipped peer (experiments) stands in as the role itself; its figures are left out
+    let peer_ran = r.peer.is_some();
+    let peer = r.peer.clone().unwrap_or_else(|| r.role.clone());
+    let role_vs_peer = r.role.steady_rows_per_sec / peer.steady_rows_per_sec.max(1e-9);
+    let peer_vs_psql = peer.steady_rows_per_sec / psql_rate;
     let store_rate = r.store_path.steady_rows_per_sec;
     let vs_row_by_row = store_rate / r.row_by_row.rows_per_sec.max(1e-9);
     let vs_row_by_row_batched = store_rate / r.row_by_row_batched.rows_per_sec.max(1e-9);
@@ -206,7 +247,85 @@ fn sink_outcome(r: SinkResults) -> BenchOutcome {
         ratio: None,
         met: None,
     };
-    let figures = vec![
+    let peer_figures = vec![
+        Figure {
+            ratio: Some(role_vs_peer),
+            ..figure(
+                format!(
+                    "sink role vs Kafka Connect + Debezium JDBC sink draining the same {rows} \
+                     calls (JSON with schema), steady rows/s (`sink_role_vs_debezium`)"
+                ),
+                "reported (peer: see below)",
+                format!("{:.0}/s", r.role.steady_rows_per_sec),
+                format!(
+                    "{:.0}/s Debezium ({peer_vs_psql:.2} x psql)",
+                    peer.steady_rows_per_sec
+                ),
+            )
+        },
+        Figure {
+            ratio: Some(peer.seconds_to_last_row / r.role.seconds_to_last_row.max(1e-9)),
+            ..figure(
+                "time from process start to the last row: sink role vs Debezium (ratio: \
+                 Debezium's time / ours) vs psql"
+                    .into(),
+                "reported",
+                format!("{:.1} s sink role", r.role.seconds_to_last_row),
+                format!(
+                    "{:.1} s Debezium, {:.1} s psql",
+                    peer.seconds_to_last_row, r.psql.seconds_to_last_row
+                ),
+            )
+        },
+        Figure {
+            ratio: Some(total_cpu(&peer) / total_cpu(&r.role).max(1e-9)),
+            ..figure(
+                "CPU seconds to the last row, the process + Postgres + broker (ratio: \
+                 Debezium's / ours)"
+                    .into(),
+                "reported",
+                format!(
+                    "sink role {:.1} s ({:.1} + Postgres {:.1} + broker {:.1})",
+                    total_cpu(&r.role),
+                    r.role.process_cpu_secs,
+                    r.role.postgres_cpu_secs.unwrap_or(0.0),
+                    r.role.broker_cpu_secs.unwrap_or(0.0)
+                ),
+                format!(
+                    "Debezium {:.1} s ({:.1} + Postgres {:.1} + broker {:.1}); psql {:.1} s \
+                     ({:.1} + Postgres {:.1})",
+                    total_cpu(&peer),
+                    peer.process_cpu_secs,
+                    peer.postgres_cpu_secs.unwrap_or(0.0),
+                    peer.broker_cpu_secs.unwrap_or(0.0),
+                    total_cpu(&r.psql),
+                    r.psql.process_cpu_secs,
+                    r.psql.postgres_cpu_secs.unwrap_or(0.0)
+                ),
+            )
+        },
+        Figure {
+            ratio: Some(peer.peak_rss_bytes as f64 / (r.role.peak_rss_bytes.max(1)) as f64),
+            ..figure(
+                "peak RSS: sink role process vs the Connect worker (ratio: Connect's / ours)"
+                    .into(),
+                "-",
+                format!("{:.0} MiB sink role", mib(r.role.peak_rss_bytes)),
+                format!(
+                    "{:.0} MiB Kafka Connect, {:.0} MiB psql",
+                    mib(peer.peak_rss_bytes),
+                    mib(r.psql.peak_rss_bytes)
+                ),
+            )
+        },
+        figure(
+            "the peer's configuration".into(),
+            "fair: batch = our batch bound, tasks = cores",
+            r.peer_config.clone(),
+            "-".into(),
+        ),
+    ];
+    let mut figures = vec![
         Figure {
             ratio: Some(store_vs_psql),
             met: Some(store_vs_psql >= 0.9),
@@ -258,94 +377,47 @@ fn sink_outcome(r: SinkResults) -> BenchOutcome {
                 format!("{psql_rate:.0}/s psql"),
             )
         },
-        Figure {
-            ratio: Some(role_vs_peer),
+    ];
+    if peer_ran {
+        figures.extend(peer_figures);
+    }
+    if let Some((bin, baseline)) = &r.baseline_role {
+        let vs = r.role.steady_rows_per_sec / baseline.steady_rows_per_sec.max(1e-9);
+        figures.push(Figure {
+            ratio: Some(vs),
             ..figure(
                 format!(
-                    "sink role vs Kafka Connect + Debezium JDBC sink draining the same {rows} \
-                     calls (JSON with schema), steady rows/s (`sink_role_vs_debezium`)"
+                    "sink role of this build vs the sink role of {} on the same rows, steady \
+                     rows/s (`sink_role_vs_baseline_build`)",
+                    bin.display()
                 ),
-                "reported (peer: see below)",
+                "-",
                 format!("{:.0}/s", r.role.steady_rows_per_sec),
                 format!(
-                    "{:.0}/s Debezium ({peer_vs_psql:.2} x psql)",
-                    r.peer.steady_rows_per_sec
+                    "{:.0}/s ({:.2} x psql; CPU {:.1} s + Postgres {:.1} s)",
+                    baseline.steady_rows_per_sec,
+                    baseline.steady_rows_per_sec / psql_rate,
+                    baseline.process_cpu_secs,
+                    baseline.postgres_cpu_secs.unwrap_or(0.0)
                 ),
             )
-        },
-        Figure {
-            ratio: Some(r.peer.seconds_to_last_row / r.role.seconds_to_last_row.max(1e-9)),
-            ..figure(
-                "time from process start to the last row: sink role vs Debezium (ratio: \
-                 Debezium's time / ours) vs psql"
-                    .into(),
-                "reported",
-                format!("{:.1} s sink role", r.role.seconds_to_last_row),
-                format!(
-                    "{:.1} s Debezium, {:.1} s psql",
-                    r.peer.seconds_to_last_row, r.psql.seconds_to_last_row
-                ),
-            )
-        },
-        Figure {
-            ratio: Some(total_cpu(&r.peer) / total_cpu(&r.role).max(1e-9)),
-            ..figure(
-                "CPU seconds to the last row, the process + Postgres + broker (ratio: \
-                 Debezium's / ours)"
-                    .into(),
-                "reported",
-                format!(
-                    "sink role {:.1} s ({:.1} + Postgres {:.1} + broker {:.1})",
-                    total_cpu(&r.role),
-                    r.role.process_cpu_secs,
-                    r.role.postgres_cpu_secs.unwrap_or(0.0),
-                    r.role.broker_cpu_secs.unwrap_or(0.0)
-                ),
-                format!(
-                    "Debezium {:.1} s ({:.1} + Postgres {:.1} + broker {:.1}); psql {:.1} s \
-                     ({:.1} + Postgres {:.1})",
-                    total_cpu(&r.peer),
-                    r.peer.process_cpu_secs,
-                    r.peer.postgres_cpu_secs.unwrap_or(0.0),
-                    r.peer.broker_cpu_secs.unwrap_or(0.0),
-                    total_cpu(&r.psql),
-                    r.psql.process_cpu_secs,
-                    r.psql.postgres_cpu_secs.unwrap_or(0.0)
-                ),
-            )
-        },
-        Figure {
-            ratio: Some(r.peer.peak_rss_bytes as f64 / (r.role.peak_rss_bytes.max(1)) as f64),
-            ..figure(
-                "peak RSS: sink role process vs the Connect worker (ratio: Connect's / ours)"
-                    .into(),
-                "-",
-                format!("{:.0} MiB sink role", mib(r.role.peak_rss_bytes)),
-                format!(
-                    "{:.0} MiB Kafka Connect, {:.0} MiB psql",
-                    mib(r.peer.peak_rss_bytes),
-                    mib(r.psql.peak_rss_bytes)
-                ),
-            )
-        },
-        figure(
-            "the peer's configuration".into(),
-            "fair: batch = our batch bound, tasks = cores",
-            r.peer_config.clone(),
-            "-".into(),
+        });
+    }
+    figures.push(figure(
+        "conditions of each measurement (load average; other processes' CPU)".into(),
+        "-",
+        format!(
+            "psql: {}; sink role: {}; Debezium: {}",
+            r.psql.conditions.summary(),
+            r.role.conditions.summary(),
+            if peer_ran {
+                peer.conditions.summary()
+            } else {
+                "not run".into()
+            }
         ),
-        figure(
-            "conditions of each measurement (load average; other processes' CPU)".into(),
-            "-",
-            format!(
-                "psql: {}; sink role: {}; Debezium: {}",
-                r.psql.conditions.summary(),
-                r.role.conditions.summary(),
-                r.peer.conditions.summary()
-            ),
-            "-".into(),
-        ),
-    ];
+        "-".into(),
+    ));
     BenchOutcome {
         name: "sink".into(),
         figures,
@@ -353,8 +425,8 @@ fn sink_outcome(r: SinkResults) -> BenchOutcome {
             "rows": rows,
             "partitions": SINK_PARTITIONS,
             "sink_role_vs_psql": role_vs_psql,
-            "sink_role_vs_debezium": role_vs_peer,
-            "debezium_vs_psql": peer_vs_psql,
+            "sink_role_vs_debezium": peer_ran.then_some(role_vs_peer),
+            "debezium_vs_psql": peer_ran.then_some(peer_vs_psql),
             "sink_store_vs_psql": store_vs_psql,
             "sink_store_vs_row_by_row": vs_row_by_row,
             "sink_store_vs_row_by_row_batched": vs_row_by_row_batched,
@@ -363,6 +435,13 @@ fn sink_outcome(r: SinkResults) -> BenchOutcome {
             "row_by_row": r.row_by_row,
             "row_by_row_batched": r.row_by_row_batched,
             "sink_role": r.role,
+            "sink_role_baseline_build": r.baseline_role.as_ref().map(|(bin, figures)| json!({
+                "binary": bin.display().to_string(),
+                "figures": figures,
+                "sink_role_vs_baseline_build":
+                    r.role.steady_rows_per_sec / figures.steady_rows_per_sec.max(1e-9),
+                "baseline_vs_psql": figures.steady_rows_per_sec / psql_rate,
+            })),
             "debezium": r.peer,
             "debezium_config": r.peer_config,
         }),

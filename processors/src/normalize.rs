@@ -41,6 +41,19 @@ pub fn phone_region(code: &str) -> Option<Region> {
         .map(|_| region)
 }
 
+/// Whether `input` is a North American number already written in E.164: `+1`, an area code
+/// starting 2-9, then 9 digits. libphonenumber parses such a number to itself (country code 1,
+/// a national number that cannot start with the national prefix `1`), so under
+/// [`PhoneCheck::Parseable`] it is normalized as it stands and needs no parse. Most numbers of
+/// the supported providers (US call tracking) have this shape.
+pub fn is_canonical_nanp(input: &str) -> bool {
+    let bytes = input.as_bytes();
+    bytes.len() == 12
+        && bytes.starts_with(b"+1")
+        && (b'2'..=b'9').contains(&bytes[2])
+        && bytes[3..].iter().all(u8::is_ascii_digit)
+}
+
 /// Normalize a phone number to E.164 (`+15551234567`).
 ///
 /// Numbers without a country code are read in `default_region`. An empty string and the
@@ -58,6 +71,9 @@ pub fn normalize_phone(
             .any(|m| trimmed.eq_ignore_ascii_case(m))
     {
         return Ok(None);
+    }
+    if check == PhoneCheck::Parseable && is_canonical_nanp(trimmed) {
+        return Ok(Some(trimmed.to_string()));
     }
     let number = PHONE_NUMBER_UTIL
         .parse(trimmed, Some(default_region))
@@ -135,6 +151,41 @@ mod tests {
 
     fn us(input: &str) -> Result<Option<String>, PhoneError> {
         normalize_phone(input, Region::US, PhoneCheck::Valid)
+    }
+
+    /// The short cut for E.164 North American numbers gives what libphonenumber gives: every
+    /// area code, with national numbers spread over the whole range, in every default region
+    /// the short cut ignores.
+    #[test]
+    fn canonical_nanp_numbers_normalize_to_themselves_as_libphonenumber_says() {
+        let mut checked = 0;
+        for area in 200..1000u32 {
+            for (i, region) in [Region::US, Region::GB, Region::DE].into_iter().enumerate() {
+                let rest = (u64::from(area) * 7_919 + i as u64 * 1_000_003) % 10_000_000;
+                let input = format!("+1{area}{rest:07}");
+                assert!(is_canonical_nanp(&input), "{input}");
+                let parsed = PHONE_NUMBER_UTIL.parse(&input, Some(region)).unwrap();
+                let e164 = parsed.format_as(PhoneNumberFormat::E164).into_owned();
+                assert_eq!(e164, input, "libphonenumber rewrites {input}");
+                assert_eq!(
+                    normalize_phone(&input, region, PhoneCheck::Parseable).unwrap(),
+                    Some(input.clone())
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2_400);
+        for not in [
+            "+11234567890",
+            "+1415555267",
+            "+141555526712",
+            "+1415555267a",
+            " +14155552671",
+            "+44207946095",
+            "14155552671x",
+        ] {
+            assert!(!is_canonical_nanp(not), "{not}");
+        }
     }
 
     #[test]

@@ -26,7 +26,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::config::{ConfigError, PhoneCheck, ProcessorConfig};
-use crate::normalize::{map_provider_status, normalize_currency, normalize_phone};
+use crate::normalize::{
+    is_canonical_nanp, map_provider_status, normalize_currency, normalize_phone,
+};
 use crate::phone_memo::{PhoneMemo, PhoneMemoHit};
 
 /// Why a record was rejected: the value of the `callsync.error.reason` header.
@@ -289,6 +291,9 @@ impl RecordValidator {
         let Some(input) = value.as_deref() else {
             return Ok(false);
         };
+        if self.phone_check == PhoneCheck::Parseable && is_canonical_nanp(input) {
+            return Ok(false);
+        }
         let normalized = match self.phone_memo.get(input) {
             PhoneMemoHit::E164(e164) if e164 == input => return Ok(false),
             PhoneMemoHit::E164(e164) => Some(e164.to_string()),

@@ -11,6 +11,7 @@
 //! precedence, which only the database knows. The stores apply a key's updates in that order,
 //! each under the guard.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -218,17 +219,21 @@ impl SinkBatch {
         record.clear_uncarried();
         let key = RowKey::of(&record);
         let incoming = SinkRow::new(record, source);
-        match self.rows.get_mut(&key) {
-            None => {
-                self.rows.insert(key, incoming);
-                Pushed::Added
+        // one search of the map per record, whatever it finds
+        let existing = match self.rows.entry(key) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(incoming);
+                return Pushed::Added;
             }
-            Some(existing) if incoming.precedence() <= existing.precedence() => Pushed::Superseded,
-            Some(existing) if !incoming.record.is_partial() => {
+            Entry::Occupied(occupied) => occupied.into_mut(),
+        };
+        match existing {
+            existing if incoming.precedence() <= existing.precedence() => Pushed::Superseded,
+            existing if !incoming.record.is_partial() => {
                 *existing = incoming;
                 Pushed::Replaced
             }
-            Some(existing) => {
+            existing => {
                 let below = std::mem::replace(existing, incoming);
                 existing.earlier = below.earlier;
                 existing.earlier.push(RowUpdate {

@@ -111,6 +111,42 @@ pub fn sample_rows(n: usize) -> Vec<SinkRow> {
         .collect()
 }
 
+/// The sink role's work between Kafka and Postgres, in memory: each Avro `payload` decoded
+/// and pushed into a batch of `batch_rows` records (collapse by key), each full batch encoded
+/// as the binary COPY stream of its rows, then freed. Returns the COPY bytes encoded and the
+/// records that did not decode.
+pub fn encode_batches_in_memory(payloads: &[Vec<u8>], batch_rows: usize) -> (usize, usize) {
+    let decoder = crate::sink::avro_decoder();
+    let limits = crate::batch::BatchLimits {
+        max_records: batch_rows.max(1),
+        max_bytes: usize::MAX,
+        max_age: Duration::MAX,
+    };
+    let mut encoded = 0;
+    let mut undecodable = 0;
+    for (chunk_index, chunk) in payloads.chunks(batch_rows.max(1)).enumerate() {
+        let mut batch = SinkBatch::new("calls", limits);
+        for (i, payload) in chunk.iter().enumerate() {
+            let source = SourceRecord {
+                partition: (i % 12) as i32,
+                offset: (chunk_index * batch_rows + i) as i64,
+                key: None,
+                payload: Some(payload.clone()),
+            };
+            match decoder(payload) {
+                Ok(call) => {
+                    batch.push(call, source);
+                }
+                Err(_) => undecodable += 1,
+            }
+        }
+        let updates: Vec<crate::batch::Update<'_>> =
+            batch.rows().flat_map(|(_, row)| row.updates()).collect();
+        encoded += crate::pg_store::copy_stream(batch.topic(), &updates).len();
+    }
+    (encoded, undecodable)
+}
+
 async fn truncate(store: &PgStore) -> Result<(), BenchError> {
     sqlx::query("TRUNCATE calls, callsync_offsets")
         .execute(store.pool())

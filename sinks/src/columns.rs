@@ -113,8 +113,19 @@ pub fn stored_fields(started_at_known: bool) -> Option<FieldSet> {
 
 /// The tags map as JSON text.
 pub fn tags_json(tags: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut json = Vec::new();
+    write_tags_json(&mut json, tags);
+    json
+}
+
+/// The tags map as JSON text, appended to `out`.
+pub fn write_tags_json(out: &mut Vec<u8>, tags: &BTreeMap<String, String>) {
+    let start = out.len();
     // a map of strings always serializes
-    serde_json::to_vec(tags).unwrap_or_else(|_| b"{}".to_vec())
+    if serde_json::to_writer(&mut *out, tags).is_err() {
+        out.truncate(start);
+        out.extend_from_slice(b"{}");
+    }
 }
 
 pub fn parse_field<T: std::str::FromStr>(

@@ -3,9 +3,12 @@
 //! in the database before taking partitions, and lets it finish or abort the
 //! batch in flight before giving partitions up.
 //!
-//! The poller hands records to the async loop through a bounded channel, in
-//! order, with rebalance events in the same stream; the loop answers
-//! rebalances through a reply channel and sends commits back as commands.
+//! The poller hands records to the async loop through a bounded channel in chunks (what
+//! librdkafka has fetched, up to a bound: one wake-up of the loop per chunk, not per record),
+//! in order, with rebalance events in the same stream; the loop answers rebalances through a
+//! reply channel and sends commits back as commands. A rebalance callback runs inside `poll`,
+//! so the chunk being gathered is sent before its event: no record is reported after the
+//! revocation of its partition.
 //!
 //! A handshake the loop does not answer within the timeout (it was busy, e.g. committing a
 //! large batch into a slow database) is given up by the poller, which must return to
@@ -51,14 +54,25 @@ pub enum StartAt {
     Unchecked,
 }
 
+/// A record as polled, with the seek epoch of its partition when it was polled.
+#[derive(Debug)]
+pub struct PolledRecord {
+    pub record: SourceRecord,
+    pub seek_epoch: u64,
+}
+
+/// How many records (and value bytes) the poller gathers into one chunk at most.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
 /// What the poller tells the sink loop, in the order it happened.
 #[derive(Debug)]
 pub enum PollerEvent {
-    /// A record, with the seek epoch of its partition when it was polled.
-    Record {
-        record: SourceRecord,
-        seek_epoch: u64,
-    },
+    /// Records in the order polled (never empty).
+    Records(Vec<PolledRecord>),
     /// The consumer had nothing more to read (sent once after records were
     /// read): the batch in flight need not wait for its timer.
     Idle,
@@ -224,10 +238,21 @@ impl SeekBoard {
     }
 }
 
+/// Records gathered by the poller for the next [`PollerEvent::Records`].
+#[derive(Debug, Default)]
+struct Chunk {
+    records: Vec<PolledRecord>,
+    bytes: usize,
+}
+
 /// The consumer context: the rebalance handshake with the sink loop.
 pub struct SinkConsumerContext {
     topic: String,
     events: mpsc::Sender<PollerEvent>,
+    /// Records polled and not sent yet; only the poller thread touches it (in `poll` and
+    /// between polls), the mutex makes the context `Sync`.
+    chunk: Mutex<Chunk>,
+    chunk_limits: ChunkLimits,
     commands: Mutex<Receiver<PollerCommand>>,
     seeks: Arc<SeekBoard>,
     closing: Arc<AtomicBool>,
@@ -242,10 +267,13 @@ impl SinkConsumerContext {
         seeks: Arc<SeekBoard>,
         closing: Arc<AtomicBool>,
         handshake_timeout: Duration,
+        chunk_limits: ChunkLimits,
     ) -> Self {
         SinkConsumerContext {
             topic,
             events,
+            chunk: Mutex::new(Chunk::default()),
+            chunk_limits,
             commands: Mutex::new(commands),
             seeks,
             closing,
@@ -260,13 +288,38 @@ impl SinkConsumerContext {
             .collect()
     }
 
-    /// Send an event and wait for its answer, unless the sink is closing.
+    /// Add a polled record to the chunk; true when the chunk is full.
+    fn gather(&self, record: PolledRecord) -> bool {
+        let mut chunk = self.chunk.lock().unwrap_or_else(PoisonError::into_inner);
+        chunk.bytes += record.record.payload.as_ref().map_or(0, Vec::len);
+        chunk.records.push(record);
+        chunk.records.len() >= self.chunk_limits.max_records
+            || chunk.bytes >= self.chunk_limits.max_bytes
+    }
+
+    /// Send the gathered records, if any; Err when the loop is gone.
+    fn send_chunk(&self) -> Result<(), ()> {
+        let records = {
+            let mut chunk = self.chunk.lock().unwrap_or_else(PoisonError::into_inner);
+            chunk.bytes = 0;
+            std::mem::take(&mut chunk.records)
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.events
+            .blocking_send(PollerEvent::Records(records))
+            .map_err(|_| ())
+    }
+
+    /// Send an event (after the records polled before it) and wait for its answer, unless
+    /// the sink is closing.
     fn handshake<T>(&self, make: impl FnOnce(Reply<T>) -> PollerEvent) -> Option<T> {
         if self.closing.load(Ordering::SeqCst) {
             return None;
         }
         let (mine, theirs) = Reply::new();
-        if self.events.blocking_send(make(theirs)).is_err() {
+        if self.send_chunk().is_err() || self.events.blocking_send(make(theirs)).is_err() {
             mine.abandon();
             return None;
         }
@@ -435,7 +488,7 @@ impl ConsumerContext for SinkConsumerContext {
     }
 }
 
-/// Poll `consumer` until `stop`, forwarding records and running commands.
+/// Poll `consumer` until `stop`, forwarding records in chunks and running commands.
 /// The consumer is dropped (leaving the group) on this thread.
 pub fn poll_until_stopped(
     consumer: BaseConsumer<SinkConsumerContext>,
@@ -449,52 +502,56 @@ pub fn poll_until_stopped(
     // a live record (see `IdleTiming`).
     let mut poll_timeout = idle.catching_up;
     let mut read_since_idle = false;
-    while !stop.load(Ordering::SeqCst) {
+    'polling: while !stop.load(Ordering::SeqCst) {
         context.run_commands(&consumer);
-        match consumer.poll(poll_timeout) {
-            None => {
-                poll_timeout = idle.catching_up;
-                if read_since_idle {
-                    read_since_idle = false;
-                    if events.blocking_send(PollerEvent::Idle).is_err() {
+        let mut polled = consumer.poll(poll_timeout);
+        if polled.is_none() {
+            poll_timeout = idle.catching_up;
+            if read_since_idle {
+                read_since_idle = false;
+                if events.blocking_send(PollerEvent::Idle).is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
+        // gather what librdkafka has already fetched (polls that do not wait), up to a chunk
+        while let Some(result) = polled {
+            match result {
+                Ok(message) => {
+                    read_since_idle = true;
+                    poll_timeout = idle.after_record(
+                        message.timestamp().to_millis(),
+                        chrono::Utc::now().timestamp_millis(),
+                    );
+                    let partition = message.partition();
+                    let record = SourceRecord {
+                        partition,
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                    };
+                    let seek_epoch = context.seeks.applied(partition);
+                    if context.gather(PolledRecord { record, seek_epoch }) {
                         break;
                     }
                 }
-            }
-            Some(Ok(message)) => {
-                read_since_idle = true;
-                poll_timeout = idle.after_record(
-                    message.timestamp().to_millis(),
-                    chrono::Utc::now().timestamp_millis(),
-                );
-                let partition = message.partition();
-                let record = SourceRecord {
-                    partition,
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                };
-                let seek_epoch = context.seeks.applied(partition);
-                if events
-                    .blocking_send(PollerEvent::Record { record, seek_epoch })
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
-                // a partition's position left its range (auto.offset.reset=error): the loop
-                // finds which and stops it, or seeks it back where it belongs
-                if events
-                    .blocking_send(PollerEvent::OffsetOutOfRange {
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                    // a partition's position left its range (auto.offset.reset=error): the
+                    // loop finds which and stops it, or seeks it back where it belongs
+                    let event = PollerEvent::OffsetOutOfRange {
                         message: "a partition's position is outside its range".into(),
-                    })
-                    .is_err()
-                {
-                    break;
+                    };
+                    if context.send_chunk().is_err() || events.blocking_send(event).is_err() {
+                        break 'polling;
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, "Kafka consumer error"),
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+            polled = consumer.poll(Duration::ZERO);
+        }
+        if context.send_chunk().is_err() {
+            break;
         }
     }
     closing.store(true, Ordering::SeqCst);

@@ -17,6 +17,7 @@ pub mod columns;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
+mod in_flight;
 pub mod partition_start;
 pub mod pg_copy;
 pub mod pg_store;

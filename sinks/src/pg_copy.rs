@@ -117,6 +117,16 @@ impl BinaryCopyWriter {
         self.buf.extend_from_slice(json);
     }
 
+    /// `jsonb` whose JSON text `write` appends to the stream in place (no buffer of its own).
+    pub fn jsonb_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&0i32.to_be_bytes());
+        self.buf.push(1);
+        write(&mut self.buf);
+        let len = (self.buf.len() - at - 4) as i32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
     pub fn opt_numeric(&mut self, d: Option<&Decimal>) {
         match d {
             Some(d) => self.numeric(d),
@@ -126,14 +136,15 @@ impl BinaryCopyWriter {
 
     /// `numeric`: base-10000 digits with weight, sign and display scale.
     pub fn numeric(&mut self, d: &Decimal) {
-        let (weight, sign, dscale, digits) = numeric_parts(d);
+        let parts = numeric_parts(d);
+        let digits = parts.digits();
         let len = 8 + 2 * digits.len();
         self.buf.extend_from_slice(&(len as i32).to_be_bytes());
         self.buf
             .extend_from_slice(&(digits.len() as i16).to_be_bytes());
-        self.buf.extend_from_slice(&weight.to_be_bytes());
-        self.buf.extend_from_slice(&sign.to_be_bytes());
-        self.buf.extend_from_slice(&dscale.to_be_bytes());
+        self.buf.extend_from_slice(&parts.weight.to_be_bytes());
+        self.buf.extend_from_slice(&parts.sign.to_be_bytes());
+        self.buf.extend_from_slice(&parts.dscale.to_be_bytes());
         for digit in digits {
             self.buf.extend_from_slice(&digit.to_be_bytes());
         }
@@ -146,37 +157,67 @@ impl BinaryCopyWriter {
     }
 }
 
-/// (weight, sign, dscale, base-10000 digits, most significant first).
-fn numeric_parts(d: &Decimal) -> (i16, u16, u16, Vec<i16>) {
+/// Base-10000 digits a `Decimal` can need: its 96-bit mantissa has at most 29 decimal digits,
+/// at most 32 once the fraction is padded to whole digits.
+const MAX_NUMERIC_DIGITS: usize = 8;
+
+/// A `numeric` as PostgreSQL's binary format lays it out, held without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NumericParts {
+    weight: i16,
+    sign: u16,
+    dscale: u16,
+    /// Base-10000 digits, most significant first, in `groups[..len]`.
+    groups: [i16; MAX_NUMERIC_DIGITS],
+    len: usize,
+}
+
+impl NumericParts {
+    fn digits(&self) -> &[i16] {
+        &self.groups[..self.len]
+    }
+}
+
+fn numeric_parts(d: &Decimal) -> NumericParts {
     let scale = d.scale();
-    let sign: u16 = if d.is_sign_negative() && !d.is_zero() {
-        0x4000
-    } else {
-        0
+    let mut parts = NumericParts {
+        weight: 0,
+        sign: 0,
+        dscale: scale as u16,
+        groups: [0; MAX_NUMERIC_DIGITS],
+        len: 0,
     };
     let mut mantissa = d.mantissa().unsigned_abs();
     if mantissa == 0 {
-        return (0, 0, scale as u16, Vec::new());
+        return parts;
+    }
+    if d.is_sign_negative() {
+        parts.sign = 0x4000;
     }
     // Pad the fraction to whole base-10000 digits.
     let frac_groups = scale.div_ceil(4);
     let pad = frac_groups * 4 - scale;
     mantissa *= 10u128.pow(pad);
-    let mut groups_lsb_first = Vec::new();
-    while mantissa > 0 {
-        groups_lsb_first.push((mantissa % 10_000) as i16);
+    let mut lsb_first = [0i16; MAX_NUMERIC_DIGITS];
+    let mut count = 0;
+    while mantissa > 0 && count < MAX_NUMERIC_DIGITS {
+        lsb_first[count] = (mantissa % 10_000) as i16;
         mantissa /= 10_000;
+        count += 1;
     }
-    // weight: position of the most significant group relative to the point
-    let weight = groups_lsb_first.len() as i16 - frac_groups as i16 - 1;
-    let mut digits: Vec<i16> = groups_lsb_first.into_iter().rev().collect();
-    while digits.last() == Some(&0) {
-        digits.pop();
+    // weight: position of the most significant digit relative to the point; it is never 0
+    parts.weight = count as i16 - frac_groups as i16 - 1;
+    // trailing zero digits are implied
+    let trailing = lsb_first[..count].iter().take_while(|&&g| g == 0).count();
+    for (slot, digit) in parts
+        .groups
+        .iter_mut()
+        .zip(lsb_first[trailing..count].iter().rev())
+    {
+        *slot = *digit;
     }
-    // leading zero groups (only for values < 1) shift the weight
-    let leading = digits.iter().take_while(|&&g| g == 0).count();
-    digits.drain(..leading);
-    (weight - leading as i16, sign, scale as u16, digits)
+    parts.len = count - trailing;
+    parts
 }
 
 #[cfg(test)]
@@ -185,7 +226,8 @@ mod tests {
     use std::str::FromStr;
 
     fn parts(s: &str) -> (i16, u16, u16, Vec<i16>) {
-        numeric_parts(&Decimal::from_str(s).unwrap())
+        let p = numeric_parts(&Decimal::from_str(s).unwrap());
+        (p.weight, p.sign, p.dscale, p.digits().to_vec())
     }
 
     #[test]
@@ -200,6 +242,31 @@ mod tests {
             parts("99999999999999.9999"),
             (3, 0, 4, vec![99, 9999, 9999, 9999, 9999])
         );
+        assert_eq!(parts("-0.00"), (0, 0, 2, vec![]));
+        assert_eq!(parts("1.00"), (0, 0, 2, vec![1]));
+        // the widest mantissas: 29 decimal digits, and padded to 32
+        assert_eq!(
+            parts("79228162514264337593543950335"),
+            (7, 0, 0, vec![7, 9228, 1625, 1426, 4337, 5935, 4395, 335])
+        );
+        assert_eq!(
+            parts("7922816251426433759354395033.5"),
+            (
+                6,
+                0,
+                1,
+                vec![7922, 8162, 5142, 6433, 7593, 5439, 5033, 5000]
+            )
+        );
+    }
+
+    #[test]
+    fn jsonb_written_in_place_matches_jsonb_of_a_buffer() {
+        let mut a = BinaryCopyWriter::with_capacity(0);
+        a.jsonb(br#"{"k":"v"}"#);
+        let mut b = BinaryCopyWriter::with_capacity(0);
+        b.jsonb_with(|out| out.extend_from_slice(br#"{"k":"v"}"#));
+        assert_eq!(a.finish(), b.finish());
     }
 
     #[test]

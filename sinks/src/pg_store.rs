@@ -519,6 +519,16 @@ fn upsert_by_copy<'a>(
     })
 }
 
+/// The binary COPY stream of complete records, as [`upsert_by_copy`] sends it but in one
+/// piece (the sink benchmark's in-memory measurement).
+pub(crate) fn copy_stream(topic: &str, updates: &[Update<'_>]) -> Vec<u8> {
+    let mut writer = BinaryCopyWriter::with_capacity(COPY_CHUNK_BYTES + 64 * 1024);
+    for update in updates {
+        write_copy_row(&mut writer, topic, update);
+    }
+    writer.finish()
+}
+
 /// `started_at`, NULL when a partial record does not carry it.
 fn started_at(r: &CallRecord) -> Option<&chrono::DateTime<chrono::Utc>> {
     r.carries(CallField::StartedAt).then_some(&r.started_at)
@@ -553,7 +563,7 @@ fn write_copy_row(w: &mut BinaryCopyWriter, topic: &str, update: &Update<'_>) {
     w.opt_numeric(r.payout.as_ref());
     w.opt_text(r.currency.as_deref());
     w.opt_text(r.recording_url.as_deref());
-    w.jsonb(&columns::tags_json(&r.tags));
+    w.jsonb_with(|out| columns::write_tags_json(out, &r.tags));
     w.text(r.source.as_str());
     w.timestamptz(&r.observed_at);
     w.opt_timestamptz(r.provider_updated_at.as_ref());

@@ -1,37 +1,43 @@
 //! The sink loop: read `calls` (read_committed), batch, upsert with the
 //! offsets in one database transaction, then commit the offsets to Kafka.
+//!
+//! One batch is written while the next one fills ([`InFlight`]): records are decoded and
+//! collapsed into the next batch until it is full, then the loop waits for the write in
+//! flight. A batch is handed to the store only once the one before it has landed, so each
+//! write moves the offsets from where the previous one left them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callsync_runtime::metrics::{
-    END_TO_END_SECONDS, RECORDS_TOTAL, SINK_BACKFILL_REMAINING, SINK_BATCH_ROWS,
-    SINK_BATCH_SECONDS, SINK_PARTITIONS,
+    RECORDS_TOTAL, SINK_BACKFILL_REMAINING, SINK_BATCH_ROWS, SINK_BATCH_SECONDS, SINK_PARTITIONS,
 };
 use callsync_runtime::topics::names;
 use callsync_runtime::{ClientError, Isolation, KafkaClientFactory, Shutdown};
 use callsync_schemas::CallRecord;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::mpsc;
-use tracing::Instrument;
 
 use crate::batch::{BatchLimits, SinkBatch, SourceRecord};
 use crate::config::SinkConfig;
 use crate::consumer::{
-    poll_until_stopped, send_command, PollerCommand, PollerEvent, SeekBoard, SinkConsumerContext,
-    StartAt,
+    poll_until_stopped, send_command, ChunkLimits, PolledRecord, PollerCommand, PollerEvent,
+    SeekBoard, SinkConsumerContext, StartAt,
 };
 use crate::dlq::{
     count_dead_letters, DeadLetterQueue, DlqError, DlqMessage, REASON_DATABASE_REJECTED,
     REASON_EMPTY_VALUE, REASON_UNDECODABLE,
 };
+use crate::in_flight::{
+    next_landing, CommittedBatch, FlushMode, InFlight, Landing, NotCommitted, WriteLost,
+};
 use crate::partition_start::{classify, PartitionStart, TopicInspector, TopicSnapshot};
 use crate::store::{
-    ApplyOutcome, CallStore, DeadLetterId, DeadLetterQuery, OffsetAdvance, OffsetCommit,
-    StoreError, StoredDeadLetter,
+    CallStore, DeadLetterId, DeadLetterQuery, OffsetAdvance, OffsetCommit, StoreError,
+    StoredDeadLetter,
 };
 
 /// Turns a Kafka value into a record; the error text goes to the DLQ.
@@ -97,6 +103,8 @@ pub enum SinkError {
     },
     #[error("the Kafka poller thread of the sink stopped unexpectedly")]
     PollerStopped,
+    #[error("the task writing a sink batch stopped unexpectedly; its records are read again")]
+    WriteLost,
     #[error("starting the Kafka poller thread: {0}")]
     Thread(#[source] std::io::Error),
 }
@@ -133,7 +141,7 @@ pub async fn run_sink_with_decoder(
         .unwrap_or_else(|| kafka.settings().topic(names::CALLS_DLQ));
     let dlq = DeadLetterQueue::new(kafka.producer()?, dlq_topic);
 
-    let (event_tx, event_rx) = mpsc::channel(poller_channel_capacity(config.batch_rows));
+    let (event_tx, event_rx) = mpsc::channel(POLLER_CHANNEL_CHUNKS);
     let (command_tx, command_rx) = sync_channel(1024);
     let seeks = Arc::new(SeekBoard::default());
     let closing = Arc::new(AtomicBool::new(false));
@@ -144,6 +152,7 @@ pub async fn run_sink_with_decoder(
         seeks.clone(),
         closing,
         config.rebalance_timeout(),
+        chunk_limits(config.batch_rows, config.batch_max_bytes),
     );
     let inspector = TopicInspector::new(&kafka, &config.group, topic.clone())?;
     let mut consumer_config = kafka.consumer_config(&config.group, Isolation::ReadCommitted);
@@ -183,6 +192,10 @@ pub async fn run_sink_with_decoder(
     };
     let mut sink = SinkLoop {
         batch: SinkBatch::new(topic.clone(), limits),
+        limits,
+        backlog: VecDeque::new(),
+        flight: None,
+        flush_requested: false,
         topic,
         config,
         store,
@@ -206,15 +219,21 @@ pub async fn run_sink_with_decoder(
 /// How often partitions assigned while the database did not answer are checked again.
 const UNVERIFIED_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Records the poller may hand ahead of the loop: an eighth of a batch (256..=2048).
+/// Chunks the poller may hand ahead of the loop.
+const POLLER_CHANNEL_CHUNKS: usize = 4;
+
+/// A chunk of the poller: a sixteenth of a batch (64..=1024 records, and of its byte bound).
 ///
 /// The channel only decouples the poller thread from the loop; the read-ahead while a batch
-/// is being written is librdkafka's own prefetch queue (the client factory's consumer bounds),
-/// from which the poller refills the channel far faster than the loop empties it. A channel
-/// as long as the batch (10,000 records of ~1.5 KB, copied out of Kafka's buffers) held a
-/// third copy of a batch in memory next to the batch and librdkafka's queue.
-fn poller_channel_capacity(batch_rows: usize) -> usize {
-    (batch_rows / 8).clamp(256, 2048)
+/// is being written is the next batch and librdkafka's own prefetch queue (the client
+/// factory's consumer bounds). Four chunks are a quarter of a batch: a channel as long as the
+/// batch (10,000 records of ~1.5 KB, copied out of Kafka's buffers) held a third copy of a
+/// batch in memory next to the batch and librdkafka's queue.
+fn chunk_limits(batch_rows: usize, batch_max_bytes: usize) -> ChunkLimits {
+    ChunkLimits {
+        max_records: (batch_rows / 16).clamp(64, 1024),
+        max_bytes: (batch_max_bytes / 16).max(64 * 1024),
+    }
 }
 
 /// What the loop knows of a partition it owns.
@@ -256,20 +275,20 @@ struct SinkLoop {
     inspector: TopicInspector,
     /// The topic's id as last read (stored with the offsets).
     topic_id: Option<String>,
+    /// The batch filling (the next one to write, while one is in flight).
     batch: SinkBatch,
+    limits: BatchLimits,
+    /// Records of a chunk not taken yet (the batch filled first).
+    backlog: VecDeque<PolledRecord>,
+    /// The batch being written, if any.
+    flight: Option<InFlight>,
+    /// The batch is to be written as soon as the one in flight lands (the input went idle,
+    /// or its age bound passed).
+    flush_requested: bool,
     partitions: HashMap<i32, PartitionState>,
     /// Dead letters committed but not published yet (Kafka refused them): retried.
     unpublished: bool,
     report: SinkReport,
-}
-
-/// How hard a flush tries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FlushMode {
-    /// Retry transient errors per the policy; give up early on shutdown.
-    Normal,
-    /// A few attempts, then abort (revocation, shutdown).
-    Bounded,
 }
 
 impl SinkLoop {
@@ -277,21 +296,27 @@ impl SinkLoop {
         let mut checks = tokio::time::interval(UNVERIFIED_CHECK_INTERVAL);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let deadline = self.batch.deadline();
+            self.take_backlog().await?;
+            if self.flight.is_none() && self.due() {
+                self.launch(FlushMode::Normal);
+            }
+            let deadline = if self.flush_requested {
+                None
+            } else {
+                self.batch.deadline()
+            };
             let unverified = self.partitions.values().any(|s| !s.verified);
+            // one batch ahead: no more records while the next batch is full
+            let reading = self.backlog.is_empty() && !self.batch.is_full();
             tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => break,
-                event = events.recv() => match event {
+                landing = next_landing(self.flight.as_mut()) => self.on_landing(landing).await?,
+                event = events.recv(), if reading => match event {
                     None => return Err(SinkError::PollerStopped),
-                    Some(PollerEvent::Record { record, seek_epoch }) => {
-                        self.accept(record, seek_epoch).await?;
-                        if self.batch.is_full() {
-                            self.flush(FlushMode::Normal).await?;
-                        }
-                    }
+                    Some(PollerEvent::Records(records)) => self.backlog.extend(records),
                     // Nothing more to read now: commit rather than wait for the timer.
-                    Some(PollerEvent::Idle) => self.flush(FlushMode::Normal).await?,
+                    Some(PollerEvent::Idle) => self.flush_requested = true,
                     Some(PollerEvent::Assigned { partitions, reply }) => {
                         let starts = self.assigned(&partitions).await;
                         if let Err(starts) = reply.answer(starts) {
@@ -312,7 +337,7 @@ impl SinkLoop {
                     }
                 },
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
-                    self.flush(FlushMode::Normal).await?;
+                    self.flush_requested = true;
                 }
                 _ = checks.tick(), if unverified => self.verify_unverified().await,
             }
@@ -323,6 +348,26 @@ impl SinkLoop {
             tracing::warn!(error = %e, "final batch not committed; it will be read again");
         }
         Ok(())
+    }
+
+    /// Take the records of the backlog into the batch until it is full.
+    async fn take_backlog(&mut self) -> Result<(), SinkError> {
+        while !self.batch.is_full() {
+            let Some(polled) = self.backlog.pop_front() else {
+                break;
+            };
+            self.accept(polled.record, polled.seek_epoch).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the batch filling is to be written now (if nothing is in flight).
+    fn due(&mut self) -> bool {
+        if self.batch.is_empty() {
+            self.flush_requested = false;
+            return false;
+        }
+        self.flush_requested || self.batch.is_full()
     }
 
     /// Where newly assigned partitions start, from the offsets stored in the database and
@@ -537,9 +582,12 @@ impl SinkLoop {
         metrics::gauge!(SINK_BACKFILL_REMAINING).set(remaining as f64);
     }
 
-    /// Finish the batch in flight if it holds revoked partitions (or abort
-    /// their part of it), then forget them.
+    /// Let the batch in flight land, finish the batch filling if it holds revoked partitions
+    /// (or abort their part of it), then forget them.
     async fn revoked(&mut self, partitions: &[i32]) {
+        if let Err(e) = self.settle(FlushMode::Bounded).await {
+            tracing::warn!(error = %e, ?partitions, "batch in flight aborted; its partitions are read again");
+        }
         let touches = partitions
             .iter()
             .any(|p| self.batch.next_offsets().contains_key(p));
@@ -548,7 +596,7 @@ impl SinkLoop {
                 tracing::warn!(error = %e, ?partitions, "batch of revoked partitions aborted");
             }
             for p in partitions {
-                self.batch.drop_partition(*p);
+                self.drop_from_filling(*p);
             }
         }
         for p in partitions {
@@ -712,155 +760,212 @@ impl SinkLoop {
         self.publish(&refs).await;
     }
 
+    /// Write the batch in flight and then the batch filling, waiting for both.
     async fn flush(&mut self, mode: FlushMode) -> Result<(), SinkError> {
-        if self.batch.is_empty() {
-            return Ok(());
+        self.settle(mode).await?;
+        if !self.batch.is_empty() {
+            self.launch(mode);
+            self.settle(mode).await?;
         }
-        let span = tracing::info_span!(
-            "sink_batch",
-            records = self.batch.record_count(),
-            rows = self.batch.row_count(),
-            partitions = self.batch.next_offsets().len()
-        );
-        self.flush_inner(mode).instrument(span).await
+        Ok(())
     }
 
-    async fn flush_inner(&mut self, mode: FlushMode) -> Result<(), SinkError> {
-        let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            let advances = self
-                .batch
-                .next_offsets()
-                .iter()
-                .map(|(&partition, &next_offset)| {
-                    let state = self.partitions.get(&partition);
-                    OffsetAdvance {
-                        partition,
-                        expected: state.and_then(|s| s.stored),
-                        next_offset,
-                        backfill_until: state.and_then(|s| s.backfill_until),
-                    }
-                })
-                .collect();
-            let offsets = OffsetCommit {
-                consumer_group: self.config.group.clone(),
-                topic: self.topic.clone(),
-                topic_id: self.topic_id.clone(),
-                advances,
-            };
-            match self.store.apply(&self.batch, &offsets).await {
-                Ok(ApplyOutcome::Committed(counts)) => {
-                    let committed: Vec<(i32, i64)> = self
-                        .batch
-                        .next_offsets()
-                        .iter()
-                        .map(|(p, n)| (*p, *n))
-                        .collect();
-                    for (p, next) in &committed {
-                        if let Some(state) = self.partitions.get_mut(p) {
-                            state.stored = Some(*next);
-                            if state.backfill_until.is_some_and(|until| *next >= until) {
-                                tracing::info!(topic = %self.topic, partition = p, "backfill done: the partition is live");
-                                state.backfill_until = None;
-                            }
-                        }
-                    }
-                    self.update_gauges();
-                    send_command(&self.commands, PollerCommand::Commit(committed));
-                    let now = chrono::Utc::now();
-                    for (_, row) in self.batch.rows() {
-                        let lag = (now - row.record.observed_at)
-                            .num_microseconds()
-                            .unwrap_or(0) as f64
-                            / 1e6;
-                        metrics::histogram!(END_TO_END_SECONDS).record(lag.max(0.0));
-                    }
-                    metrics::histogram!(SINK_BATCH_ROWS).record(self.batch.row_count() as f64);
-                    metrics::histogram!(SINK_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
-                    metrics::counter!(RECORDS_TOTAL, "stage" => "sink", "outcome" => "written")
-                        .increment(counts.written);
-                    metrics::counter!(RECORDS_TOTAL, "stage" => "sink", "outcome" => "stale")
-                        .increment(counts.stale);
-                    self.report.batches_committed += 1;
-                    self.report.rows_written += counts.written;
-                    self.report.rows_stale += counts.stale;
-                    tracing::debug!(
-                        written = counts.written,
-                        stale = counts.stale,
-                        "batch committed"
-                    );
-                    let letters = self.batch.take_dead_letters();
-                    self.batch.clear();
-                    self.report.dead_letters += letters.len() as u64;
-                    count_dead_letters(&letters);
-                    let refs: Vec<DlqMessage<'_>> = letters.iter().map(DlqMessage::from).collect();
-                    self.publish(&refs).await;
-                    if self.unpublished {
-                        let owned: Vec<i32> = self.partitions.keys().copied().collect();
-                        self.publish_pending(&owned).await;
-                    }
-                    return Ok(());
-                }
-                Ok(ApplyOutcome::Rejected(rows)) => {
-                    tracing::warn!(
-                        rejected = rows.len(),
-                        "rows refused by the database go to the DLQ"
-                    );
-                    let rejected: Vec<_> = rows
-                        .into_iter()
-                        .map(|r| (r.key, format!("{REASON_DATABASE_REJECTED}: {}", r.reason)))
-                        .collect();
-                    self.batch.reject(&rejected);
-                }
-                Ok(ApplyOutcome::OffsetConflict(conflicts)) => {
-                    for c in conflicts {
-                        tracing::warn!(
-                            partition = c.partition,
-                            expected = ?c.expected,
-                            stored = ?c.stored,
-                            "another instance moved this partition on; its part of the batch is dropped"
-                        );
-                        self.report.offset_conflicts += 1;
-                        self.batch.drop_partition(c.partition);
-                        if let Some(state) = self.partitions.get_mut(&c.partition) {
-                            state.stored = c.stored;
-                            state.accept_from = c.stored.unwrap_or(0);
-                            // Records already queued past the stored offset must
-                            // not be taken: read the partition again from there.
-                            self.seeks.request(c.partition, c.stored);
-                        }
-                    }
-                    if self.batch.is_empty() {
-                        return Ok(());
-                    }
-                }
-                Err(e) if e.is_transient() => {
-                    attempt += 1;
-                    self.report.transient_retries += 1;
-                    if e.sqlstate().as_deref() == Some("40P01") {
-                        self.report.deadlocks += 1;
-                    }
-                    let give_up = match mode {
-                        FlushMode::Normal => !self.config.retry.allows(attempt),
-                        FlushMode::Bounded => attempt >= 3,
-                    };
-                    if give_up || (mode == FlushMode::Normal && self.shutdown.is_triggered()) {
-                        return Err(SinkError::RetriesExhausted {
-                            operation: "applying a batch",
-                            attempts: attempt,
-                            last: e.to_string(),
-                        });
-                    }
-                    let delay = self.config.retry.backoff(attempt);
-                    tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "transient database error; retrying the batch");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.wait(), if mode == FlushMode::Normal => {}
-                    }
-                }
-                Err(e) => return Err(e.into()),
+    /// Wait until nothing is in flight (retries included).
+    async fn settle(&mut self, mode: FlushMode) -> Result<(), SinkError> {
+        while let Some(flight) = self.flight.as_mut() {
+            if mode == FlushMode::Bounded {
+                flight.mode = FlushMode::Bounded;
             }
+            let landing = flight.landed().await;
+            self.on_landing(landing).await?;
+        }
+        Ok(())
+    }
+
+    /// Hand the batch filling to the store; a new one starts filling.
+    fn launch(&mut self, mode: FlushMode) {
+        let fresh = SinkBatch::new(self.topic.clone(), self.limits);
+        let batch = std::mem::replace(&mut self.batch, fresh);
+        self.flush_requested = false;
+        self.write(batch, (0, mode, Instant::now()), Duration::ZERO);
+    }
+
+    /// Start an attempt at writing `batch`, with the offsets as the loop knows them now.
+    fn write(&mut self, batch: SinkBatch, attempt: (u32, FlushMode, Instant), delay: Duration) {
+        let advances = batch
+            .next_offsets()
+            .iter()
+            .map(|(&partition, &next_offset)| {
+                let state = self.partitions.get(&partition);
+                OffsetAdvance {
+                    partition,
+                    expected: state.and_then(|s| s.stored),
+                    next_offset,
+                    backfill_until: state.and_then(|s| s.backfill_until),
+                }
+            })
+            .collect();
+        let offsets = OffsetCommit {
+            consumer_group: self.config.group.clone(),
+            topic: self.topic.clone(),
+            topic_id: self.topic_id.clone(),
+            advances,
+        };
+        let shutdown = (attempt.1 == FlushMode::Normal).then(|| self.shutdown.clone());
+        self.flight = Some(InFlight::start(
+            self.store.clone(),
+            batch,
+            offsets,
+            delay,
+            shutdown,
+            attempt,
+        ));
+    }
+
+    /// The write in flight answered: note a commit, or write the batch again (without the
+    /// refused rows or the partitions another instance moved on, after a transient error),
+    /// or give up.
+    async fn on_landing(&mut self, landing: Result<Landing, WriteLost>) -> Result<(), SinkError> {
+        let Some(flight) = self.flight.take() else {
+            return Ok(());
+        };
+        let (mut batch, why) = match landing {
+            Err(WriteLost) => return Err(SinkError::WriteLost),
+            Ok(Landing::Committed(committed)) => {
+                self.committed(committed, flight.started).await;
+                return Ok(());
+            }
+            Ok(Landing::NotCommitted { batch, why }) => (batch, why),
+        };
+        let again = (flight.attempt, flight.mode, flight.started);
+        match why {
+            NotCommitted::Rejected(rows) => {
+                tracing::warn!(
+                    rejected = rows.len(),
+                    "rows refused by the database go to the DLQ"
+                );
+                let rejected: Vec<_> = rows
+                    .into_iter()
+                    .map(|r| (r.key, format!("{REASON_DATABASE_REJECTED}: {}", r.reason)))
+                    .collect();
+                batch.reject(&rejected);
+                self.write(batch, again, Duration::ZERO);
+            }
+            NotCommitted::OffsetConflict(conflicts) => {
+                for c in conflicts {
+                    tracing::warn!(
+                        partition = c.partition,
+                        expected = ?c.expected,
+                        stored = ?c.stored,
+                        "another instance moved this partition on; its part of the batch is dropped"
+                    );
+                    self.report.offset_conflicts += 1;
+                    batch.drop_partition(c.partition);
+                    self.drop_from_filling(c.partition);
+                    if let Some(state) = self.partitions.get_mut(&c.partition) {
+                        state.stored = c.stored;
+                        state.accept_from = c.stored.unwrap_or(0);
+                        // Records already queued past the stored offset must
+                        // not be taken: read the partition again from there.
+                        self.seeks.request(c.partition, c.stored);
+                    }
+                }
+                if !batch.is_empty() {
+                    self.write(batch, again, Duration::ZERO);
+                }
+            }
+            NotCommitted::Failed(e) if e.is_transient() => {
+                let attempt = flight.attempt + 1;
+                self.report.transient_retries += 1;
+                if e.sqlstate().as_deref() == Some("40P01") {
+                    self.report.deadlocks += 1;
+                }
+                let give_up = match flight.mode {
+                    FlushMode::Normal => !self.config.retry.allows(attempt),
+                    FlushMode::Bounded => attempt >= 3,
+                };
+                if give_up || (flight.mode == FlushMode::Normal && self.shutdown.is_triggered()) {
+                    self.rewind(&batch);
+                    return Err(SinkError::RetriesExhausted {
+                        operation: "applying a batch",
+                        attempts: attempt,
+                        last: e.to_string(),
+                    });
+                }
+                let delay = self.config.retry.backoff(attempt);
+                tracing::warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "transient database error; retrying the batch");
+                self.write(batch, (attempt, flight.mode, flight.started), delay);
+            }
+            NotCommitted::Failed(e) => {
+                self.rewind(&batch);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// A batch was given up: read its partitions again from their stored offsets (the
+    /// records of the batch filling included), so a sink that goes on loses none of them.
+    fn rewind(&mut self, batch: &SinkBatch) {
+        for &p in batch.next_offsets().keys() {
+            self.drop_from_filling(p);
+            if let Some(state) = self.partitions.get_mut(&p) {
+                state.accept_from = state.stored.unwrap_or(0);
+                self.seeks.request(p, state.stored);
+            }
+        }
+    }
+
+    /// Forget what the batch filling holds of `partition`. A batch left empty starts over:
+    /// its record and byte counts still hold the dropped records, which would otherwise
+    /// keep it "full" with nothing to write.
+    fn drop_from_filling(&mut self, partition: i32) {
+        self.batch.drop_partition(partition);
+        if self.batch.is_empty() {
+            self.batch.clear();
+        }
+    }
+
+    /// Note a committed batch: the partitions' stored offsets, the metrics and report, the
+    /// commit to Kafka (for lag tools) and the publication of its dead letters.
+    async fn committed(&mut self, committed: CommittedBatch, started: Instant) {
+        for (p, next) in &committed.next_offsets {
+            if let Some(state) = self.partitions.get_mut(p) {
+                state.stored = Some(*next);
+                if state.backfill_until.is_some_and(|until| *next >= until) {
+                    tracing::info!(topic = %self.topic, partition = p, "backfill done: the partition is live");
+                    state.backfill_until = None;
+                }
+            }
+        }
+        self.update_gauges();
+        send_command(
+            &self.commands,
+            PollerCommand::Commit(committed.next_offsets),
+        );
+        let counts = committed.counts;
+        metrics::histogram!(SINK_BATCH_ROWS).record(committed.rows as f64);
+        metrics::histogram!(SINK_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(RECORDS_TOTAL, "stage" => "sink", "outcome" => "written")
+            .increment(counts.written);
+        metrics::counter!(RECORDS_TOTAL, "stage" => "sink", "outcome" => "stale")
+            .increment(counts.stale);
+        self.report.batches_committed += 1;
+        self.report.rows_written += counts.written;
+        self.report.rows_stale += counts.stale;
+        tracing::debug!(
+            written = counts.written,
+            stale = counts.stale,
+            "batch committed"
+        );
+        let letters = committed.dead_letters;
+        self.report.dead_letters += letters.len() as u64;
+        count_dead_letters(&letters);
+        let refs: Vec<DlqMessage<'_>> = letters.iter().map(DlqMessage::from).collect();
+        self.publish(&refs).await;
+        if self.unpublished {
+            let owned: Vec<i32> = self.partitions.keys().copied().collect();
+            self.publish_pending(&owned).await;
         }
     }
 }
