@@ -41,8 +41,8 @@ use callsync_runtime::{
     Shutdown,
 };
 use callsync_schemas::{
-    decode_call_record, encode_to_vec, CallRecord, Provider, RecordSource, SyncMode,
-    SyncRequest, WireFormat,
+    decode_call_record, encode_to_vec, CallRecord, Provider, RecordSource, SyncMode, SyncRequest,
+    WireFormat,
 };
 use callsync_simulator::{
     record_checksum, AccountConfig, BadRecordKind, FaultConfig, RateLimitRule, RunningSimulator,
@@ -273,7 +273,12 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
         ],
     );
     let mut fleet = Fleet::default();
-    fleet.start("connector", &scaling_run_line("connector"), &launcher, PER_ROLE);
+    fleet.start(
+        "connector",
+        &scaling_run_line("connector"),
+        &launcher,
+        PER_ROLE,
+    );
     fleet.start("processor", &scaling_run_line("processor"), &launcher, 1);
     fleet.start("sink", &scaling_run_line("sink"), &launcher, 1);
     timeline.note(format!(
@@ -430,6 +435,28 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
             )
         });
     let as_of = run.sim.now();
+    // the reference read: the clock stands still from here, and no fault is on
+    let reference_read = {
+        let windows: Vec<(Provider, String, DateTime<Utc>, DateTime<Utc>)> = run
+            .accounts
+            .iter()
+            .map(|(p, a)| {
+                let info = run.sim.account_info(*p, a).expect("account");
+                (
+                    *p,
+                    a.clone(),
+                    info.first_call_at - chrono::Duration::hours(1),
+                    as_of + chrono::Duration::seconds(1),
+                )
+            })
+            .collect();
+        let connectors = connectors.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let read = reference::read_all(&connectors, &windows).await;
+            (read, started.elapsed().as_secs_f64())
+        })
+    };
 
     // 3. the ground truth, and waiting until Postgres reaches it
     let truth = tokio::task::spawn_blocking({
@@ -467,27 +494,11 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
     run.timeline.note("roles stopped");
 
     // 4. every column: the reference read, the rows, the old database after the move
-    let windows: Vec<(Provider, String, DateTime<Utc>, DateTime<Utc>)> = run
-        .accounts
-        .iter()
-        .map(|(p, a)| {
-            let info = run.sim.account_info(*p, a).expect("account");
-            (
-                *p,
-                a.clone(),
-                info.first_call_at - chrono::Duration::hours(1),
-                as_of + chrono::Duration::seconds(1),
-            )
-        })
-        .collect();
-    let reference_started = Instant::now();
-    let reference = reference::read_all(&connectors, &windows)
-        .await
-        .expect("the reference read");
+    let (reference, reference_secs) = reference_read.await.expect("reference task");
+    let reference = reference.expect("the reference read");
     run.timeline.note(format!(
-        "reference read: {} calls in {:.0} s",
-        reference.len(),
-        reference_started.elapsed().as_secs_f64()
+        "reference read (begun when the late phase ended): {} calls in {reference_secs:.0} s",
+        reference.len()
     ));
     let reference_check = compare::check_reference(&reference, &truth.records);
     let rows: Vec<StoredCall> = PgStore::from_pool(run.new_db.pool.clone(), 500)
@@ -551,7 +562,9 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
             "{role} was not killed in both phases"
         );
         assert!(
-            figures.get(role).is_some_and(|f| f.most_at_once >= PER_ROLE),
+            figures
+                .get(role)
+                .is_some_and(|f| f.most_at_once >= PER_ROLE),
             "{role} never ran {PER_ROLE} processes at once"
         );
     }
@@ -855,8 +868,9 @@ async fn drive(
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         if phase_done.load(Ordering::SeqCst) && matches!(phase, Phase::Late(_)) {
-            run.timeline
-                .note(format!("(the incremental syncs had completed before {event:?})"));
+            run.timeline.note(format!(
+                "(the incremental syncs had completed before {event:?})"
+            ));
         }
         happen(run, pg, rng, event).await;
         last = Instant::now();
@@ -994,8 +1008,10 @@ async fn stop_for_good(run: &Run, role: &str, keep: usize) {
 /// three processes each from here.
 async fn move_database(run: &Run) {
     let steps = DatabaseMove::from_docs();
-    run.timeline
-        .note(format!("database move (docs/operations.md 8.A): `{}`", steps.migrate));
+    run.timeline.note(format!(
+        "database move (docs/operations.md 8.A): `{}`",
+        steps.migrate
+    ));
     run.launcher
         .run(&steps.migrate)
         .await
@@ -1038,7 +1054,11 @@ async fn move_database(run: &Run) {
         Ok(text) => {
             let status: serde_json::Value =
                 serde_json::from_str(&text).expect("`status --json` prints JSON");
-            for p in status["sink"]["partitions"].as_array().into_iter().flatten() {
+            for p in status["sink"]["partitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 *states
                     .entry(p["state"].as_str().unwrap_or("?").to_string())
                     .or_insert(0usize) += 1;
@@ -1602,7 +1622,10 @@ impl Verdict {
         for (column, n) in &j.columns.differing {
             check(*n == 0, format!("{n} rows differ in {column}"));
         }
-        check(j.duplicates == 0, format!("{} duplicates in calls", j.duplicates));
+        check(
+            j.duplicates == 0,
+            format!("{} duplicates in calls", j.duplicates),
+        );
         check(
             processor_ok,
             "the processor's DLQ entries differ from the injected ones".into(),
@@ -1782,4 +1805,151 @@ fn logs_tail_blocking(run: &Run) -> String {
             .join("\n"),
         Err(_) => "(role logs busy)".into(),
     }
+}
+
+/// The comparison the verdict rests on can fail, column by column: a row equal to its
+/// reference passes, and a row changed in any one column is reported in that column and
+/// only there (no service needed; it runs in the suite's main lane).
+#[test]
+fn a_row_differing_in_any_one_column_is_reported_in_that_column() {
+    use std::collections::BTreeMap as Map;
+    let observed: DateTime<Utc> = "2026-01-02T03:04:05.123456Z".parse().expect("time");
+    let reference = CallRecord {
+        provider: Provider::Retreaver,
+        account_id: "acct".into(),
+        call_id: "call-1".into(),
+        version: 1_700_000_000_000_000,
+        started_at: "2026-01-01T10:00:00Z".parse().expect("time"),
+        answered_at: Some("2026-01-01T10:00:05Z".parse().expect("time")),
+        ended_at: Some("2026-01-01T10:03:00Z".parse().expect("time")),
+        duration_secs: Some(180),
+        billable_secs: Some(175),
+        caller_number: Some("+14155550100".into()),
+        tracking_number: Some("+18005550100".into()),
+        destination_number: Some("+12125550100".into()),
+        campaign_id: Some("c1".into()),
+        campaign_name: Some("Campaign".into()),
+        publisher_id: Some("p1".into()),
+        publisher_name: Some("Publisher".into()),
+        buyer_id: Some("b1".into()),
+        buyer_name: Some("Buyer".into()),
+        status: callsync_schemas::CallStatus::Completed,
+        provider_status: Some("finished".into()),
+        converted: Some(true),
+        revenue: Some(Decimal::new(1250, 2)),
+        payout: Some(Decimal::new(500, 2)),
+        currency: Some("USD".into()),
+        recording_url: Some("https://example.com/r.mp3".into()),
+        tags: Map::from([("geo".to_string(), "CA".to_string())]),
+        source: RecordSource::Backfill,
+        observed_at: observed,
+        provider_updated_at: Some("2026-01-01T10:03:00Z".parse().expect("time")),
+        raw: Some(br#"{"uuid":"call-1"}"#.to_vec()),
+    };
+    let key = reference.key().into_string();
+    let topic = "chaos.calls";
+    let mut calls = CallsIndex::new();
+    calls.insert((2, 40), (key.clone(), reference.version));
+    calls.insert((2, 41), (key.clone(), reference.version - 1));
+    let rules = ReadRules {
+        observed_from: observed - chrono::Duration::hours(1),
+        observed_to: observed + chrono::Duration::hours(1),
+        sources: vec![RecordSource::Backfill, RecordSource::Poll],
+        calls_topic: topic.into(),
+    };
+    let found = |row: &CallRecord, at: (&str, i32, i64)| -> Vec<&'static str> {
+        compare::row_differences(row, at, &reference, &calls, &rules)
+            .into_iter()
+            .map(|(column, _)| column)
+            .collect()
+    };
+    assert_eq!(found(&reference, (topic, 2, 40)), Vec::<&str>::new());
+
+    type Change = fn(&mut CallRecord);
+    let changes: Vec<(&str, Change)> = vec![
+        ("provider", |r| r.provider = Provider::TrackDrive),
+        ("account_id", |r| r.account_id.push('x')),
+        ("call_id", |r| r.call_id.push('x')),
+        ("started_at", |r| {
+            r.started_at += chrono::Duration::seconds(1)
+        }),
+        ("answered_at", |r| r.answered_at = None),
+        ("ended_at", |r| r.ended_at = None),
+        ("duration_secs", |r| r.duration_secs = Some(181)),
+        ("billable_secs", |r| r.billable_secs = None),
+        ("caller_number", |r| r.caller_number = None),
+        ("tracking_number", |r| r.tracking_number = None),
+        ("destination_number", |r| r.destination_number = None),
+        ("campaign_id", |r| r.campaign_id = None),
+        ("campaign_name", |r| r.campaign_name = None),
+        ("publisher_id", |r| r.publisher_id = None),
+        ("publisher_name", |r| r.publisher_name = None),
+        ("buyer_id", |r| r.buyer_id = None),
+        ("buyer_name", |r| r.buyer_name = None),
+        ("status", |r| r.status = callsync_schemas::CallStatus::Busy),
+        ("provider_status", |r| r.provider_status = None),
+        ("converted", |r| r.converted = Some(false)),
+        ("revenue", |r| r.revenue = Some(Decimal::new(1251, 2))),
+        ("payout", |r| r.payout = None),
+        ("currency", |r| r.currency = Some("EUR".into())),
+        ("recording_url", |r| r.recording_url = None),
+        ("tags", |r| r.tags.clear()),
+        ("source", |r| r.source = RecordSource::Webhook),
+        ("observed_at", |r| {
+            r.observed_at += chrono::Duration::days(1)
+        }),
+        ("provider_updated_at", |r| r.provider_updated_at = None),
+        ("raw", |r| r.raw = Some(br#"{"uuid":"call-2"}"#.to_vec())),
+    ];
+    let mut exercised: HashSet<&str> = HashSet::new();
+    for (column, change) in changes {
+        exercised.insert(column);
+        let mut row = reference.clone();
+        change(&mut row);
+        let mut got = found(&row, (topic, 2, 40));
+        // a changed key no longer matches the record its Kafka coordinates point at
+        got.retain(|c| *c != "kafka_topic, kafka_partition, kafka_offset");
+        assert_eq!(got, vec![column], "a row changed in {column}");
+    }
+    // the version: another version, and coordinates of another record or topic
+    let mut row = reference.clone();
+    row.version -= 1;
+    assert_eq!(
+        found(&row, (topic, 2, 41)),
+        vec!["version"],
+        "another version"
+    );
+    assert_eq!(
+        found(&reference, (topic, 2, 41)),
+        vec!["kafka_topic, kafka_partition, kafka_offset"]
+    );
+    assert_eq!(
+        found(&reference, (topic, 3, 40)),
+        vec!["kafka_topic, kafka_partition, kafka_offset"]
+    );
+    assert_eq!(
+        found(&reference, ("other.calls", 2, 40)),
+        vec!["kafka_topic, kafka_partition, kafka_offset"]
+    );
+    exercised.extend(["version", "kafka_topic, kafka_partition, kafka_offset"]);
+    // a provider whose version is the time it read the call: the version must be observed_at
+    let ringba = CallRecord {
+        provider: Provider::Ringba,
+        version: observed.timestamp_micros(),
+        ..reference.clone()
+    };
+    let mut calls = CallsIndex::new();
+    calls.insert((0, 7), (ringba.key().into_string(), ringba.version));
+    let at = (topic, 0, 7);
+    assert!(compare::row_differences(&ringba, at, &ringba, &calls, &rules).is_empty());
+    let mut row = ringba.clone();
+    row.observed_at += chrono::Duration::milliseconds(1);
+    let got: Vec<&str> = compare::row_differences(&row, at, &ringba, &calls, &rules)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(got, vec!["version"], "a version that is not observed_at");
+    // every column the verdict lists was changed above
+    let listed: HashSet<&str> = compare::ROW_COLUMNS.iter().copied().collect();
+    assert_eq!(exercised, listed);
 }

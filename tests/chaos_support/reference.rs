@@ -11,7 +11,9 @@ use anyhow::Context;
 use callsync_connectors::store::MemorySyncStore;
 use callsync_connectors::{run_sync, Connectors, ConnectorsConfig, NoProgress, SyncDeps};
 use callsync_runtime::Shutdown;
-use callsync_schemas::{decode_call_record, CallRecord, Provider, SyncMode, SyncRequest, WireFormat};
+use callsync_schemas::{
+    decode_call_record, CallRecord, Provider, SyncMode, SyncRequest, WireFormat,
+};
 use chrono::{DateTime, Utc};
 
 /// Reads every `(provider, account, window)` through `run_sync` (backfill mode) with the

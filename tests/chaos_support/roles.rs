@@ -24,7 +24,10 @@ pub struct Launcher {
 impl Launcher {
     pub fn new(binary: &Path, work_dir: &Path, env: Vec<(String, String)>) -> Self {
         Launcher {
-            bin_dir: binary.parent().expect("the binary's directory").to_path_buf(),
+            bin_dir: binary
+                .parent()
+                .expect("the binary's directory")
+                .to_path_buf(),
             work_dir: work_dir.to_path_buf(),
             env,
         }
@@ -228,12 +231,8 @@ impl Fleet {
         for _ in 0..n {
             let number = self.numbers.entry(role).or_default();
             *number += 1;
-            let mut p = RoleProcess::new(
-                role,
-                format!("{role}-{number}"),
-                line.to_string(),
-                launcher,
-            );
+            let mut p =
+                RoleProcess::new(role, format!("{role}-{number}"), line.to_string(), launcher);
             p.start();
             self.active.push(p);
         }
