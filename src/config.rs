@@ -1,7 +1,15 @@
 //! callsync's configuration: one TOML file plus `CALLSYNC__SECTION__KEY`
 //! environment overrides (e.g. `CALLSYNC__KAFKA__BOOTSTRAP_SERVERS`).
 //!
-//! Unknown keys and wrong types fail at startup with the key's full path.
+//! Unknown keys, wrong types and values out of range fail at startup with the key's full path:
+//! every duration (`*_secs`, `*_ms`, `*_days`) anywhere in the file is at most ten years (so no
+//! date arithmetic can overflow), and the HTTP sections are checked in full (tokens, secrets,
+//! limits).
+//!
+//! An environment override is parsed like a TOML value (`4` is a number), except for secrets
+//! and identifiers (keys ending in `key`, `token`, `secret`, `password`, `sha256`, `url`,
+//! `username` or `_id`), which are always read as the string they are: a numeric password
+//! keeps its leading zeros.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,9 +24,10 @@ use figment::value::Value;
 use figment::Figment;
 use serde::Deserialize;
 
+use crate::api::{ApiTokenConfig, ListenerLimits, DEFAULT_API_MAX_BODY_BYTES};
 use crate::scheduler::{HealthSettings, RetryPolicy, SchedulerConfig, WorkerSettings};
 use crate::secrets::{self, SecretsError};
-use crate::webhooks::WebhookConfig;
+use crate::webhooks::{kafka_message_max_bytes, WebhookConfig};
 
 /// The environment prefix of overrides; `__` separates nested keys.
 pub const ENV_PREFIX: &str = "CALLSYNC__";
@@ -61,11 +70,11 @@ pub struct CallsyncConfig {
     pub log: LogConfig,
 }
 
-/// `[api]`: where the HTTP API listens.
+/// `[api]`: the private listener (control API, readiness, metrics) and who may call it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Listen address (default `127.0.0.1:8080`; `0.0.0.0:8080` in containers).
+    /// Listen address (default `127.0.0.1:8081`; keep it off the internet).
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
     /// Seconds each `/readyz` check may take (default 3).
@@ -74,6 +83,18 @@ pub struct ApiConfig {
     /// Seconds between consumer-lag measurements for `callsync_consumer_lag` (0: off; default 15).
     #[serde(default = "default_lag_interval_secs")]
     pub lag_interval_secs: u64,
+    /// Serve `/metrics` without a token (for a Prometheus that cannot send one; default false).
+    #[serde(default)]
+    pub metrics_public: bool,
+    /// Largest request body, bytes (default 64 KiB; 413 past it).
+    #[serde(default = "default_api_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// The bearer tokens that may call the API (none: every call but `/healthz` answers 401).
+    #[serde(default)]
+    pub tokens: Vec<ApiTokenConfig>,
+    /// Timeouts and connection caps of the private listener.
+    #[serde(default)]
+    pub limits: ListenerLimits,
 }
 
 impl Default for ApiConfig {
@@ -82,18 +103,65 @@ impl Default for ApiConfig {
             listen: default_api_listen(),
             readiness_timeout_secs: default_readiness_timeout_secs(),
             lag_interval_secs: default_lag_interval_secs(),
+            metrics_public: false,
+            max_body_bytes: default_api_max_body_bytes(),
+            tokens: Vec::new(),
+            limits: ListenerLimits::default(),
         }
     }
 }
 
 fn default_api_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
+    SocketAddr::from(([127, 0, 0, 1], 8081))
 }
 fn default_readiness_timeout_secs() -> u64 {
     3
 }
 fn default_lag_interval_secs() -> u64 {
     15
+}
+fn default_api_max_body_bytes() -> usize {
+    DEFAULT_API_MAX_BODY_BYTES
+}
+
+impl ApiConfig {
+    /// Every value out of range, as `(key under [api], problem)`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .limits
+            .problems()
+            .into_iter()
+            .map(|(k, p)| (format!("limits.{k}"), p))
+            .collect();
+        if !(1..=60).contains(&self.readiness_timeout_secs) {
+            out.push((
+                "readiness_timeout_secs".into(),
+                format!(
+                    "must be 1 to 60 seconds, not {}",
+                    self.readiness_timeout_secs
+                ),
+            ));
+        }
+        if !(1..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
+            out.push((
+                "max_body_bytes".into(),
+                format!("must be 1 to 16777216, not {}", self.max_body_bytes),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, token) in self.tokens.iter().enumerate() {
+            for (key, problem) in token.problems() {
+                out.push((format!("tokens[{i}].{key}"), problem));
+            }
+            if !names.insert(token.name.trim().to_string()) {
+                out.push((
+                    format!("tokens[{i}].name"),
+                    format!("{:?} is used by another token", token.name),
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// `[workers]`: the consumer group that runs sync requests.
@@ -305,20 +373,73 @@ impl CallsyncConfig {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(env);
+        let secret_env = env.clone().filter(|key| is_verbatim_key(key.as_str()));
+        figment = figment.merge(env.filter(|key| !is_verbatim_key(key.as_str())));
+        for (key, value) in secret_env.iter() {
+            figment = figment.merge(VerbatimEnv {
+                key: key.as_str().to_string(),
+                value,
+            });
+        }
         let figment = resolve_encrypted(figment)?;
-        figment
+        Self::checked(figment)
+    }
+
+    /// Extracts the typed config and checks every value's range.
+    fn checked(figment: Figment) -> Result<Self, ConfigError> {
+        let mut problems = match figment.extract::<Value>() {
+            Ok(root) => duration_problems(&root),
+            Err(_) => Vec::new(),
+        };
+        let config: CallsyncConfig = figment
             .extract()
-            .map_err(|e| ConfigError::Invalid(describe(e)))
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|(key, problem)| format!("key `{key}`: {problem}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ))
+        }
+    }
+
+    /// Every value out of range in the HTTP sections, as `(full key, problem)`.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .api
+            .problems()
+            .into_iter()
+            .map(|(k, p)| (format!("api.{k}"), p))
+            .collect();
+        out.extend(
+            self.webhooks
+                .problems(kafka_message_max_bytes(&self.kafka))
+                .into_iter()
+                .map(|(k, p)| (format!("webhooks.{k}"), p)),
+        );
+        if self.api.listen.port() != 0 && self.api.listen == self.webhooks.listen {
+            out.push((
+                "api.listen".into(),
+                format!(
+                    "{} is also `webhooks.listen`: the control API and the public webhook \
+                     listener need addresses of their own",
+                    self.api.listen
+                ),
+            ));
+        }
+        out
     }
 
     /// Builds a config from serde values (the demo and tests), with the same checks.
     pub fn from_value(value: &serde_json::Value) -> Result<Self, ConfigError> {
         let figment = Figment::new().merge(Serialized::defaults(value));
         let figment = resolve_encrypted(figment)?;
-        figment
-            .extract()
-            .map_err(|e| ConfigError::Invalid(describe(e)))
+        Self::checked(figment)
     }
 
     /// Built-in defaults for `callsync demo`: a broker at `bootstrap_servers`.
@@ -331,6 +452,113 @@ impl CallsyncConfig {
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))
     }
+}
+
+/// Environment overrides taken verbatim as strings (secrets and identifiers): the last
+/// segment of the dotted key ends in one of these.
+const VERBATIM_KEY_ENDINGS: [&str; 8] = [
+    "key", "token", "secret", "password", "sha256", "url", "username", "_id",
+];
+
+/// One environment override kept as the string it is (see [`VERBATIM_KEY_ENDINGS`]); its
+/// errors name the variable like those of figment's `Env`.
+struct VerbatimEnv {
+    key: String,
+    value: String,
+}
+
+impl figment::Provider for VerbatimEnv {
+    fn metadata(&self) -> figment::Metadata {
+        // no source: `describe` names the environment variable
+        figment::Metadata::named("environment variable")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let nested = figment::util::nest(&self.key, Value::from(self.value.clone()));
+        let dict = nested.into_dict().unwrap_or_default();
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn is_verbatim_key(dotted: &str) -> bool {
+    let last = dotted
+        .rsplit('.')
+        .next()
+        .unwrap_or(dotted)
+        .to_ascii_lowercase();
+    VERBATIM_KEY_ENDINGS.iter().any(|end| last.ends_with(end))
+}
+
+/// The largest duration any key may hold: ten years.
+const MAX_DURATION_SECS: f64 = 10.0 * 365.0 * 86_400.0;
+
+/// Every duration key (`*_secs`, `*_seconds`, `*_ms`, `*_days`) of the tree that is negative,
+/// not a finite number, or longer than ten years.
+fn duration_problems(root: &Value) -> Vec<(String, String)> {
+    fn walk(value: &Value, path: &str, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::Dict(_, dict) => {
+                for (k, v) in dict {
+                    let child = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    if let Some(unit_secs) = duration_unit_secs(k) {
+                        if let Some(problem) = duration_problem(v, unit_secs) {
+                            out.push((child.clone(), problem));
+                        }
+                    }
+                    walk(v, &child, out);
+                }
+            }
+            Value::Array(_, items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, "", &mut out);
+    out
+}
+
+/// Seconds per unit of a duration key, from its suffix.
+fn duration_unit_secs(key: &str) -> Option<f64> {
+    let key = key.to_ascii_lowercase();
+    if key.ends_with("_secs") || key.ends_with("_seconds") {
+        Some(1.0)
+    } else if key.ends_with("_ms") {
+        Some(0.001)
+    } else if key.ends_with("_days") {
+        Some(86_400.0)
+    } else {
+        None
+    }
+}
+
+fn duration_problem(value: &Value, unit_secs: f64) -> Option<String> {
+    let amount = match value {
+        Value::Num(_, n) => n
+            .to_f64()
+            .or_else(|| n.to_u128().map(|v| v as f64))
+            .or_else(|| n.to_i128().map(|v| v as f64))?,
+        _ => return None, // the typed extract names a wrong type
+    };
+    if !amount.is_finite() || amount < 0.0 {
+        return Some(format!("must be a non-negative number, not {amount}"));
+    }
+    if amount * unit_secs > MAX_DURATION_SECS {
+        return Some(format!(
+            "{amount} is longer than ten years ({} in this key's unit)",
+            (MAX_DURATION_SECS / unit_secs).floor()
+        ));
+    }
+    None
 }
 
 /// Replaces every `enc:` string of the merged config by its plaintext (key from
@@ -506,6 +734,103 @@ mod tests {
     }
 
     #[test]
+    fn numeric_looking_secrets_from_the_environment_stay_strings() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[kafka]\nbootstrap_servers = \"b:1\"\n[sink]\ndatabase_url = \"sqlite::memory:\"\n",
+            )?;
+            // figment would read these as numbers: 123, 1000 and 7 (no leading zeros)
+            jail.set_env("CALLSYNC__KAFKA__SASL_PASSWORD", "000123");
+            jail.set_env("CALLSYNC__KAFKA__SASL_USERNAME", "1e3");
+            jail.set_env("CALLSYNC__SCHEMA_REGISTRY__URL", "http://r:8081");
+            jail.set_env("CALLSYNC__SCHEMA_REGISTRY__PASSWORD", "007");
+            jail.set_env("CALLSYNC__PROCESSOR__GROUP_ID", "42");
+            // and numbers where numbers belong still are numbers
+            jail.set_env("CALLSYNC__TOPICS__CALL_PARTITIONS", "6");
+            let cfg = CallsyncConfig::load(Some(Path::new("c.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(
+                cfg.kafka.sasl_password.as_ref().map(|s| s.expose()),
+                Some("000123")
+            );
+            assert_eq!(cfg.kafka.sasl_username.as_deref(), Some("1e3"));
+            let registry = cfg.schema_registry.as_ref().ok_or("registry")?;
+            assert_eq!(registry.password.as_ref().map(|s| s.expose()), Some("007"));
+            assert_eq!(cfg.processor.group_id, "42");
+            assert_eq!(cfg.topics.call_partitions, 6);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn api_tokens_can_come_from_the_environment() {
+        // what a container without a config file sets (docs/security.md)
+        figment::Jail::expect_with(|jail| {
+            let sha = crate::api::auth::token_sha256_hex("env-token-0123456789abcdef0123456789");
+            jail.set_env("CALLSYNC__KAFKA__BOOTSTRAP_SERVERS", "kafka:9092");
+            jail.set_env(
+                "CALLSYNC__API__TOKENS",
+                format!("[{{name=\"ops\",sha256=\"{sha}\",scopes=[\"read\",\"operate\"]}}]"),
+            );
+            jail.set_env("CALLSYNC__API__LISTEN", "0.0.0.0:8081");
+            jail.set_env("CALLSYNC__WEBHOOKS__LISTEN", "0.0.0.0:8080");
+            let cfg = CallsyncConfig::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.api.tokens.len(), 1);
+            assert_eq!(cfg.api.tokens[0].sha256.as_deref(), Some(sha.as_str()));
+            assert_eq!(cfg.webhooks.listen.to_string(), "0.0.0.0:8080");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn durations_past_ten_years_and_bad_floats_are_named() {
+        let f = write(
+            "[kafka]\nbootstrap_servers = \"b:1\"\n\
+             [connectors.sync]\nlookback_secs = 9223372036854775807\nfull_window_days = 4000000000\n\
+             [connectors.circuit]\nopen_secs = nan\n\
+             [scheduler]\ncatch_up_secs = 99999999999\n",
+        );
+        let msg = CallsyncConfig::load_with_env(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "connectors.sync.lookback_secs",
+            "connectors.sync.full_window_days",
+            "connectors.circuit.open_secs",
+            "scheduler.catch_up_secs",
+        ] {
+            assert!(msg.contains(&format!("key `{key}`")), "{key}: {msg}");
+        }
+    }
+
+    #[test]
+    fn http_sections_are_checked_at_startup() {
+        let f = write(
+            "[kafka]\nbootstrap_servers = \"b:1\"\n\
+             [api]\nlisten = \"127.0.0.1:8080\"\n\
+             [[api.tokens]]\nname = \"ops\"\ntoken = \"tiny-tok\"\nscopes = [\"read\"]\n\
+             [api.limits]\nheader_read_timeout_secs = 0\n\
+             [webhooks]\nlisten = \"127.0.0.1:8080\"\n\
+             [[webhooks.accounts]]\nprovider = \"ringba\"\naccount_id = \"R1\"\nmethod = \"token\"\ntoken = \"\"\n",
+        );
+        let msg = CallsyncConfig::load_with_env(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "api.tokens[0].token",
+            "api.limits.header_read_timeout_secs",
+            "webhooks.accounts[0].token",
+            "api.listen",
+        ] {
+            assert!(msg.contains(&format!("key `{key}`")), "{key}: {msg}");
+        }
+        assert!(
+            !msg.contains("tiny-tok"),
+            "the value of a secret is never printed: {msg}"
+        );
+    }
+
+    #[test]
     fn a_missing_file_is_named() {
         let msg =
             CallsyncConfig::load_with_env(Some(Path::new("/nonexistent/callsync.toml")), no_env())
@@ -528,7 +853,10 @@ mod tests {
     fn the_example_config_parses_and_builds() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("callsync.example.toml");
         let cfg = CallsyncConfig::load_with_env(Some(&path), no_env()).unwrap();
-        assert_eq!(cfg.api.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.api.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(cfg.webhooks.listen.to_string(), "127.0.0.1:8080");
+        // no token ships with the example: a copied example keeps the control API closed
+        assert!(cfg.api.tokens.is_empty());
         assert_eq!(cfg.connectors.retreaver.len(), 1);
         assert_eq!(cfg.webhooks.accounts.len(), 3);
         assert_eq!(cfg.workers.settings().max_concurrent, 3);
@@ -544,7 +872,7 @@ mod tests {
         let key = crate::secrets::SecretKey::from_base64(KEY).unwrap();
         let db = key.encrypt("postgres://u:pg-pw@h/db").unwrap();
         let api = key.encrypt("retreaver-key").unwrap();
-        let hook = key.encrypt("hook-secret").unwrap();
+        let hook = key.encrypt("hook-secret-0123456789").unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env(crate::secrets::SECRET_KEY_ENV, KEY);
             jail.create_file(
@@ -564,6 +892,8 @@ mod tests {
             );
             let dbg = format!("{:?}", cfg.webhooks.accounts[0]);
             assert!(!dbg.contains("hook-secret"), "{dbg}");
+            let (_, secret) = cfg.webhooks.accounts[0].auth.secret();
+            assert_eq!(secret.expose(), "hook-secret-0123456789");
 
             // an enc: value that does not decrypt fails naming its key, not its value
             jail.set_env(

@@ -16,6 +16,7 @@ use callsync::role_health::{RoleFailed, RoleFailurePolicy};
 use callsync::roles::{run_roles_with, Role, RunOptions};
 use callsync::scheduler::TriggerRequest;
 use callsync_runtime::{ensure_catalogue, KafkaClientFactory, Shutdown};
+use callsync_sinks::row_security::{self, Account};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,6 +104,24 @@ enum ConfigCommand {
 enum SecretsCommand {
     /// Read a value on stdin and print its `enc:` form (key from CALLSYNC_SECRET_KEY).
     Encrypt(EncryptArgs),
+    /// Print a new random API token (stdout) and its `[[api.tokens]]` table (stderr).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// Who will hold the token (logs name it).
+    #[arg(long, default_value = "ops")]
+    name: String,
+    /// Comma-separated scopes: read, operate.
+    #[arg(long, value_delimiter = ',', default_value = "read")]
+    scopes: Vec<TokenScope>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TokenScope {
+    Read,
+    Operate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,8 +140,35 @@ enum DlqCommand {
 
 #[derive(Debug, Subcommand)]
 enum DbCommand {
-    /// Apply the sink's migrations (also done when the sink starts).
+    /// Apply the sink's migrations (also done when the sink starts); with
+    /// `[sink] row_level_security = true`, also enable and force row-level security.
     Migrate,
+    /// Let an existing Postgres role read the calls of some accounts, and nothing else
+    /// (needs row-level security enforced; see docs/security.md).
+    GrantReader(ReaderArgs),
+    /// Take accounts back from a reader role (all of them, and its access, without --account).
+    RevokeReader(RevokeReaderArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReaderArgs {
+    /// The Postgres role (create it first: CREATE ROLE name LOGIN PASSWORD '...').
+    role: String,
+    /// retreaver, ringba, invoca, callrail or trackdrive.
+    #[arg(long)]
+    provider: callsync_schemas::Provider,
+    /// An account id of that provider (repeat for several).
+    #[arg(long = "account", required = true)]
+    accounts: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RevokeReaderArgs {
+    role: String,
+    #[arg(long, requires = "accounts")]
+    provider: Option<callsync_schemas::Provider>,
+    #[arg(long = "account", requires = "provider")]
+    accounts: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,6 +344,70 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("connecting to the sink's database")?;
             store.migrate().await.context("applying migrations")?;
             println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db {
+            command: DbCommand::GrantReader(args),
+        } => {
+            let config = load_config(config_path)?;
+            let pool = postgres_pool(&config, "db grant-reader").await?;
+            let accounts: Vec<Account> = args
+                .accounts
+                .iter()
+                .map(|a| Account {
+                    provider: args.provider.as_str().to_string(),
+                    account_id: a.clone(),
+                })
+                .collect();
+            let granted = row_security::grant_reader(&pool, &args.role, &accounts).await?;
+            println!(
+                "role {:?} reads the calls of: {}",
+                args.role,
+                list(&granted)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db {
+            command: DbCommand::RevokeReader(args),
+        } => {
+            let config = load_config(config_path)?;
+            let pool = postgres_pool(&config, "db revoke-reader").await?;
+            let accounts: Vec<Account> = args
+                .accounts
+                .iter()
+                .map(|a| Account {
+                    provider: args
+                        .provider
+                        .map(|p| p.as_str())
+                        .unwrap_or_default()
+                        .to_string(),
+                    account_id: a.clone(),
+                })
+                .collect();
+            let left = row_security::revoke_reader(&pool, &args.role, &accounts).await?;
+            println!("role {:?} reads the calls of: {}", args.role, list(&left));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Secrets {
+            command: SecretsCommand::Token(args),
+        } => {
+            let token = callsync::api::auth::generate_token();
+            let scopes: Vec<&str> = args
+                .scopes
+                .iter()
+                .map(|s| match s {
+                    TokenScope::Read => "\"read\"",
+                    TokenScope::Operate => "\"operate\"",
+                })
+                .collect();
+            eprintln!("the token (give it to {:?}; it is shown once):", args.name);
+            println!("{}", token.expose());
+            eprintln!(
+                "\nits table for the config file:\n[[api.tokens]]\nname = {:?}\nsha256 = \"{}\"\nscopes = [{}]",
+                args.name,
+                callsync::api::auth::token_sha256_hex(token.expose()),
+                scopes.join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Topics {
@@ -489,6 +599,32 @@ fn ops_setup(
     let config = load_config(path)?;
     let factory = KafkaClientFactory::new(config.kafka.clone());
     Ok((config, factory))
+}
+
+/// The sink's database as a Postgres pool (row-level security needs Postgres).
+async fn postgres_pool(config: &CallsyncConfig, command: &str) -> anyhow::Result<sqlx::PgPool> {
+    let sink = config
+        .sink
+        .as_ref()
+        .with_context(|| format!("`{command}` needs the `sink.database_url` key"))?;
+    let url = sink.database_url.expose();
+    if !url.starts_with("postgres") {
+        anyhow::bail!("`{command}` needs Postgres: row-level security does not exist in SQLite");
+    }
+    sqlx::PgPool::connect(url)
+        .await
+        .context("connecting to the sink's Postgres database")
+}
+
+fn list(accounts: &[Account]) -> String {
+    if accounts.is_empty() {
+        return "nothing".to_string();
+    }
+    accounts
+        .iter()
+        .map(|a| format!("{}/{}", a.provider, a.account_id))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn init_plain_tracing(default: &str) {

@@ -32,7 +32,9 @@ use rdkafka::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::api::{self, ApiState, FnReadiness, KafkaReadiness, PostgresReadiness};
+use crate::api::{
+    self, listener, ApiAuth, ApiState, FnReadiness, KafkaReadiness, PostgresReadiness,
+};
 use crate::config::CallsyncConfig;
 use crate::role_health::{RoleFailed, RoleFailurePolicy, RoleHealth, RolesReadiness};
 use crate::scheduler::{
@@ -41,7 +43,8 @@ use crate::scheduler::{
     SyncCodec, SyncExecutor, SyncFailure, SyncPublisher, SyncStatusStore, SyncSummary, SyncWorkers,
 };
 use crate::webhooks::{
-    AvroCallRecordEncoder, MalformedPayload, WebhookPayloadParser, WebhookReceiver,
+    kafka_message_max_bytes, AvroCallRecordEncoder, MalformedPayload, WebhookPayloadParser,
+    WebhookReceiver,
 };
 
 /// A part of callsync that can run in a process of its own.
@@ -102,12 +105,14 @@ impl fmt::Display for Role {
     }
 }
 
-/// Extra wiring for embedders (the demo, tests): a pre-bound API listener and shared
+/// Extra wiring for embedders (the demo, tests): pre-bound listeners and shared
 /// status/registry handles to watch from outside.
 #[derive(Default)]
 pub struct RunOptions {
-    /// Serve the API here instead of binding `api.listen`.
+    /// Serve the private control API here instead of binding `api.listen`.
     pub api_listener: Option<TcpListener>,
+    /// Serve the public webhook listener here instead of binding `webhooks.listen`.
+    pub webhook_listener: Option<TcpListener>,
     /// The sync status store the roles feed (one is created when absent).
     pub status_store: Option<SyncStatusStore>,
     /// The provider registry the roles use (one is created when absent).
@@ -176,18 +181,24 @@ pub async fn run_roles_with(
     } else {
         None
     };
-    let mut api_listener = options.api_listener;
-    if roles.contains(&Role::Api) && api_listener.is_none() {
-        api_listener = Some(
-            TcpListener::bind(config.api.listen)
-                .await
-                .with_context(|| {
-                    format!(
-                        "binding the HTTP API to {} (key `api.listen`)",
-                        config.api.listen
-                    )
-                })?,
-        );
+    let mut listeners = None;
+    if roles.contains(&Role::Api) {
+        let private = match options.api_listener {
+            Some(l) => l,
+            None => bind(config.api.listen, "api.listen", "the control API").await?,
+        };
+        let public = match options.webhook_listener {
+            Some(l) => l,
+            None => {
+                bind(
+                    config.webhooks.listen,
+                    "webhooks.listen",
+                    "the webhook listener",
+                )
+                .await?
+            }
+        };
+        listeners = Some(ApiListeners { private, public });
     }
 
     let health = options.role_health.clone();
@@ -200,7 +211,7 @@ pub async fn run_roles_with(
         let service = service.clone();
         let schedules = schedules.clone();
         let listener = if role == Role::Api {
-            api_listener.take()
+            listeners.take()
         } else {
             None
         };
@@ -334,6 +345,20 @@ pub fn check_roles_config(config: &CallsyncConfig, roles: &[Role]) -> anyhow::Re
             .context("invalid [connectors] config")?;
     }
     Ok(())
+}
+
+/// The api role's two listeners.
+struct ApiListeners {
+    /// `[api] listen`: control API, readiness, metrics (tokens).
+    private: TcpListener,
+    /// `[webhooks] listen`: webhooks and `/healthz` (public).
+    public: TcpListener,
+}
+
+async fn bind(addr: std::net::SocketAddr, key: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} to {addr} (key `{key}`)"))
 }
 
 /// `[scheduler]`, with every configured connectors account scheduled at the defaults when no
@@ -723,7 +748,7 @@ async fn run_role(
     shutdown: Shutdown,
     service: Option<ServiceParts>,
     schedules: Option<Vec<crate::scheduler::Schedule>>,
-    listener: Option<TcpListener>,
+    listeners: Option<ApiListeners>,
 ) -> anyhow::Result<RoleOutput> {
     match role {
         Role::Processor => {
@@ -801,7 +826,7 @@ async fn run_role(
         }
         Role::Api => {
             let service = service.context("api role without service parts")?;
-            let listener = listener.context("api role without a listener")?;
+            let listeners = listeners.context("api role without its listeners")?;
             let calls_raw = factory.settings().topic(names::CALLS_RAW);
             let producer = factory
                 .producer()
@@ -812,10 +837,17 @@ async fn run_role(
                 Arc::new(AvroCallRecordEncoder::single_object()),
                 producer,
                 calls_raw.clone(),
-            );
+            )
+            .with_max_message_bytes(kafka_message_max_bytes(factory.settings()));
             let publisher: Arc<dyn SyncPublisher> = service.publisher.clone();
+            let auth = ApiAuth::new(&config.api.tokens, config.api.metrics_public);
+            if auth.is_empty() {
+                tracing::warn!("no [[api.tokens]] are configured: the control API answers 401 to every call (see docs/security.md)");
+            }
             let mut state = ApiState::new(service.registry.clone(), service.store.clone())
-                .with_publisher(publisher);
+                .with_publisher(publisher)
+                .with_auth(auth);
+            state.max_body_bytes = config.api.max_body_bytes;
             state = with_role_readiness(state, &service.role_health);
             let readiness_timeout = Duration::from_secs(config.api.readiness_timeout_secs.max(1));
             state.readiness_timeout = readiness_timeout;
@@ -853,10 +885,23 @@ async fn run_role(
                     shutdown.clone(),
                 ));
             }
-            let app = api::router(state, Some(Arc::new(receiver)));
-            api::serve(listener, app, shutdown)
-                .await
-                .context("serving the HTTP API")?;
+            let private = listener::serve(
+                "private",
+                listeners.private,
+                api::private_router(state),
+                &config.api.limits,
+                shutdown.clone(),
+            );
+            let public = listener::serve(
+                "public",
+                listeners.public,
+                api::public_router(Some(Arc::new(receiver))),
+                &config.webhooks.limits,
+                shutdown,
+            );
+            let (private, public) = tokio::join!(private, public);
+            private.context("serving the control API")?;
+            public.context("serving the webhook listener")?;
             Ok(RoleOutput::None)
         }
     }

@@ -1,21 +1,41 @@
-//! The HTTP API without Kafka: routes, status codes and JSON shapes.
+//! The HTTP API without Kafka: routes, status codes and JSON shapes, tokens and scopes,
+//! bounded metric labels.
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use callsync::api::{router, ApiState, FnReadiness};
+use callsync::api::{private_router, public_router, ApiAuth, ApiState, FnReadiness, Scope};
 use callsync::scheduler::health::ProviderRegistry;
 use callsync::scheduler::publish::MemorySyncPublisher;
 use callsync::scheduler::status::SyncStatusStore;
+use callsync_runtime::Secret;
 use callsync_schemas::{Provider, SyncEvent, SyncEventKind, SyncMode};
 use chrono::Utc;
 use serde_json::Value;
 use tower::ServiceExt;
 
+/// The token with both scopes the fixture's API knows.
+const TOKEN: &str = "api-router-test-token-0123456789abcdef";
+/// A token with the read scope only.
+const READ_TOKEN: &str = "api-router-read-token-0123456789abcdef";
+
 async fn call(app: &Router, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, String) {
+    call_as(app, Some(TOKEN), method, uri, body).await
+}
+
+async fn call_as(
+    app: &Router,
+    token: Option<&str>,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+) -> (StatusCode, String) {
     let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
     if body.is_some() {
         request = request.header("content-type", "application/json");
     }
@@ -41,6 +61,26 @@ struct Fixture {
     store: SyncStatusStore,
 }
 
+fn auth(metrics_public: bool) -> ApiAuth {
+    ApiAuth::new(
+        &[
+            callsync::api::ApiTokenConfig {
+                name: "ops".into(),
+                sha256: Some(callsync::api::auth::token_sha256_hex(TOKEN)),
+                token: None,
+                scopes: vec![Scope::Read, Scope::Operate],
+            },
+            callsync::api::ApiTokenConfig {
+                name: "grafana".into(),
+                sha256: None,
+                token: Some(Secret::new(READ_TOKEN)),
+                scopes: vec![Scope::Read],
+            },
+        ],
+        metrics_public,
+    )
+}
+
 fn fixture(kafka_ready: bool) -> Fixture {
     let registry = ProviderRegistry::new();
     registry.register(Provider::Ringba, "RA1");
@@ -56,9 +96,10 @@ fn fixture(kafka_ready: bool) -> Fixture {
                 Err("broker 127.0.0.1:1 unreachable".to_string())
             }
         })))
-        .with_readiness(Arc::new(FnReadiness::new("postgres", || async { Ok(()) })));
+        .with_readiness(Arc::new(FnReadiness::new("postgres", || async { Ok(()) })))
+        .with_auth(auth(false));
     Fixture {
-        app: router(state, None),
+        app: private_router(state),
         publisher,
         registry,
         store,
@@ -163,6 +204,15 @@ async fn triggering_a_sync_validates_and_writes_the_request() {
             r#"{"provider":"ringba","account_id":"RA1","mode":"backfill"}"#,
             "window_start",
         ),
+        // accepted before (202), then the worker panicked on `end - 7 days`
+        (
+            r#"{"provider":"ringba","account_id":"RA1","mode":"full","window_end":"-262143-01-01T00:00:00Z"}"#,
+            "window_end",
+        ),
+        (
+            r#"{"provider":"ringba","account_id":"RA1","mode":"backfill","window_start":"2025-01-01T00:00:00Z","window_end":"+262142-01-01T00:00:00Z"}"#,
+            "window_end",
+        ),
         (r#"not json"#, ""),
     ];
     for (payload, word) in bad {
@@ -186,8 +236,8 @@ async fn triggering_a_sync_validates_and_writes_the_request() {
     );
 
     // a service without a producer cannot trigger
-    let state = ApiState::new(f.registry.clone(), f.store.clone());
-    let app = router(state, None);
+    let state = ApiState::new(f.registry.clone(), f.store.clone()).with_auth(auth(false));
+    let app = private_router(state);
     let (status, _) = call(
         &app,
         "POST",
@@ -257,4 +307,101 @@ async fn syncs_are_listed_and_shown_with_progress() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = call(&f.app, "GET", "/api/syncs/does-not-exist", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn every_route_but_healthz_needs_a_token_with_its_scope() {
+    let f = fixture(true);
+    let (status, _) = call_as(&f.app, None, "GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let trigger = r#"{"provider":"ringba","account_id":"RA1","mode":"full"}"#;
+    let routes = [
+        ("GET", "/readyz", None),
+        ("GET", "/metrics", None),
+        ("GET", "/api/providers", None),
+        ("GET", "/api/syncs", None),
+        ("GET", "/api/syncs/some-id", None),
+        ("POST", "/api/syncs", Some(trigger)),
+    ];
+    for token in [None, Some("wrong-token"), Some("")] {
+        for (method, uri, body) in routes {
+            let (status, text) = call_as(&f.app, token, method, uri, body).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} with {token:?}"
+            );
+            // no detail: not which part was wrong, nor which tokens exist
+            assert_eq!(json(&text), serde_json::json!({"error": "unauthorized"}));
+        }
+    }
+    // the read scope reads, and may not trigger
+    let (status, _) = call_as(&f.app, Some(READ_TOKEN), "GET", "/api/syncs", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, text) = call_as(
+        &f.app,
+        Some(READ_TOKEN),
+        "POST",
+        "/api/syncs",
+        Some(trigger),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("operate"), "{text}");
+    assert!(
+        f.publisher.requests().is_empty(),
+        "nothing written for refused requests"
+    );
+    let (status, _) = call_as(&f.app, Some(TOKEN), "POST", "/api/syncs", Some(trigger)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    // /metrics opened for Prometheus by config; the rest stays closed
+    let open =
+        private_router(ApiState::new(f.registry.clone(), f.store.clone()).with_auth(auth(true)));
+    let (status, _) = call_as(&open, None, "GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call_as(&open, None, "GET", "/api/syncs", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // the public listener serves no API route at all
+    let public = public_router(None);
+    for (method, uri, body) in routes {
+        let (status, _) = call_as(&public, Some(TOKEN), method, uri, body).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{method} {uri} on the public listener"
+        );
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_of_the_api_are_bounded() {
+    let f = fixture(true);
+    let huge = format!(
+        r#"{{"provider":"ringba","account_id":"RA1","mode":"full","resume":"{}"}}"#,
+        "x".repeat(100 * 1024)
+    );
+    let (status, _) = call(&f.app, "POST", "/api/syncs", Some(&huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(f.publisher.requests().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_methods_share_one_metric_label() {
+    let _ = callsync_runtime::metrics::prometheus();
+    let f = fixture(true);
+    // before, each of these added a series of its own: method="X1", method="X2", ...
+    for i in 0..5 {
+        let (status, _) = call_as(&f.app, None, &format!("X{i}"), "/healthz", None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let (_, text) = call(&f.app, "GET", "/metrics", None).await;
+    assert!(!text.contains("method=\"X"), "{text}");
+    assert!(
+        text.contains(
+            "callsync_http_requests_total{route=\"/healthz\",method=\"other\",status=\"405\"}"
+        ),
+        "{text}"
+    );
 }

@@ -1,8 +1,10 @@
 //! The webhook receiver against Kafka: an in-process MockCluster for the acknowledged path,
 //! an unreachable broker for the 503 path.
 //!
-//! valid, forged, replayed (stale timestamp), oversize, malformed, unknown provider/account,
-//! rate limited, Kafka down: each answers as documented and only the valid ones are produced.
+//! valid, forged, replayed (stale timestamp, or the exact re-post of an accepted request),
+//! oversize (for the receiver or for Kafka), malformed, unknown provider/account, rate limited
+//! (and unsigned requests spending no account's budget), Kafka down: each answers as documented
+//! and only the valid ones are produced.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,9 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use callsync::api::{router, ApiState};
-use callsync::scheduler::health::ProviderRegistry;
-use callsync::scheduler::status::SyncStatusStore;
+use callsync::api::public_router;
 use callsync::webhooks::signature::{callrail_signature, hmac_sha256_signature};
 use callsync::webhooks::{
     AvroCallRecordEncoder, MalformedPayload, WebhookAccountConfig, WebhookAuth, WebhookConfig,
@@ -110,6 +110,7 @@ fn config(max_body_bytes: usize, burst: u32) -> WebhookConfig {
                 },
             },
         ],
+        ..WebhookConfig::default()
     }
 }
 
@@ -124,8 +125,7 @@ fn producer(bootstrap: &str, overrides: &[(&str, &str)]) -> FutureProducer {
 }
 
 fn app(receiver: WebhookReceiver) -> Router {
-    let state = ApiState::new(ProviderRegistry::new(), SyncStatusStore::new(10));
-    router(state, Some(Arc::new(receiver)))
+    public_router(Some(Arc::new(receiver)))
 }
 
 async fn post(
@@ -217,6 +217,30 @@ async fn each_request_is_answered_as_documented_and_only_valid_ones_are_produced
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{text}");
     assert_eq!(records_in_topic(&bootstrap), 3);
+
+    // replayed: the exact re-post of an accepted request (tokens and CallRail's signature
+    // sign no time) is a duplicate and produces nothing; before, it was produced again with
+    // a fresh receipt-time version
+    let (status, text) = post(
+        &app,
+        "/webhooks/retreaver/RT1?token=retreaver-token",
+        &[],
+        br#"{"call_id":"RT-1"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("\"duplicate\":true"), "{text}");
+    let (status, _) = post(
+        &app,
+        "/webhooks/callrail/CR1",
+        &[("signature", sig.clone())],
+        body.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(&app, "/webhooks/ringba/RA1", &headers, body2.to_vec()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(records_in_topic(&bootstrap), 3, "replays produce nothing");
 
     // forged: signature of another body
     let (status, text) = post(
@@ -316,6 +340,18 @@ async fn past_the_account_rate_the_answer_is_429() {
         TOPIC.to_string(),
     );
     let app = app(receiver);
+    // unsigned requests spend no account's budget: before, these five made the real
+    // webhooks below answer 429 (and CallRail never retries)
+    for i in 0..5 {
+        let (status, _) = post(
+            &app,
+            "/webhooks/retreaver/RT1?token=forged",
+            &[],
+            format!("{{\"call_id\":\"forged-{i}\"}}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
     let mut statuses = Vec::new();
     for i in 0..4 {
         let (status, _) = post(
@@ -366,4 +402,38 @@ async fn kafka_down_answers_503_so_the_sender_retries() {
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_kafka_would_refuse_answers_413_not_503() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 3, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    // the body fits the receiver's limit, the record it makes not Kafka's message.max.bytes
+    let body = format!("{{\"call_id\":\"{}\"}}", "L".repeat(1500));
+    for precheck in [true, false] {
+        let mut receiver = WebhookReceiver::new(
+            &config(4096, 100),
+            Arc::new(MinimalParser),
+            Arc::new(AvroCallRecordEncoder::single_object()),
+            producer(&bootstrap, &[("message.max.bytes", "2000")]),
+            TOPIC.to_string(),
+        );
+        if precheck {
+            // what `callsync run` does: the receiver knows the producer's limit
+            receiver = receiver.with_max_message_bytes(2000);
+        }
+        let app = app(receiver);
+        // before, Kafka's refusal answered 503 with Retry-After, so the sender retried forever
+        let (status, text) = post(
+            &app,
+            "/webhooks/retreaver/RT1?token=retreaver-token",
+            &[],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+        assert!(text.contains("message.max.bytes"), "{text}");
+    }
+    assert_eq!(records_in_topic(&bootstrap), 0);
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use serde_yaml_ng::Value;
+use sha2::Digest as _;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -108,11 +109,77 @@ fn callsync_services() -> Vec<Service> {
     out
 }
 
+/// The token this test gives compose through `CALLSYNC_API_TOKENS` (as a user's `.env` would).
+const TEST_TOKEN: &str = "compose-test-token-0123456789abcdef";
+
+/// Compose's variable interpolation of one value: `${NAME}`, `${NAME:-default}`,
+/// `${NAME-default}`, `${NAME:?error}` and `$$`, with `vars` as the shell environment / `.env`.
+fn interpolate(value: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        if let Some(after) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        let Some(body) = rest.strip_prefix('{') else {
+            return Err(format!("unbraced variable in {value:?}"));
+        };
+        let end = body
+            .find('}')
+            .ok_or_else(|| format!("unclosed ${{ in {value:?}"))?;
+        let (expr, after) = (&body[..end], &body[end + 1..]);
+        let name_end = expr
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(expr.len());
+        let (name, op) = expr.split_at(name_end);
+        let set = vars.get(name);
+        let replaced = match (op.get(..2), op.get(..1)) {
+            (Some(":-"), _) => set
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or(op[2..].into()),
+            (Some(":?"), _) => match set.filter(|v| !v.is_empty()) {
+                Some(v) => v.clone(),
+                None => return Err(format!("{name}: {}", &op[2..])),
+            },
+            (_, Some("-")) => set.cloned().unwrap_or(op[1..].into()),
+            (_, None) => set.cloned().unwrap_or_default(),
+            _ => return Err(format!("unsupported interpolation ${{{expr}}}")),
+        };
+        out.push_str(&replaced);
+        rest = after;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[test]
+fn interpolation_follows_compose() {
+    let vars: BTreeMap<String, String> = [("SET", "v"), ("EMPTY", "")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let i = |s: &str| interpolate(s, &vars);
+    assert_eq!(i("a${SET}b").as_deref(), Ok("avb"));
+    assert_eq!(i("${UNSET:-[]}").as_deref(), Ok("[]"));
+    assert_eq!(i("${EMPTY:-d}").as_deref(), Ok("d"));
+    assert_eq!(i("${EMPTY-d}").as_deref(), Ok(""));
+    assert_eq!(i("$$x").as_deref(), Ok("$x"));
+    assert!(i("${UNSET:?needed}").is_err());
+}
+
 /// The test's rewrites of one variable's value.
 struct Rewrites {
     bootstrap: String,
     database_url: String,
+    /// The private control API (compose: 8081).
     api_port: u16,
+    /// The public webhook listener (compose: 8080).
+    hooks_port: u16,
 }
 
 impl Rewrites {
@@ -132,13 +199,18 @@ impl Rewrites {
                 );
                 self.database_url.clone()
             }
-            "CALLSYNC__API__LISTEN" => {
+            "CALLSYNC__API__LISTEN" | "CALLSYNC__WEBHOOKS__LISTEN" => {
                 let (host, _) = value.rsplit_once(':').expect("host:port");
                 assert_eq!(
                     host, "0.0.0.0",
-                    "the API listens on every interface in a container"
+                    "the listeners listen on every interface in a container"
                 );
-                format!("{host}:{}", self.api_port)
+                let port = if key == "CALLSYNC__API__LISTEN" {
+                    self.api_port
+                } else {
+                    self.hooks_port
+                };
+                format!("{host}:{port}")
             }
             _ => value.to_string(),
         }
@@ -291,6 +363,7 @@ async fn every_compose_service_starts_with_its_exact_command_and_environment() {
             server.port().unwrap_or(5432)
         ),
         api_port: free_port(),
+        hooks_port: free_port(),
     };
     // isolation on the shared broker (compose sets none of these)
     let prefix = format!("{}.", kafka.unique_topic("compose"));
@@ -306,11 +379,24 @@ async fn every_compose_service_starts_with_its_exact_command_and_environment() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    // what a user's `.env` holds: the control API's token (its SHA-256, as docs/security.md says)
+    let dotenv: BTreeMap<String, String> = [(
+        "CALLSYNC_API_TOKENS".to_string(),
+        format!(
+            "[{{name=\"ops\",sha256=\"{:x}\",scopes=[\"read\",\"operate\"]}}]",
+            sha2::Sha256::digest(TEST_TOKEN.as_bytes())
+        ),
+    )]
+    .into_iter()
+    .collect();
     let env_of = |service: &Service| -> BTreeMap<String, String> {
         let mut env: BTreeMap<String, String> = service
             .environment
             .iter()
-            .map(|(k, v)| (k.clone(), rewrites.apply(k, v)))
+            .map(|(k, v)| {
+                let v = interpolate(v, &dotenv).unwrap_or_else(|e| panic!("{k}: {e}"));
+                (k.clone(), rewrites.apply(k, &v))
+            })
             .collect();
         env.extend(isolation.clone());
         env
@@ -354,12 +440,21 @@ async fn every_compose_service_starts_with_its_exact_command_and_environment() {
         }
     }
 
-    // the api's healthcheck as compose runs it (in the container, port rewritten), /readyz
+    // the api's healthcheck as compose runs it (in the container, on the public listener, port
+    // rewritten), and /readyz on the private one with the token of `.env`
     let check: Vec<String> = api.healthcheck.clone().expect("healthcheck")[1..]
         .iter()
-        .map(|a| a.replace(":8080", &format!(":{}", rewrites.api_port)))
+        .map(|a| a.replace(":8080", &format!(":{}", rewrites.hooks_port)))
         .collect();
-    let http = reqwest::Client::new();
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TEST_TOKEN}").parse().expect("header"),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(auth)
+        .build()
+        .expect("http");
     let started = Instant::now();
     loop {
         let healthy = Command::new(&check[0])
@@ -385,6 +480,11 @@ async fn every_compose_service_starts_with_its_exact_command_and_environment() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // the control API takes no call without the token
+    let anonymous = reqwest::get(format!("http://127.0.0.1:{}/readyz", rewrites.api_port))
+        .await
+        .expect("readyz");
+    assert_eq!(anonymous.status(), reqwest::StatusCode::UNAUTHORIZED);
 
     // every replica joined its group
     let status_env = env_of(

@@ -107,7 +107,11 @@ async fn redrive_moves_records_to_calls_raw_exactly_once() {
     // a redrive that crashed mid-transaction: records sent, never committed
     {
         let producer: BaseProducer = f
-            .create("crashed redrive", &f.transactional_producer_config(&group))
+            .create(
+                "crashed redrive",
+                // a run of this deployment: the topic prefix and the group base name
+                &f.transactional_producer_config(&f.settings().topic(&group)),
+            )
             .expect("producer");
         producer.init_transactions(TIMEOUT).expect("init");
         producer.begin_transaction().expect("begin");

@@ -1081,6 +1081,9 @@ fn wait_exit(mut process: SinkProcess, within: Duration) -> Option<i32> {
 /// default (stop-all) the process logs which healthy roles it stops because of it and exits
 /// with 12 at once. Before this, a fenced processor ended its process with exit code 1 and
 /// the log line "role failed; stopping the others", and /readyz never said anything.
+/// The read token of `a_failed_role_shows_in_readyz_and_the_exit_code`'s processes.
+const READYZ_TOKEN: &str = "ops-scaling-readyz-token-0123456789abcdef";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_role_shows_in_readyz_and_the_exit_code() {
     let kafka = callsync_testkit::skip_unless_kafka!();
@@ -1110,14 +1113,29 @@ group_id = "{group}"
 # static membership: a second process with this id fences the first
 instance_id = "the-same"
 
+# /readyz needs a read token; the public webhook listener takes any free port
+[webhooks]
+listen = "127.0.0.1:0"
+
+[[api.tokens]]
+name = "test"
+token = "{READYZ_TOKEN}"
+scopes = ["read"]
+
 [log]
 filter = "info"
 "#,
         bootstrap = kafka.bootstrap()
     );
     let fleet = Fleet::with_config(tempfile::tempdir().expect("dir"), &text, &group, "unused");
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {READYZ_TOKEN}").parse().expect("header"),
+    );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
+        .default_headers(auth)
         .build()
         .expect("http");
     let api = |port: u16| ("CALLSYNC__API__LISTEN", format!("127.0.0.1:{port}"));

@@ -21,10 +21,13 @@ use callsync_simulator::{RateLimitRule, Simulator, SimulatorConfig};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::Serialize;
 use serde_json::json;
 
+use crate::measurement_window::{Conditions, MeasurementWindow};
 use crate::report::{BenchOutcome, Figure};
-use crate::services::{self, CallsyncProcess};
+use crate::services::{self, BenchProcess, OwnPostgres};
+use crate::{proc_usage, sink_drain};
 
 const CEILING_PER_MINUTE: u32 = 600;
 const PAGE_SIZE: u32 = 100;
@@ -34,7 +37,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 pub async fn run(seconds: u64, calls: u64) -> anyhow::Result<BenchOutcome> {
     let share = ceiling_share(seconds).await?;
-    let mem = backfill_through_process(calls, Roles::Connector).await?;
+    let mem = backfill_through_process(calls, Roles::Connector, None).await?;
     let records_ceiling = share.records_ceiling_per_minute.max(1e-9);
     let rss_mib = mem.peak_rss_bytes as f64 / MIB;
     Ok(BenchOutcome {
@@ -199,6 +202,85 @@ pub struct ProcessBackfill {
     /// All roles: the process started again on the same topics, until its processor restored
     /// the dedup state the backfill wrote.
     pub restart: Option<RestartRestore>,
+    /// CPU of every process of the pipeline from the enqueue to the end of the measurement.
+    pub cpu: CpuBudget,
+}
+
+/// The CPU seconds the backfill cost, per process, from its enqueue until every call was in
+/// Postgres (all roles) or the sync completed (connector), read from /proc.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuBudget {
+    /// the `callsync` process (every role it runs)
+    pub callsync: f64,
+    pub broker: Option<f64>,
+    /// the benchmark's own Postgres cluster (postmaster and every backend)
+    pub postgres: Option<f64>,
+    /// this process: the simulated provider API serving the pages, and the benchmark's own
+    /// watchers
+    pub simulator_and_driver: f64,
+    pub conditions: Conditions,
+}
+
+impl CpuBudget {
+    pub fn total(&self) -> f64 {
+        self.callsync
+            + self.broker.unwrap_or(0.0)
+            + self.postgres.unwrap_or(0.0)
+            + self.simulator_and_driver
+    }
+}
+
+/// CPU seconds so far of the processes a backfill measures.
+struct CpuMarks {
+    callsync: f64,
+    broker: Option<f64>,
+    postgres: Option<f64>,
+    this_process: f64,
+}
+
+impl CpuMarks {
+    fn read(callsync: &BenchProcess, broker: Option<u32>, postmaster: Option<u32>) -> Self {
+        CpuMarks {
+            callsync: callsync.cpu_secs(),
+            broker: broker.and_then(proc_usage::cpu_secs),
+            postgres: postmaster.and_then(proc_usage::tree_cpu_secs),
+            this_process: proc_usage::cpu_secs(std::process::id()).unwrap_or(0.0),
+        }
+    }
+}
+
+fn cpu_budget(
+    window: MeasurementWindow,
+    start: &CpuMarks,
+    end: &CpuMarks,
+    pids: (u32, Option<u32>, Option<u32>),
+) -> CpuBudget {
+    let delta = |e: Option<f64>, s: Option<f64>| Some((e? - s?).max(0.0));
+    let callsync = (end.callsync - start.callsync).max(0.0);
+    let broker = delta(end.broker, start.broker);
+    let postgres = delta(end.postgres, start.postgres);
+    let simulator_and_driver = (end.this_process - start.this_process).max(0.0);
+    let mut measured = vec![
+        ("callsync", Some(pids.0), callsync),
+        (
+            "simulator + benchmark driver",
+            Some(std::process::id()),
+            simulator_and_driver,
+        ),
+    ];
+    if let Some(cpu) = broker {
+        measured.push(("kafka broker", pids.1, cpu));
+    }
+    if let Some(cpu) = postgres {
+        measured.push(("postgres", pids.2, cpu));
+    }
+    CpuBudget {
+        callsync,
+        broker,
+        postgres,
+        simulator_and_driver,
+        conditions: window.close(&measured),
+    }
 }
 
 /// A restart of the all-roles process that restores the dedup state of the whole backfill.
@@ -233,7 +315,11 @@ fn restored_keys(log: &Path) -> u64 {
 
 /// Backfills a simulated Ringba account of `calls` calls (pages of 1000, no rate limit)
 /// through a `callsync run` process of `roles`, and reads that process's peak RSS.
-pub async fn backfill_through_process(calls: u64, roles: Roles) -> anyhow::Result<ProcessBackfill> {
+pub async fn backfill_through_process(
+    calls: u64,
+    roles: Roles,
+    postgres: Option<&OwnPostgres>,
+) -> anyhow::Result<ProcessBackfill> {
     let provider = Provider::Ringba;
     let sim = Simulator::start(SimulatorConfig::for_tests(13).with_accounts(provider, 1, calls))
         .await
@@ -260,9 +346,16 @@ pub async fn backfill_through_process(calls: u64, roles: Roles) -> anyhow::Resul
     ensure_catalogue(&factory, &options, Duration::from_secs(60)).await?;
 
     let db = match roles {
-        Roles::All => Some(services::database().await?),
+        Roles::All => Some(
+            postgres
+                .context("the all-roles backfill needs the benchmark's own Postgres")?
+                .database()
+                .await?,
+        ),
         Roles::Connector => None,
     };
+    let broker_pid = proc_usage::port_of(&bootstrap).and_then(proc_usage::pid_listening_on);
+    let postmaster = postgres.and_then(|p| p.postmaster);
     let dir = tempfile::tempdir().context("temp dir")?;
     let config_path = dir.path().join("callsync.toml");
     let sink = db.as_ref().map_or(String::new(), |db| {
@@ -320,10 +413,12 @@ incremental = "off"
         Roles::Connector => &["run", "--roles", "connector"],
         Roles::All => &["run"],
     };
-    let mut process = CallsyncProcess::spawn(&config_path, args, dir.path().join("callsync.log"))?;
+    let mut process = BenchProcess::spawn(&config_path, args, dir.path().join("callsync.log"))?;
 
     let from = info.first_call_at - chrono::Duration::hours(1);
     let to = sim.now() + chrono::Duration::seconds(1);
+    let window = MeasurementWindow::open();
+    let cpu_start = CpuMarks::read(&process, broker_pid, postmaster);
     let sync_id = enqueue_backfill(&config_path, provider, &account, from, to).await?;
     eprintln!(
         "bench: backfill {sync_id} of {calls} calls enqueued for `callsync {}`",
@@ -372,20 +467,22 @@ incremental = "off"
             None,
         ),
         Some(db) => {
-            // every call in Postgres
+            // every call in Postgres: the statistics first, then one exact count to confirm
             let rows = loop {
                 process.check_running()?;
-                let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM calls")
-                    .fetch_one(&db.pool)
-                    .await
-                    .context("counting rows")?;
-                if rows as u64 >= calls {
-                    break rows as u64;
+                if sink_drain::rows_written(&db.pool).await? >= calls {
+                    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM calls")
+                        .fetch_one(&db.pool)
+                        .await
+                        .context("counting rows")?;
+                    if rows as u64 >= calls {
+                        break rows as u64;
+                    }
                 }
                 if tokio::time::Instant::now() > deadline {
-                    anyhow::bail!("only {rows} of {calls} calls reached Postgres within an hour");
+                    anyhow::bail!("not all {calls} calls reached Postgres within an hour");
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             };
             (
                 (Utc::now() - started_at).num_milliseconds() as f64 / 1000.0,
@@ -393,6 +490,13 @@ incremental = "off"
             )
         }
     };
+    let cpu_end = CpuMarks::read(&process, broker_pid, postmaster);
+    let cpu = cpu_budget(
+        window,
+        &cpu_start,
+        &cpu_end,
+        (process.pid(), broker_pid, postmaster),
+    );
     let peak_rss_bytes = process.peak_rss_bytes();
     eprintln!(
         "bench: `callsync {}`: {records} records in {secs:.1} s, peak RSS {:.1} MiB",
@@ -420,6 +524,7 @@ incremental = "off"
         peak_rss_bytes,
         rows,
         restart,
+        cpu,
     })
 }
 
@@ -442,7 +547,7 @@ async fn restart_and_restore(
     .context("writing the restart config")?;
     let log = dir.join("callsync-restart.log");
     let started = tokio::time::Instant::now();
-    let mut process = CallsyncProcess::spawn(&restart_config, &["run"], log.clone())?;
+    let mut process = BenchProcess::spawn(&restart_config, &["run"], log.clone())?;
     let deadline = started + Duration::from_secs(300);
     let restored = loop {
         process.check_running()?;

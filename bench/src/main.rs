@@ -4,9 +4,13 @@
 
 mod bench_topics;
 mod connector;
+mod debezium_peer;
+mod measurement_window;
 mod pipeline;
+mod proc_usage;
 mod report;
 mod services;
+mod sink_drain;
 mod sink_role;
 mod stages;
 mod topic_times;
@@ -69,6 +73,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         vec![args.benchmark]
     };
+    // built (or found fresh) before anything is measured, and handed to the benchmarks that
+    // `all` runs as processes of their own: no cargo runs beside a measurement
+    let callsync_bin = services::prepare_callsync_binary()?;
     let mut outcomes: Vec<BenchOutcome> = Vec::new();
     let mut failures: Vec<(String, String)> = Vec::new();
     for bench in chosen {
@@ -80,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
             }
             // each benchmark in a process of its own, so peak RSS is its own
             let (started, load_before) = (chrono::Utc::now(), report::load_average());
-            run_in_child(&name, &args).map(|mut outcome| {
+            run_in_child(&name, &args, &callsync_bin).map(|mut outcome| {
                 let load = |l: Option<f64>| l.map_or("?".to_string(), |l| format!("{l:.1}"));
                 outcome.conditions = Some(format!(
                     "{}-{}, load {} -> {}",
@@ -175,10 +182,14 @@ fn settle() {
 }
 
 /// Run one benchmark as a child process of this binary and read back its JSON line.
-fn run_in_child(name: &str, args: &Args) -> anyhow::Result<BenchOutcome> {
+fn run_in_child(
+    name: &str,
+    args: &Args,
+    callsync_bin: &std::path::Path,
+) -> anyhow::Result<BenchOutcome> {
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg(name);
+    cmd.arg(name).env(services::CALLSYNC_BIN_ENV, callsync_bin);
     if let Some(r) = args.records {
         cmd.arg("--records").arg(r.to_string());
     }

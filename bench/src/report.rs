@@ -95,16 +95,21 @@ const REPRODUCING: &str = "\
 `connector`, `pipeline`, `webhook`), each in a process of its own so that peak RSS is its own,
 and rewrites this file; `-- NAME` runs one and prints its JSON line. `--records`, `--seconds` and
 `--calls` scale them. Services: `KAFKA_BOOTSTRAP` and `DATABASE_URL` if set, else the scripts'
-broker and a throwaway Postgres (the sink benchmark always starts its own durable cluster). The
-benchmarks that measure a role's memory start the real `callsync` binary built next to the
-benchmark's executable. Each deletes the topics it created when it ends, and between two
-benchmarks `all` waits (up to 2 minutes) for the load average to fall below the core count.
+broker and a throwaway Postgres; the sink benchmark always starts its own durable cluster and
+the pipeline benchmark its own cluster configured as scripts/postgres.sh's, so that all of
+Postgres's CPU is theirs. The benchmarks that measure a role start the real `callsync` binary
+next to the benchmark's executable, built (or found fresh) once before anything is measured
+(`CALLSYNC_BENCH_CALLSYNC_BIN` names a binary to use instead). The sink benchmark also runs the
+peer, Kafka Connect with the Debezium JDBC sink, from the jars `scripts/kafka-connect.sh fetch`
+brings from Maven Central (once, before measuring). Each measurement records the load average
+at its start and end and the CPU every other process used meanwhile. Each benchmark deletes the
+topics it created when it ends, and between two benchmarks `all` waits (up to 2 minutes) for
+the load average to fall below the core count.
 
 How each benchmark measures, what changed between runs and the figures of earlier runs:
 [benchmark-history.md](benchmark-history.md).
 ";
 
-/// The markdown table of every figure of every benchmark.
 /// The markdown table of every figure of every benchmark.
 pub fn markdown(
     outcomes: &[BenchOutcome],

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -66,6 +67,58 @@ pub async fn database() -> anyhow::Result<BenchDatabase> {
         .await
         .context("creating the benchmark database")?;
     Ok(BenchDatabase::new(db))
+}
+
+/// A PostgreSQL cluster of the benchmark's own, set up as scripts/postgres.sh sets up the test
+/// server (no durability, 256 MB of shared buffers, checkpoints every 2 GB of WAL or 30 min),
+/// so that every CPU second its processes use is the benchmark's, and the figures stay
+/// comparable with runs on the test server. Stopped and deleted when dropped.
+pub struct OwnPostgres {
+    pub server: callsync_testkit::PgServer,
+    /// the postmaster, whose process tree is the whole server
+    pub postmaster: Option<u32>,
+}
+
+impl OwnPostgres {
+    pub async fn start() -> anyhow::Result<OwnPostgres> {
+        use sqlx::Connection;
+        let server = callsync_testkit::PgServer::start_throwaway()
+            .await
+            .context("starting a PostgreSQL cluster for the benchmark")?;
+        let mut admin = sqlx::PgConnection::connect(server.admin_url())
+            .await
+            .context("connecting to the benchmark's cluster")?;
+        for setting in [
+            "ALTER SYSTEM SET shared_buffers = '256MB'",
+            "ALTER SYSTEM SET max_wal_size = '2GB'",
+            "ALTER SYSTEM SET checkpoint_timeout = '30min'",
+        ] {
+            sqlx::query(setting)
+                .execute(&mut admin)
+                .await
+                .with_context(|| setting.to_string())?;
+        }
+        let _ = admin.close().await;
+        // shared_buffers takes a restart
+        server
+            .restart(callsync_testkit::PgStopMode::Fast)
+            .await
+            .context("restarting the benchmark's cluster with its settings")?;
+        let postmaster = server
+            .data_dir()
+            .and_then(crate::proc_usage::postmaster_pid);
+        Ok(OwnPostgres { server, postmaster })
+    }
+
+    /// A fresh database on this cluster.
+    pub async fn database(&self) -> anyhow::Result<BenchDatabase> {
+        let db = self
+            .server
+            .create_database()
+            .await
+            .context("creating the benchmark database")?;
+        Ok(BenchDatabase::new(db))
+    }
 }
 
 /// A benchmark's own database, which must not outlive the benchmark (a 1M-call backfill
@@ -190,9 +243,43 @@ pub fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem_gib:.0} GiB")
 }
 
-/// The `callsync` binary of this build (next to this benchmark's executable), built or brought
-/// up to date with cargo first (a no-op when fresh), so the figures are of the current code.
+/// Through this variable `all` hands the binary it built to each benchmark's process, which
+/// then runs no cargo of its own.
+pub const CALLSYNC_BIN_ENV: &str = "CALLSYNC_BENCH_CALLSYNC_BIN";
+
+static CALLSYNC_BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Builds the `callsync` binary of this build (next to this benchmark's executable) or brings it
+/// up to date with cargo (a no-op when fresh), before anything is measured: a build running
+/// beside a measurement takes both cores. `CALLSYNC_BENCH_CALLSYNC_BIN` names a binary to use
+/// as it is instead. Later [`callsync_binary`] calls return this path and run no cargo.
+pub fn prepare_callsync_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = CALLSYNC_BIN.get() {
+        return Ok(bin.clone());
+    }
+    let bin = match std::env::var_os(CALLSYNC_BIN_ENV).filter(|v| !v.is_empty()) {
+        Some(given) => {
+            let bin = PathBuf::from(given);
+            if !bin.is_file() {
+                bail!("{CALLSYNC_BIN_ENV}={} is not a file", bin.display());
+            }
+            bin
+        }
+        None => build_callsync_binary()?,
+    };
+    Ok(CALLSYNC_BIN.get_or_init(|| bin).clone())
+}
+
+/// The binary [`prepare_callsync_binary`] built; an error if it was not called first (a
+/// benchmark must never start cargo while it measures).
 pub fn callsync_binary() -> anyhow::Result<PathBuf> {
+    CALLSYNC_BIN
+        .get()
+        .cloned()
+        .context("the callsync binary was not built before measuring (prepare_callsync_binary)")
+}
+
+fn build_callsync_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the benchmark executable")?;
     let dir = exe
         .parent()
@@ -206,7 +293,7 @@ pub fn callsync_binary() -> anyhow::Result<PathBuf> {
         .context("the benchmark executable is not in a cargo target dir")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     eprintln!(
-        "bench: building the callsync binary into {}",
+        "bench: building the callsync binary into {} (before measuring)",
         target.display()
     );
     let mut cmd = Command::new(cargo);
@@ -224,25 +311,16 @@ pub fn callsync_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// One field of `/proc/<pid>/status` in bytes (`VmHWM`, `VmRSS`); `None` once it is gone.
-pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-}
-
-/// A `callsync` process started by a benchmark, so that its memory is measured apart from
-/// the benchmark's own clients. It is killed if dropped while running.
-pub struct CallsyncProcess {
+/// A process a benchmark measures (a `callsync` role, the peer's Connect worker), started apart
+/// from the benchmark's own clients so that its CPU and memory are its own. It is killed if
+/// dropped while running.
+pub struct BenchProcess {
     child: std::process::Child,
     what: String,
     log: PathBuf,
 }
 
-impl CallsyncProcess {
+impl BenchProcess {
     /// Starts `callsync --config CONFIG ARGS...`, its output going to `log`.
     pub fn spawn(config: &std::path::Path, args: &[&str], log: PathBuf) -> anyhow::Result<Self> {
         let bin = callsync_binary()?;
@@ -259,21 +337,40 @@ impl CallsyncProcess {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         eprintln!("bench: started `{what}` (pid {})", child.id());
-        Ok(CallsyncProcess { child, what, log })
+        Ok(BenchProcess { child, what, log })
+    }
+
+    /// A process the benchmark spawned itself, `what` naming it in errors.
+    pub fn adopt(child: std::process::Child, what: &str, log: PathBuf) -> Self {
+        eprintln!("bench: started {what} (pid {})", child.id());
+        BenchProcess {
+            child,
+            what: what.to_string(),
+            log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// CPU seconds the process has used so far (0 once it is gone).
+    pub fn cpu_secs(&self) -> f64 {
+        crate::proc_usage::cpu_secs(self.pid()).unwrap_or(0.0)
+    }
+
     /// Peak resident set size so far (`VmHWM`), bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
-        proc_status_bytes(self.pid(), "VmHWM").unwrap_or(0)
+        crate::proc_usage::status_bytes(self.pid(), "VmHWM").unwrap_or(0)
     }
 
     /// Fails when the process has exited (naming its log).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait().context("waiting on callsync")? {
+        match self
+            .child
+            .try_wait()
+            .context("waiting on a benchmark process")?
+        {
             None => Ok(()),
             Some(status) => bail!(
                 "`{}` exited early with {status}; its log: {}",
@@ -301,7 +398,7 @@ impl CallsyncProcess {
     }
 }
 
-impl Drop for CallsyncProcess {
+impl Drop for BenchProcess {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();

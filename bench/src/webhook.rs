@@ -43,6 +43,8 @@ const RATE: u64 = 500;
 /// Read API requests per second (spread over the three routes).
 const READ_RATE: u64 = 30;
 const SECRET: &str = "bench-webhook-secret";
+/// The benchmark's token to the control API (read and operate).
+const API_TOKEN: &str = "bench-api-token-0123456789abcdef0123456789";
 const TARGET_WEBHOOK_P99_MS: f64 = 250.0;
 const TARGET_API_P99_MS: f64 = 200.0;
 const CALL_PARTITIONS: i32 = 4;
@@ -95,9 +97,15 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
         .first()
         .cloned()
         .context("the simulator has no Retreaver account")?;
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {API_TOKEN}").parse()?,
+    );
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
+        .default_headers(auth)
         .build()?;
     let template = template_call(&http, &sim, provider, &account).await?;
 
@@ -106,6 +114,8 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
     let sink_batch_ms = config.sink.as_ref().map_or(0, |s| s.batch_max_ms);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api = format!("http://{}", listener.local_addr()?);
+    let hooks_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hooks = format!("http://{}", hooks_listener.local_addr()?);
     let shutdown = Shutdown::new();
     let _stop_on_error = shutdown.trigger_on_drop();
     let roles = {
@@ -113,6 +123,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
         let shutdown = shutdown.clone();
         let options = RunOptions {
             api_listener: Some(listener),
+            webhook_listener: Some(hooks_listener),
             ..RunOptions::default()
         };
         tokio::spawn(async move {
@@ -128,7 +139,10 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
     wait_ready(&http, &api, &roles).await?;
     let sync_id = trigger_sync(&http, &api, provider, &account).await?;
     // let the processor and the sink join their groups and the first batches settle
-    warm_up(&http, &api, provider, &account, &template, run_id, &db.pool).await?;
+    warm_up(
+        &http, &hooks, provider, &account, &template, run_id, &db.pool,
+    )
+    .await?;
 
     eprintln!(
         "bench: webhook: {RATE}/s for {seconds}s (processor batch {processor_batch_ms} ms, sink batch {sink_batch_ms} ms)"
@@ -144,7 +158,7 @@ pub async fn run(seconds: u64) -> anyhow::Result<BenchOutcome> {
         Duration::from_secs(seconds),
     ));
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
-    let url = Arc::new(format!("{api}/webhooks/{}/{account}", provider.as_str()));
+    let url = Arc::new(format!("{hooks}/webhooks/{}/{account}", provider.as_str()));
     let template = Arc::new(template);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
@@ -395,13 +409,22 @@ fn service_config(
         "sink": sink,
         "connectors": connectors,
         "scheduler": {"accounts": [{"provider": provider.as_str(), "account_id": account, "full": "off", "incremental": "off"}]},
-        // one account sends the whole load: its request limit is raised above the rate
+        // one account sends the whole load from one address: its request limits are raised
+        // above the rate, and the client may hold as many connections as the load needs
         "webhooks": {
+            "listen": "127.0.0.1:0",
             "requests_per_second": RATE * 4,
             "burst": RATE * 4,
+            "per_client_requests_per_second": RATE * 4,
+            "per_client_burst": RATE * 4,
+            "limits": {"max_connections_per_client": 1024},
             "accounts": [{"provider": provider.as_str(), "account_id": account, "method": "hmac_sha256", "secret": SECRET}],
         },
-        "api": {"listen": "127.0.0.1:0", "lag_interval_secs": 5},
+        "api": {
+            "listen": "127.0.0.1:0",
+            "lag_interval_secs": 5,
+            "tokens": [{"name": "bench", "token": API_TOKEN, "scopes": ["read", "operate"]}],
+        },
         "log": {"filter": "warn"},
     });
     CallsyncConfig::from_value(&value).context("the benchmark's config")
@@ -491,7 +514,7 @@ fn signed_webhook(http: &reqwest::Client, url: &str, body: Vec<u8>) -> reqwest::
 /// pipeline in its steady state. None of these is measured.
 async fn warm_up(
     http: &reqwest::Client,
-    api: &str,
+    hooks: &str,
     provider: Provider,
     account: &str,
     template: &Value,
@@ -501,7 +524,7 @@ async fn warm_up(
     let warm_id = format!("warm{run_id}");
     let total = RATE * WARM_UP.as_secs();
     let mut ticks = tokio::time::interval(Duration::from_nanos(1_000_000_000 / RATE));
-    let url = format!("{api}/webhooks/{}/{account}", provider.as_str());
+    let url = format!("{hooks}/webhooks/{}/{account}", provider.as_str());
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..total {
         ticks.tick().await;

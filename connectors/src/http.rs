@@ -75,28 +75,150 @@ enum Outcome<T> {
     Fail(ClientError),
 }
 
-/// Query parameters whose values never reach an error message or a log line.
-const SECRET_PARAMS: [&str; 5] = ["api_key", "oauth_token", "auth_token", "token", "apikey"];
+/// Query parameters whose values never reach an error message or a log line (compared
+/// without case).
+const SECRET_PARAMS: [&str; 14] = [
+    "api_key",
+    "apikey",
+    "key",
+    "token",
+    "access_token",
+    "oauth_token",
+    "auth_token",
+    "private_key",
+    "secret",
+    "client_secret",
+    "password",
+    "passwd",
+    "signature",
+    "sig",
+];
 
-/// The URL with secret query values replaced by `[redacted]`.
+const REDACTED: &str = "[redacted]";
+
+fn is_secret_param(name: &str) -> bool {
+    SECRET_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+/// The URL with secret query values and any userinfo (user and password) replaced by
+/// `[redacted]`.
 pub fn redact_url(url: &reqwest::Url) -> String {
     let mut u = url.clone();
-    if u.query().is_some() {
-        let pairs: Vec<(String, String)> = u
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if SECRET_PARAMS.contains(&k.as_ref()) {
-                    "[redacted]".to_string()
+    if let Some(query) = url.query() {
+        // pair by pair on the raw query, so the other values keep their exact encoding and
+        // the marker reads `[redacted]` (not form-encoded)
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let name = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair);
+                let decoded: String = url::form_urlencoded::parse(name.as_bytes())
+                    .map(|(k, _)| k.into_owned())
+                    .next()
+                    .unwrap_or_default();
+                if is_secret_param(&decoded) {
+                    format!("{name}={REDACTED}")
                 } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
+                    pair.to_string()
+                }
             })
             .collect();
-        u.query_pairs_mut().clear().extend_pairs(pairs);
+        u.set_query(Some(&redacted.join("&")));
     }
+    let had_userinfo = !u.username().is_empty() || u.password().is_some();
     let _ = u.set_password(None);
-    u.to_string()
+    let _ = u.set_username("");
+    let text = u.to_string();
+    if had_userinfo {
+        // keep a trace that credentials were there, without them
+        if let Some((scheme, rest)) = text.split_once("://") {
+            return format!("{scheme}://{REDACTED}@{rest}");
+        }
+    }
+    text
+}
+
+/// `text` (an error message or a body snippet) with the values of secret query parameters
+/// (`api_key=...`, `token=...`) and the userinfo of URLs (`https://user:pw@host`) replaced
+/// by `[redacted]`: whatever a library or a provider echoes back, no credential survives.
+pub fn redact_text(text: &str) -> String {
+    let userinfo_free = redact_userinfo(text);
+    redact_params(&userinfo_free)
+}
+
+/// Ends a secret value: the delimiters of query strings, JSON, headers and prose.
+fn ends_value(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '&' | '"' | '\'' | ')' | ']' | '>' | '<' | ',' | ';' | '}' | '#'
+        )
+}
+
+fn redact_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(eq) = rest.find('=') {
+        let (before, after) = rest.split_at(eq);
+        let name_start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let name = &before[name_start..];
+        out.push_str(before);
+        out.push('=');
+        let value = &after[1..];
+        if is_secret_param(name) {
+            let end = value.find(ends_value).unwrap_or(value.len());
+            if end > 0 {
+                out.push_str(REDACTED);
+            }
+            rest = &value[end..];
+        } else {
+            rest = value;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (before, after) = rest.split_at(i + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#') || ends_value(c))
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str(REDACTED);
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A transport error's message without its URL (reqwest appends the full URL, query and
+/// all) and with its causes, which carry the useful part ("connection refused").
+fn transport_message(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    redact_text(&message)
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -122,7 +244,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 fn snippet(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(body);
+    let s = redact_text(&String::from_utf8_lossy(body));
     let s = s.trim();
     if s.len() > 300 {
         let mut end = 300;
@@ -198,7 +320,7 @@ impl ProviderHttp {
                         account: self.account.clone(),
                         url: String::from("(request could not be built)"),
                         status: 0,
-                        body: e.to_string(),
+                        body: transport_message(e),
                     });
                 }
             };
@@ -272,7 +394,7 @@ impl ProviderHttp {
                             account,
                             url: url.to_string(),
                             attempts: attempt,
-                            message: e.to_string(),
+                            message: transport_message(e),
                         },
                     },
                 )
@@ -291,7 +413,7 @@ impl ProviderHttp {
                                 account,
                                 url: url.to_string(),
                                 attempts: attempt,
-                                message: format!("reading body: {e}"),
+                                message: format!("reading body: {}", transport_message(e)),
                             },
                         };
                         self.observe(started, "body_error");
@@ -321,7 +443,7 @@ impl ProviderHttp {
                                         account,
                                         url: url.to_string(),
                                         attempts: attempt,
-                                        detail,
+                                        detail: redact_text(&detail),
                                     },
                                 }
                             }
@@ -409,7 +531,55 @@ mod tests {
         .unwrap();
         let r = redact_url(&u);
         assert!(!r.contains("s3cret"), "{r}");
-        assert!(r.contains("page=2"));
+        assert!(r.contains("api_key=[redacted]&page=2"), "{r}");
+
+        let u = reqwest::Url::parse(
+            "https://alice:pw0rd@acme.invoca.net/api?OAuth_Token=t0k&Key=k3y&company_id=7",
+        )
+        .unwrap();
+        let r = redact_url(&u);
+        for secret in ["alice", "pw0rd", "t0k", "k3y"] {
+            assert!(!r.contains(secret), "{secret} in {r}");
+        }
+        assert!(
+            r.contains("company_id=7") && r.contains("[redacted]@acme"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_free_text() {
+        let text = "error sending request for url (http://127.0.0.1:1/api/v2/calls.json?\
+                    api_key=S3CRET&company_id=9): {\"token\":\"x\", \"url\": \"https://u:PW@h/x?sig=SIG\"} \
+                    apikey=K2, password=P3;";
+        let r = redact_text(text);
+        for secret in ["S3CRET", "PW", "SIG", "K2", "P3", "u:"] {
+            assert!(!r.contains(secret), "{secret} in {r}");
+        }
+        assert!(
+            r.contains("company_id=9") && r.contains("127.0.0.1:1"),
+            "{r}"
+        );
+        // nothing to redact: unchanged
+        let plain = "HTTP 500: upstream timed out (a=b, c = d)";
+        assert_eq!(redact_text(plain), plain);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_does_not_print_the_url() {
+        let client = reqwest::Client::new();
+        let error = client
+            .get("http://127.0.0.1:1/calls.json?api_key=REFUSED-KEY")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("REFUSED-KEY"),
+            "reqwest shows the URL"
+        );
+        let message = transport_message(error);
+        assert!(!message.contains("REFUSED-KEY"), "{message}");
+        assert!(message.to_lowercase().contains("connect"), "{message}");
     }
 
     #[test]

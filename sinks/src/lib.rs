@@ -9,6 +9,7 @@
 //! - [`partition_start`]: where a newly assigned partition is read from (stored offset,
 //!   backfill, or stopped when the offset does not fit the partition).
 //! - [`bench_support`]: the sink benchmark's measurements.
+//! - [`row_security`]: row-level security on `calls` for multi-tenant readers.
 
 pub mod batch;
 pub mod bench_support;
@@ -20,6 +21,7 @@ pub mod partition_start;
 pub mod pg_copy;
 pub mod pg_store;
 pub mod redrive;
+pub mod row_security;
 pub mod sink;
 pub mod sqlite_store;
 pub mod store;

@@ -80,14 +80,20 @@ impl PgStore {
         &self.pool
     }
 
-    /// Turn the reader policy on: roles other than the owner see only the
-    /// accounts granted to them in `callsync_account_grants`.
+    /// Turn the reader policy on, and force it (see [`crate::row_security`]): roles other
+    /// than the owner see only the accounts granted to them in `callsync_account_grants`.
     pub async fn enable_row_level_security(&self) -> Result<(), StoreError> {
-        sqlx::query("ALTER TABLE calls ENABLE ROW LEVEL SECURITY")
-            .execute(&self.pool)
+        crate::row_security::enforce(&self.pool)
             .await
-            .map_err(|e| StoreError::from_sqlx("enabling row-level security on calls", e))?;
-        Ok(())
+            .map_err(|e| match e {
+                crate::row_security::RowSecurityError::Database { operation, source } => {
+                    StoreError::from_sqlx(operation, source)
+                }
+                other => StoreError::Database {
+                    operation: "enforcing row-level security on calls",
+                    source: sqlx::Error::Protocol(other.to_string()),
+                },
+            })
     }
 
     /// Grant `role_name` the calls of one provider account.

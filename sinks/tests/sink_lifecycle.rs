@@ -207,6 +207,18 @@ async fn a_new_database_behind_a_group_that_has_read_everything_is_filled_comple
         assert_eq!(s.backfill_until, Some(high), "the backfill's end is kept");
         assert!(s.topic_id.is_some(), "the real broker gives topic ids");
     }
+    // the gauges are process-wide (other tests of this binary set them too): their series exist
+    let rendered = metrics.render();
+    for series in [
+        "callsync_sink_partitions{state=\"backfilling\"}",
+        "callsync_sink_partitions{state=\"live\"}",
+        "callsync_sink_backfill_remaining",
+    ] {
+        assert!(
+            rendered.contains(series),
+            "{series} missing from:\n{rendered}"
+        );
+    }
 }
 
 /// The group's offsets in Kafka, per partition of `topic` (`None`: nothing committed).

@@ -281,20 +281,41 @@ async fn postgres_reader_role_sees_only_granted_accounts() {
             }),
     );
     committed(&store, &batch, &[]).await;
-    store.enable_row_level_security().await.unwrap();
     let role = format!("bi_{}", db.name.replace('-', "_"));
     let mut conn = db.pool.acquire().await.unwrap();
-    for sql in [
-        format!("CREATE ROLE \"{role}\" NOLOGIN"),
-        format!("GRANT SELECT ON calls TO \"{role}\""),
-        format!("GRANT SELECT ON callsync_account_grants TO \"{role}\""),
-    ] {
-        sqlx::query(&sql).execute(&mut *conn).await.unwrap();
-    }
-    store
-        .grant_account(&role, "ringba", "granted")
+    sqlx::query(&format!("CREATE ROLE \"{role}\" NOLOGIN"))
+        .execute(&mut *conn)
         .await
         .unwrap();
+    let granted = [callsync_sinks::row_security::Account {
+        provider: "ringba".into(),
+        account_id: "granted".into(),
+    }];
+    // granting before row-level security is enforced would expose every account: refused
+    let refused = callsync_sinks::row_security::grant_reader(store.pool(), &role, &granted)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            callsync_sinks::row_security::RowSecurityError::NotEnforced
+        ),
+        "{refused}"
+    );
+    store.enable_row_level_security().await.unwrap();
+    let state = callsync_sinks::row_security::state(store.pool())
+        .await
+        .unwrap();
+    assert!(state.enabled && state.forced, "{state:?}");
+    let reads = callsync_sinks::row_security::grant_reader(store.pool(), &role, &granted)
+        .await
+        .unwrap();
+    assert_eq!(reads, granted);
+    // a superuser is never subject to row-level security: refused as a reader
+    let superuser = callsync_sinks::row_security::grant_reader(store.pool(), "postgres", &granted)
+        .await
+        .unwrap_err();
+    assert!(superuser.to_string().contains("superuser"), "{superuser}");
     sqlx::query(&format!("SET ROLE \"{role}\""))
         .execute(&mut *conn)
         .await
@@ -303,6 +324,12 @@ async fn postgres_reader_role_sees_only_granted_accounts() {
         .fetch_all(&mut *conn)
         .await
         .unwrap();
+    // the grants table is the owner's alone
+    let grants = sqlx::query("SELECT * FROM callsync_account_grants")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_err();
+    assert!(grants.to_string().contains("permission denied"), "{grants}");
     sqlx::query("RESET ROLE").execute(&mut *conn).await.unwrap();
     assert_eq!(seen, ["granted"]);
     // the owner (the sink) still sees and writes everything

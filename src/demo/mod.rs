@@ -153,7 +153,15 @@ pub async fn run_demo(
         .await
         .context("binding the demo's HTTP API")?;
     let api_addr = listener.local_addr().context("the API's address")?;
-    let config = demo_config(&kafka, &sim, &providers, &database_url)?;
+    let hooks_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the demo's webhook listener")?;
+    let hooks_addr = hooks_listener
+        .local_addr()
+        .context("the webhook listener's address")?;
+    // the demo's own token to the control API, read and operate, valid for this run only
+    let token = crate::api::auth::generate_token();
+    let config = demo_config(&kafka, &sim, &providers, &database_url, &token)?;
     let status = SyncStatusStore::new(10_000);
     let shutdown = Shutdown::new();
     let roles_task = {
@@ -161,23 +169,38 @@ pub async fn run_demo(
         let shutdown = shutdown.clone();
         let options = RunOptions {
             api_listener: Some(listener),
+            webhook_listener: Some(hooks_listener),
             status_store: Some(status.clone()),
             ..RunOptions::default()
         };
         tokio::spawn(async move { run_roles_with(&config, &Role::ALL, shutdown, options).await })
     };
     let api = format!("http://{api_addr}");
+    let hooks = format!("http://{hooks_addr}");
+    let mut auth = reqwest::header::HeaderMap::new();
+    let mut bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .context("the demo's API token")?;
+    bearer.set_sensitive(true);
+    auth.insert(reqwest::header::AUTHORIZATION, bearer);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
+        .default_headers(auth)
         .build()
         .context("building the HTTP client")?;
     wait_healthy(&http, &api, &roles_task).await?;
     writeln!(
         out,
-        "  roles       connector, processor, sink, scheduler, api (HTTP API at {api})"
+        "  roles       connector, processor, sink, scheduler, api (control API at {api}, webhooks at {hooks})"
     )?;
 
-    let result = drive(args, out, &sim, &providers, &http, &api, &status, &config).await;
+    let endpoints = Endpoints {
+        api: &api,
+        hooks: &hooks,
+    };
+    let result = drive(
+        args, out, &sim, &providers, &http, endpoints, &status, &config,
+    )
+    .await;
 
     // stop everything, drain, collect the reports
     shutdown.trigger();
@@ -263,6 +286,7 @@ fn demo_config(
     sim: &RunningSimulator,
     providers: &[Provider],
     database_url: &str,
+    token: &callsync_runtime::Secret,
 ) -> anyhow::Result<CallsyncConfig> {
     let mut connectors = connectors_for_simulator(sim, providers, 60_000.0);
     connectors["sync"] = json!({
@@ -295,8 +319,12 @@ fn demo_config(
         "scheduler": {"catch_up_secs": 0, "accounts": schedule_accounts},
         "workers": {"max_concurrent": providers.len().max(1), "retry_initial_delay_secs": 2, "catch_up_timeout_secs": 10},
         "health": {"interval_secs": 30},
-        "webhooks": {"accounts": webhook_accounts},
-        "api": {"listen": "127.0.0.1:0", "lag_interval_secs": 2},
+        "webhooks": {"listen": "127.0.0.1:0", "accounts": webhook_accounts},
+        "api": {
+            "listen": "127.0.0.1:0",
+            "lag_interval_secs": 2,
+            "tokens": [{"name": "demo", "token": token.expose(), "scopes": ["read", "operate"]}],
+        },
         "log": {"filter": "warn"},
     });
     CallsyncConfig::from_value(&value).context("the demo's config")
@@ -324,6 +352,13 @@ async fn wait_healthy(
     }
 }
 
+/// Where the demo's roles answer: the control API and the public webhook listener.
+#[derive(Clone, Copy)]
+struct Endpoints<'a> {
+    api: &'a str,
+    hooks: &'a str,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     args: &DemoArgs,
@@ -331,10 +366,11 @@ async fn drive(
     sim: &RunningSimulator,
     providers: &[Provider],
     http: &reqwest::Client,
-    api: &str,
+    endpoints: Endpoints<'_>,
     status: &SyncStatusStore,
     config: &CallsyncConfig,
 ) -> anyhow::Result<DriveReport> {
+    let api = endpoints.api;
     let mut report = DriveReport::default();
     let accounts: Vec<(Provider, String)> = providers
         .iter()
@@ -406,7 +442,7 @@ async fn drive(
 
     // webhooks
     writeln!(out, "\n[3/4] signed webhooks ...")?;
-    let extra_keys = post_webhooks(out, sim, providers, http, api, &mut report).await?;
+    let extra_keys = post_webhooks(out, sim, providers, http, endpoints.hooks, &mut report).await?;
 
     // compare with the ground truth
     writeln!(out, "\n[4/4] waiting for the sink, then comparing the table with the simulator's ground truth ...")?;
@@ -568,7 +604,7 @@ async fn post_webhooks(
     sim: &RunningSimulator,
     providers: &[Provider],
     http: &reqwest::Client,
-    api: &str,
+    hooks: &str,
     report: &mut DriveReport,
 ) -> anyhow::Result<HashSet<String>> {
     let mut new_keys = HashSet::new();
@@ -606,7 +642,7 @@ async fn post_webhooks(
         .into_iter()
         .filter_map(|c| c.get("call").cloned())
         .collect();
-    let target = format!("{api}/webhooks/{}/{account}", provider.as_str());
+    let target = format!("{hooks}/webhooks/{}/{account}", provider.as_str());
     let post = |body: Vec<u8>, secret: &'static str, ts: i64| {
         let signature = hmac_sha256_signature(secret.as_bytes(), ts, &body);
         http.post(&target)

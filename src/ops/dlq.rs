@@ -28,9 +28,9 @@
 //!   `r`, and moves only `C_r`: records of other reasons are not consumed for anyone else, a
 //!   later redrive of their reason (or of all) still finds them.
 //!
-//! Every run uses one `transactional.id` (the group base name), so a second run fences the
-//! first, and a run that crashed mid-transaction is aborted when the next one starts
-//! (`init_transactions`): records and offsets commit together or not at all. Readers of
+//! Every run uses one `transactional.id` (the topic prefix and the group base name), so a
+//! second run fences the first, and a run that crashed mid-transaction is aborted when the
+//! next one starts (`init_transactions`): records and offsets commit together or not at all. Readers of
 //! `calls.raw` (the processor) read committed. A run reads up to the end offsets fixed when it
 //! starts, so records that fail again and come back to the DLQ during the run are not looped.
 
@@ -681,16 +681,15 @@ fn redrive_blocking(
     let producer: Option<BaseProducer> = if args.dry_run {
         None
     } else {
+        // prefixed like the topics, so deployments sharing a cluster never fence each other
+        let transactional_id = factory.settings().topic(&args.group);
         let producer: BaseProducer = factory.create(
             "redrive producer",
-            &factory.transactional_producer_config(&args.group),
+            &factory.transactional_producer_config(&transactional_id),
         )?;
         producer.init_transactions(timeout).map_err(|e| {
             OpsError::kafka(
-                format!(
-                    "initialising transactions for transactional.id {:?}",
-                    args.group
-                ),
+                format!("initialising transactions for transactional.id {transactional_id:?}"),
                 e,
             )
         })?;

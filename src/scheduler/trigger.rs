@@ -1,7 +1,7 @@
 //! Manual syncs: what `callsync sync`/`backfill` and `POST /api/syncs` call.
 
 use callsync_schemas::{Provider, SyncMode, SyncRequest};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde::Deserialize;
 
 use super::health::ProviderRegistry;
@@ -40,6 +40,52 @@ pub enum TriggerError {
 
 const MAX_ACCOUNT_ID_LEN: usize = 200;
 
+/// The earliest time a sync window may start or end at.
+pub const EARLIEST_WINDOW_YEAR: i32 = 2000;
+
+/// How far past now a window may end (a provider's clock may run ahead of ours).
+pub const MAX_WINDOW_END_AHEAD: chrono::Duration = chrono::Duration::days(1);
+
+/// Checks a request's window against the bounds every sync runs within: both ends from
+/// 2000-01-01 to one day past `now`, the start before the end. The runner does date
+/// arithmetic on these (a full sync reads `end - full_window_days`), so nothing outside them
+/// may reach it, whether it comes from the API, the CLI or the requests topic.
+pub fn check_window(
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let earliest = Utc
+        .with_ymd_and_hms(EARLIEST_WINDOW_YEAR, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let latest = now
+        .checked_add_signed(MAX_WINDOW_END_AHEAD)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    for (name, value) in [("window_start", start), ("window_end", end)] {
+        if let Some(t) = value {
+            if t < earliest {
+                return Err(format!(
+                    "{name} {} is before {EARLIEST_WINDOW_YEAR}-01-01",
+                    t.to_rfc3339()
+                ));
+            }
+            if t > latest {
+                return Err(format!(
+                    "{name} {} is more than a day in the future",
+                    t.to_rfc3339()
+                ));
+            }
+        }
+    }
+    if let (Some(start), Some(end)) = (start, end) {
+        if start >= end {
+            return Err("window_start must be before window_end".to_string());
+        }
+    }
+    Ok(())
+}
+
 /// Validates `trigger` and builds its SyncRequest: a new random id, or the resumed id with
 /// the next attempt number.
 pub fn build_request(
@@ -68,10 +114,8 @@ pub fn build_request(
         (SyncMode::Backfill, None, _) => return invalid("a backfill needs window_start"),
         _ => {}
     }
-    if let (Some(start), Some(end)) = (trigger.window_start, trigger.window_end) {
-        if start >= end {
-            return invalid("window_start must be before window_end");
-        }
+    if let Err(e) = check_window(trigger.window_start, trigger.window_end, now) {
+        return Err(TriggerError::Invalid(e));
     }
     if trigger.window_start.is_some_and(|start| start > now) {
         return invalid("window_start is in the future");
@@ -149,8 +193,9 @@ mod tests {
             provider: Provider::TrackDrive,
             account_id: "td1".into(),
             mode,
-            window_start: start.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
-            window_end: end.map(|s| Utc.timestamp_opt(s, 0).unwrap()),
+            // seconds after 2020-09-13, inside the bounds of check_window
+            window_start: start.map(|s| Utc.timestamp_opt(1_600_000_000 + s, 0).unwrap()),
+            window_end: end.map(|s| Utc.timestamp_opt(1_600_000_000 + s, 0).unwrap()),
             resume: None,
         }
     }
@@ -166,10 +211,30 @@ mod tests {
         assert!(err(t(SyncMode::Incremental, Some(1), None)).contains("incremental"));
         assert!(err(t(SyncMode::Backfill, None, None)).contains("window_start"));
         assert!(err(t(SyncMode::Full, Some(10), Some(5))).contains("before"));
-        assert!(err(t(SyncMode::Full, Some(1_800_000_000), None)).contains("future"));
+        assert!(err(t(SyncMode::Full, Some(200_000_000), None)).contains("future"));
         let mut bad = t(SyncMode::Full, None, None);
         bad.account_id = "a/b".into();
         assert!(err(bad).contains("'/'"));
+        // absurd dates are refused before any arithmetic is done on them
+        let far = |y: i32| Utc.with_ymd_and_hms(y, 1, 1, 0, 0, 0).single();
+        for (start, end) in [
+            (None, Some(DateTime::<Utc>::MIN_UTC)),
+            (None, far(1999)),
+            (far(1969), None),
+            (None, far(262_000)),
+            (None, Some(now + chrono::Duration::days(2))),
+        ] {
+            let mut absurd = t(SyncMode::Full, None, None);
+            absurd.window_start = start;
+            absurd.window_end = end;
+            let message = err(absurd);
+            assert!(message.contains("window_"), "{message}");
+        }
+        let late_end = TriggerRequest {
+            window_end: Some(now + chrono::Duration::hours(23)),
+            ..t(SyncMode::Full, None, None)
+        };
+        assert!(build_request(&late_end, "api", None, now).is_ok());
         let ok = build_request(&t(SyncMode::Backfill, Some(1), Some(5)), "cli", None, now).unwrap();
         assert_eq!(ok.attempt, 1);
         assert_eq!(ok.requested_by, "cli");

@@ -14,8 +14,12 @@
 //!   as a later attempt, a running one (on this worker or another) waits until it ends or its
 //!   claim goes stale (`claim_ttl` without any event: its worker died), see [`admit`].
 //! - Offsets are committed up to the oldest request not yet finished, per partition.
+//! - A request whose window is out of bounds ([`check_window`]) fails for good without
+//!   running, and a sync that panics fails for good too: its account is freed, its failure
+//!   recorded, and its offset committed, so it does not panic again after every restart.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,7 @@ use async_trait::async_trait;
 use callsync_runtime::{Isolation, KafkaClientFactory, Shutdown};
 use callsync_schemas::{SyncEvent, SyncEventKind, SyncRequest};
 use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -34,6 +39,7 @@ use tracing::Instrument;
 
 use super::publish::{SyncCodec, SyncPublisher};
 use super::status::{SyncState, SyncStatus, SyncStatusStore};
+use super::trigger::check_window;
 
 /// Syncs finished by workers, labelled `provider`, `mode`, `outcome` (completed, failed,
 /// retry_scheduled, skipped_duplicate, unreadable).
@@ -356,6 +362,7 @@ impl SyncWorkers {
             waiting: VecDeque::new(),
             progress: BTreeMap::new(),
             running: JoinSet::new(),
+            running_tasks: HashMap::new(),
             running_accounts: HashSet::new(),
             running_ids: HashSet::new(),
             workers: &self,
@@ -394,9 +401,12 @@ impl SyncWorkers {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
-                Some(done) = state.running.join_next(), if !state.running.is_empty() => match done {
-                    Ok(done) => state.finish_run(done),
-                    Err(e) => tracing::error!(error = %e, "a sync task panicked or was cancelled"),
+                Some(done) = state.running.join_next_with_id(), if !state.running.is_empty() => match done {
+                    Ok((id, done)) => {
+                        state.running_tasks.remove(&id);
+                        state.finish_run(done);
+                    }
+                    Err(e) => state.lose_run(e),
                 },
                 _ = tokio::time::sleep(wake) => {}
             }
@@ -406,10 +416,19 @@ impl SyncWorkers {
     }
 }
 
+/// What the dispatcher knows of a running task, to free its account should it die.
+struct RunningTask {
+    partition: PartitionKey,
+    offset: i64,
+    account: String,
+    sync_id: String,
+}
+
 struct Dispatcher<'a> {
     waiting: VecDeque<Waiting>,
     progress: BTreeMap<PartitionKey, PartitionProgress>,
     running: JoinSet<RunDone>,
+    running_tasks: HashMap<tokio::task::Id, RunningTask>,
     running_accounts: HashSet<String>,
     running_ids: HashSet<String>,
     workers: &'a SyncWorkers,
@@ -537,7 +556,13 @@ impl Dispatcher<'_> {
             mode = %request.mode,
             attempt = request.attempt
         );
-        self.running.spawn(
+        let task = RunningTask {
+            partition: partition.clone(),
+            offset,
+            account: account.clone(),
+            sync_id: request.id.clone(),
+        };
+        let handle = self.running.spawn(
             async move {
                 let sync_id = request.id.clone();
                 let outcome = run_one(
@@ -558,6 +583,20 @@ impl Dispatcher<'_> {
             }
             .instrument(span),
         );
+        self.running_tasks.insert(handle.id(), task);
+    }
+
+    /// A sync task ended without its outcome (it panicked outside the executor, or was
+    /// cancelled): free its account and move past its offset, as for a permanent failure.
+    fn lose_run(&mut self, error: tokio::task::JoinError) {
+        let Some(task) = self.running_tasks.remove(&error.id()) else {
+            tracing::error!(%error, "an unknown sync task ended abnormally");
+            return;
+        };
+        tracing::error!(%error, sync_id = %task.sync_id, "a sync task ended abnormally; its account is freed");
+        self.running_accounts.remove(&task.account);
+        self.running_ids.remove(&task.sync_id);
+        self.finish_offset(&task.partition, task.offset);
     }
 
     fn finish_run(&mut self, done: RunDone) {
@@ -654,6 +693,15 @@ fn event(
     }
 }
 
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
 async fn run_one(
     request: SyncRequest,
     executor: &dyn SyncExecutor,
@@ -679,7 +727,19 @@ async fn run_one(
     store.record_event(&started, Some(request.attempt));
     tracing::info!("sync started");
     let clock = Instant::now();
-    let result = executor.execute(&request).await;
+    let result = match check_window(request.window_start, request.window_end, Utc::now()) {
+        Err(e) => Err(SyncFailure::permanent(format!("invalid request: {e}"))),
+        Ok(()) => AssertUnwindSafe(executor.execute(&request))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let message = panic_message(panic.as_ref());
+                tracing::error!(%message, "the sync panicked");
+                Err(SyncFailure::permanent(format!(
+                    "the sync panicked: {message}"
+                )))
+            }),
+    };
     let elapsed = clock.elapsed();
     metrics::histogram!(SYNC_SECONDS, "provider" => provider, "mode" => mode)
         .record(elapsed.as_secs_f64());
@@ -841,6 +901,63 @@ mod tests {
             admit(&request(1), Some(&requested), false, now, ttl),
             Admission::Run
         );
+    }
+
+    /// An executor that panics, as the runner did on `end - Duration::days(7)` with an absurd
+    /// window end.
+    struct Panicking;
+
+    #[async_trait]
+    impl SyncExecutor for Panicking {
+        async fn execute(&self, _request: &SyncRequest) -> Result<SyncSummary, SyncFailure> {
+            panic!("`DateTime - TimeDelta` overflowed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_sync_fails_for_good_and_frees_its_request() {
+        let publisher = crate::scheduler::MemorySyncPublisher::default();
+        let store = SyncStatusStore::new(4);
+        let outcome = run_one(
+            request(1),
+            &Panicking,
+            &publisher,
+            &store,
+            RetryPolicy::default(),
+        )
+        .await;
+        assert!(matches!(outcome, RunOutcome::Finished));
+        let status = store.get("id-1").unwrap();
+        assert_eq!(status.state, SyncState::Failed);
+        let error = status.error.unwrap_or_default();
+        assert!(
+            error.contains("panicked") && error.contains("overflowed"),
+            "{error}"
+        );
+        assert!(error.contains("not retried"), "{error}");
+        // no retry request: it would panic again
+        assert!(publisher.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_out_of_bounds_window_fails_without_running() {
+        let publisher = crate::scheduler::MemorySyncPublisher::default();
+        let store = SyncStatusStore::new(4);
+        let mut absurd = request(1);
+        absurd.mode = SyncMode::Full;
+        absurd.window_end = Some(DateTime::<Utc>::MIN_UTC);
+        // Panicking is never called: the window is checked first
+        let outcome = run_one(
+            absurd,
+            &Panicking,
+            &publisher,
+            &store,
+            RetryPolicy::default(),
+        )
+        .await;
+        assert!(matches!(outcome, RunOutcome::Finished));
+        let error = store.get("id-1").unwrap().error.unwrap_or_default();
+        assert!(error.contains("invalid request: window_end"), "{error}");
     }
 
     #[test]

@@ -1,109 +1,84 @@
-//! The webhook receiver: `POST /webhooks/{provider}/{account}`.
+//! The webhook receiver: `POST /webhooks/{provider}/{account}` on the public listener.
 //!
-//! In order, for each request:
-//! 1. unknown provider or unconfigured account: 404;
-//! 2. past the account's request rate: 429 with `Retry-After`;
-//! 3. body larger than the limit: 413;
+//! In order, for each request (nothing is produced before step 7, and an unsigned request
+//! spends no account's budget):
+//! 1. past the client address's request rate: 429 with `Retry-After`;
+//! 2. unknown provider or unconfigured account: 404;
+//! 3. body larger than the limit (declared, or once read past it): 413; a body that does not
+//!    arrive within `body_read_timeout_secs`: 408;
 //! 4. signature or token wrong or missing (checked on the raw bytes, before parsing): 401;
-//! 5. body that does not parse into call records: 400;
-//! 6. each record produced to `calls.raw` with the idempotent `acks=all` producer; if Kafka
+//! 5. the exact replay of a request accepted within the tolerance window: 200, `duplicate`;
+//! 6. past the account's request rate: 429 with `Retry-After`;
+//! 7. body that does not parse into call records, or with times out of range: 400; a record
+//!    larger than Kafka takes (`message.max.bytes`): 413;
+//! 8. each record produced to `calls.raw` with the idempotent `acks=all` producer; if Kafka
 //!    does not acknowledge every record in time: 503 (the sender retries, and the processor
 //!    drops the duplicates);
-//! 7. 202 once every record is acknowledged.
+//! 9. 202 once every record is acknowledged.
 //!
-//! Nothing is produced before the signature is verified. See `docs/webhooks.md`.
+//! See `docs/webhooks.md` and `docs/security.md`.
 
+pub mod config;
+pub mod replay;
 pub mod signature;
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use callsync_runtime::metrics::RECORDS_TOTAL;
+use callsync_runtime::KafkaSettings;
 use callsync_schemas::{CallRecord, Provider, WireFormat};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument;
 
+use crate::api::listener::client_address;
+pub use config::{
+    WebhookAccountConfig, WebhookConfig, KAFKA_DEFAULT_MESSAGE_MAX_BYTES, MIN_SECRET_LEN,
+};
+use replay::{request_digest, ReplayCache};
 pub use signature::{verify, SignatureError, WebhookAuth};
 
-/// Webhooks received, labelled `provider`, `outcome` (accepted, unknown, rate_limited,
-/// too_large, unauthorized, malformed, unavailable, error).
+/// Webhooks received, labelled `provider`, `outcome` (accepted, duplicate, unknown,
+/// client_rate_limited, rate_limited, too_large, timeout, unauthorized, malformed,
+/// unavailable, error).
 pub const WEBHOOKS_TOTAL: &str = "callsync_webhooks_total";
 /// Seconds from receipt to the answer, labelled `provider`, `outcome`.
 pub const WEBHOOK_SECONDS: &str = "callsync_webhook_seconds";
 
-/// `[webhooks]` in the config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Largest body accepted, in bytes (default 1 MiB).
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-    /// Sustained requests per second per account (default 100).
-    #[serde(default = "default_requests_per_second")]
-    pub requests_per_second: u32,
-    /// Burst above the sustained rate per account (default 200).
-    #[serde(default = "default_burst")]
-    pub burst: u32,
-    /// Accepted clock difference for signed timestamps, seconds (default 300).
-    #[serde(default = "default_tolerance_secs")]
-    pub timestamp_tolerance_secs: u64,
-    /// Longest wait for Kafka's acknowledgement before answering 503, seconds (default 10).
-    #[serde(default = "default_produce_timeout_secs")]
-    pub produce_timeout_secs: u64,
-    /// The accounts that may post, each with its authentication.
-    #[serde(default)]
-    pub accounts: Vec<WebhookAccountConfig>,
-}
+/// Bytes a Kafka record takes beyond its key and value (record batch framing, headers).
+const RECORD_OVERHEAD_BYTES: usize = 512;
 
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        WebhookConfig {
-            max_body_bytes: default_max_body_bytes(),
-            requests_per_second: default_requests_per_second(),
-            burst: default_burst(),
-            timestamp_tolerance_secs: default_tolerance_secs(),
-            produce_timeout_secs: default_produce_timeout_secs(),
-            accounts: Vec::new(),
-        }
-    }
-}
+/// The earliest call time a webhook may carry.
+const EARLIEST_CALL_YEAR: i32 = 2000;
 
-fn default_max_body_bytes() -> usize {
-    1024 * 1024
-}
-fn default_requests_per_second() -> u32 {
-    100
-}
-fn default_burst() -> u32 {
-    200
-}
-fn default_tolerance_secs() -> u64 {
-    300
-}
-fn default_produce_timeout_secs() -> u64 {
-    10
-}
+/// How far ahead of this clock a webhook's times may be.
+const MAX_FUTURE_SKEW: chrono::Duration = chrono::Duration::days(1);
 
-/// One account allowed to post webhooks.
-#[derive(Debug, Clone, Deserialize)]
-pub struct WebhookAccountConfig {
-    pub provider: Provider,
-    pub account_id: String,
-    #[serde(flatten)]
-    pub auth: WebhookAuth,
+/// How often the per-client limiter forgets clients that are back to a full budget.
+const CLIENT_LIMITER_CLEANUP: Duration = Duration::from_secs(60);
+
+/// The producer's `message.max.bytes` from `[kafka.client_properties]` (librdkafka's default
+/// when unset or unreadable).
+pub fn kafka_message_max_bytes(settings: &KafkaSettings) -> usize {
+    settings
+        .client_properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(KAFKA_DEFAULT_MESSAGE_MAX_BYTES)
 }
 
 /// The body could not be turned into call records (answered 400 with the message).
@@ -163,14 +138,27 @@ pub struct WebhookReceiver {
     producer: FutureProducer,
     topic: String,
     max_body_bytes: usize,
+    body_read_timeout: Duration,
     tolerance: Duration,
     produce_timeout: Duration,
-    limiter: DefaultKeyedRateLimiter<AccountKey>,
+    max_message_bytes: usize,
+    account_limiter: DefaultKeyedRateLimiter<AccountKey>,
+    client_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    client_limiter_cleaned: Mutex<Instant>,
+    trusted_proxies: Vec<IpAddr>,
+    replays: ReplayCache,
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(rate).max(rate);
+    Quota::per_second(rate).allow_burst(burst)
 }
 
 impl WebhookReceiver {
     /// `producer` must be the idempotent `acks=all` producer of the client factory;
-    /// `topic` is the full name of `calls.raw`.
+    /// `topic` is the full name of `calls.raw`. `config` must have passed
+    /// [`WebhookConfig::problems`].
     pub fn new(
         config: &WebhookConfig,
         parser: Arc<dyn WebhookPayloadParser>,
@@ -178,8 +166,7 @@ impl WebhookReceiver {
         producer: FutureProducer,
         topic: String,
     ) -> Self {
-        let rate = NonZeroU32::new(config.requests_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(config.burst).unwrap_or(rate).max(rate);
+        let tolerance = Duration::from_secs(config.timestamp_tolerance_secs.max(1));
         WebhookReceiver {
             accounts: config
                 .accounts
@@ -191,10 +178,26 @@ impl WebhookReceiver {
             producer,
             topic,
             max_body_bytes: config.max_body_bytes,
-            tolerance: Duration::from_secs(config.timestamp_tolerance_secs),
+            body_read_timeout: Duration::from_secs(config.body_read_timeout_secs.max(1)),
+            tolerance,
             produce_timeout: Duration::from_secs(config.produce_timeout_secs.max(1)),
-            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            max_message_bytes: KAFKA_DEFAULT_MESSAGE_MAX_BYTES,
+            account_limiter: RateLimiter::keyed(quota(config.requests_per_second, config.burst)),
+            client_limiter: RateLimiter::keyed(quota(
+                config.per_client_requests_per_second,
+                config.per_client_burst,
+            )),
+            client_limiter_cleaned: Mutex::new(Instant::now()),
+            trusted_proxies: config.trusted_proxies.clone(),
+            replays: ReplayCache::new(tolerance, config.replay_cache_entries),
         }
+    }
+
+    /// The producer's `message.max.bytes` (see [`kafka_message_max_bytes`]): larger records
+    /// answer 413 instead of being offered to Kafka.
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     /// Overrides the acknowledgement timeout (tests).
@@ -202,9 +205,44 @@ impl WebhookReceiver {
         self.produce_timeout = timeout;
         self
     }
+
+    /// Checks a client's budget; forgets idle clients now and then so the map stays small.
+    fn check_client(&self, client: IpAddr) -> Result<(), Duration> {
+        if let Ok(mut cleaned) = self.client_limiter_cleaned.try_lock() {
+            if cleaned.elapsed() >= CLIENT_LIMITER_CLEANUP {
+                self.client_limiter.retain_recent();
+                self.client_limiter.shrink_to_fit();
+                *cleaned = Instant::now();
+            }
+        }
+        self.client_limiter
+            .check_key(&client_key(client))
+            .map_err(wait_time)
+    }
 }
 
-/// The webhook route, `POST /webhooks/{provider}/{account}`, ready to merge into the service.
+/// IPv6 clients are limited per /64 (one host usually holds a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            for s in &mut segments[4..] {
+                *s = 0;
+            }
+            IpAddr::V6(segments.into())
+        }
+    }
+}
+
+fn wait_time(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> Duration {
+    not_until.wait_time_from(governor::clock::Clock::now(
+        &governor::clock::DefaultClock::default(),
+    ))
+}
+
+/// The webhook route, `POST /webhooks/{provider}/{account}`, ready to merge into the public
+/// listener's router.
 pub fn router(receiver: Arc<WebhookReceiver>) -> Router {
     Router::new()
         .route("/webhooks/{provider}/{account}", post(receive_webhook))
@@ -227,27 +265,39 @@ impl Answer {
             retry_after: None,
         }
     }
+
+    fn rate_limited(outcome: &'static str, message: &str, wait: Duration) -> Self {
+        let mut answer = Answer::error(StatusCode::TOO_MANY_REQUESTS, outcome, message);
+        answer.retry_after = Some(wait.as_secs().max(1));
+        answer
+    }
 }
 
 async fn receive_webhook(
     State(receiver): State<Arc<WebhookReceiver>>,
     Path((provider, account)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    let span = tracing::info_span!("webhook", %provider, %account);
-    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let client = client_address(peer, &parts.headers, &receiver.trusted_proxies);
     let provider_label = provider
         .parse::<Provider>()
         .map(Provider::as_str)
         .unwrap_or("unknown");
+    let span = tracing::info_span!("webhook", provider = provider_label, %account);
+    let started = Instant::now();
     let answer = handle(
         &receiver,
+        client,
         &provider,
         &account,
         query.as_deref(),
-        &headers,
+        &parts.headers,
         body,
     )
     .instrument(span.clone())
@@ -272,14 +322,107 @@ async fn receive_webhook(
     response
 }
 
+/// Reads the body: at most `max` bytes, all of it within `timeout`.
+async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<axum::body::Bytes, Answer> {
+    let too_large = || {
+        Answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body larger than {max} bytes"),
+        )
+    };
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max)).await {
+        Err(_) => Err(Answer::error(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the body did not arrive within {} s", timeout.as_secs()),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(c) = cause {
+                if c.is::<tower_http::timeout::TimeoutError>() {
+                    return Err(Answer::error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "timeout",
+                        "the body stalled",
+                    ));
+                }
+                if c.to_string().contains("length limit") {
+                    return Err(too_large());
+                }
+                cause = c.source();
+            }
+            Err(Answer::error(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("reading the body: {e}"),
+            ))
+        }
+    }
+}
+
+/// The times of a webhook's record must be plausible call times (2000 to now + 1 day).
+fn check_times(record: &CallRecord, now: DateTime<Utc>) -> Result<(), String> {
+    let earliest = Utc
+        .with_ymd_and_hms(EARLIEST_CALL_YEAR, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let latest = now
+        .checked_add_signed(MAX_FUTURE_SKEW)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let times = [
+        ("started_at", Some(record.started_at)),
+        ("answered_at", record.answered_at),
+        ("ended_at", record.ended_at),
+        ("provider_updated_at", record.provider_updated_at),
+    ];
+    for (field, time) in times {
+        if let Some(t) = time {
+            if t < earliest || t > latest {
+                return Err(format!(
+                    "call {:?}: {field} {} is outside {EARLIEST_CALL_YEAR}-01-01 .. now + 1 day",
+                    record.call_id,
+                    t.to_rfc3339()
+                ));
+            }
+        }
+    }
+    if record.version < 0 {
+        return Err(format!("call {:?}: negative version", record.call_id));
+    }
+    Ok(())
+}
+
+fn is_too_large(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidRecord)
+    ) || matches!(
+        error,
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     receiver: &WebhookReceiver,
+    client: Option<IpAddr>,
     provider: &str,
     account: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Answer {
+    if let Some(client) = client {
+        if let Err(wait) = receiver.check_client(client) {
+            return Answer::rate_limited(
+                "client_rate_limited",
+                "too many requests from this address",
+                wait,
+            );
+        }
+    }
     let Ok(provider) = provider.parse::<Provider>() else {
         return Answer::error(
             StatusCode::NOT_FOUND,
@@ -295,47 +438,47 @@ async fn handle(
             format!("no webhooks are configured for {provider} account {account:?}"),
         );
     };
-    if let Err(not_until) = receiver.limiter.check_key(&key) {
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
-        let mut answer = Answer::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests for this account",
-        );
-        answer.retry_after = Some(wait.as_secs().max(1));
-        return answer;
-    }
-    let too_large = || {
-        Answer::error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("body larger than {} bytes", receiver.max_body_bytes),
-        )
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > receiver.max_body_bytes as u64) {
-        return too_large();
+        return Answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body larger than {} bytes", receiver.max_body_bytes),
+        );
     }
-    let bytes = match axum::body::to_bytes(body, receiver.max_body_bytes).await {
+    let bytes = match read_body(body, receiver.max_body_bytes, receiver.body_read_timeout).await {
         Ok(bytes) => bytes,
-        Err(e) if e.to_string().contains("length limit") => return too_large(),
-        Err(e) => {
-            return Answer::error(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                format!("reading the body: {e}"),
-            )
-        }
+        Err(answer) => return answer,
     };
     let now = Utc::now();
     if let Err(e) = verify(auth, headers, query, &bytes, now, receiver.tolerance) {
         tracing::warn!(error = %e, "webhook refused");
         return Answer::error(StatusCode::UNAUTHORIZED, "unauthorized", e);
+    }
+    let signed_timestamp = auth
+        .signs_timestamp()
+        .then(|| headers.get(signature::TIMESTAMP_HEADER))
+        .flatten()
+        .and_then(|v| v.to_str().ok());
+    let digest = request_digest(&format!("{provider}/{account}"), signed_timestamp, &bytes);
+    if receiver.replays.seen(&digest, Instant::now()) {
+        tracing::info!("the replay of an accepted webhook; nothing produced");
+        return Answer {
+            status: StatusCode::OK,
+            outcome: "duplicate",
+            body: json!({ "accepted": 0, "duplicate": true }),
+            retry_after: None,
+        };
+    }
+    if let Err(not_until) = receiver.account_limiter.check_key(&key) {
+        return Answer::rate_limited(
+            "rate_limited",
+            "too many requests for this account",
+            wait_time(not_until),
+        );
     }
     let records = match receiver.parser.parse(provider, account, &bytes, now) {
         Ok(records) => records,
@@ -350,8 +493,11 @@ async fn handle(
                 "the payload names another provider account",
             );
         }
-        match receiver.encoder.encode(record) {
-            Ok(value) => encoded.push((record.key(), value)),
+        if let Err(e) = check_times(record, now) {
+            return Answer::error(StatusCode::BAD_REQUEST, "malformed", e);
+        }
+        let value = match receiver.encoder.encode(record) {
+            Ok(value) => value,
             Err(e) => {
                 tracing::error!(error = %e, call_id = %record.call_id, "encoding a webhook call record");
                 return Answer::error(
@@ -360,7 +506,24 @@ async fn handle(
                     "the record could not be encoded",
                 );
             }
+        };
+        let key = record.key();
+        let size = key
+            .as_bytes()
+            .len()
+            .saturating_add(value.len())
+            .saturating_add(RECORD_OVERHEAD_BYTES);
+        if size > receiver.max_message_bytes {
+            return Answer::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "call {:?} makes a Kafka record of about {size} bytes, over the {} bytes                      Kafka takes (message.max.bytes); send less",
+                    record.call_id, receiver.max_message_bytes
+                ),
+            );
         }
+        encoded.push((key, value));
     }
     let sends = encoded.iter().map(|(key, value)| {
         let record = FutureRecord::to(&receiver.topic)
@@ -373,16 +536,25 @@ async fn handle(
     let acked =
         tokio::time::timeout(receiver.produce_timeout, futures::future::join_all(sends)).await;
     let failure = match acked {
-        Err(_) => Some(format!(
-            "no acknowledgement within {:?}",
-            receiver.produce_timeout
+        Err(_) => Some((
+            format!("no acknowledgement within {:?}", receiver.produce_timeout),
+            false,
         )),
         Ok(results) => results
             .into_iter()
             .find_map(|r| r.err())
-            .map(|(e, _)| e.to_string()),
+            .map(|(e, _)| (e.to_string(), is_too_large(&e))),
     };
-    if let Some(reason) = failure {
+    if let Some((reason, too_large)) = failure {
+        if too_large {
+            tracing::warn!(%reason, "Kafka refused a webhook's record as too large");
+            return Answer::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "Kafka refused the record as too large (message.max.bytes or the topic's \
+                 max.message.bytes); send less",
+            );
+        }
         tracing::warn!(%reason, records = encoded.len(), "Kafka did not take the webhook's records");
         metrics::counter!(RECORDS_TOTAL, "stage" => "webhook", "outcome" => "unavailable")
             .increment(encoded.len() as u64);
@@ -394,6 +566,7 @@ async fn handle(
         answer.retry_after = Some(5);
         return answer;
     }
+    receiver.replays.remember(digest, Instant::now());
     metrics::counter!(RECORDS_TOTAL, "stage" => "webhook", "outcome" => "produced")
         .increment(encoded.len() as u64);
     Answer {
@@ -401,5 +574,31 @@ async fn handle(
         outcome: "accepted",
         body: json!({ "accepted": encoded.len() }),
         retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_share_their_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(v4), v4);
+    }
+
+    #[test]
+    fn the_message_limit_comes_from_the_client_properties() {
+        let mut settings = KafkaSettings::plaintext("b:1");
+        assert_eq!(kafka_message_max_bytes(&settings), 1_000_000);
+        settings
+            .client_properties
+            .insert("message.max.bytes".into(), "20000".into());
+        assert_eq!(kafka_message_max_bytes(&settings), 20_000);
     }
 }

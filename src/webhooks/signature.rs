@@ -45,6 +45,22 @@ pub enum WebhookAuth {
     Token { token: Secret },
 }
 
+impl WebhookAuth {
+    /// The config key of the account's secret and the secret.
+    pub fn secret(&self) -> (&'static str, &Secret) {
+        match self {
+            WebhookAuth::CallrailSignature { signing_key } => ("signing_key", signing_key),
+            WebhookAuth::HmacSha256 { secret } => ("secret", secret),
+            WebhookAuth::Token { token } => ("token", token),
+        }
+    }
+
+    /// Whether the method signs a timestamp (so a replay outside the window fails the check).
+    pub fn signs_timestamp(&self) -> bool {
+        matches!(self, WebhookAuth::HmacSha256 { .. })
+    }
+}
+
 /// Why a webhook was refused (answered 401; the message is safe to return).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {

@@ -1,7 +1,7 @@
 //! The whole service in the test process on the real broker and real Postgres, shared by
 //! `service_e2e` and `metrics_scrape`: the provider simulator, the topic catalogue under a
-//! prefix unique to the test, and `callsync run` roles (`run_roles_with`) behind an HTTP API on
-//! an ephemeral port.
+//! prefix unique to the test, and `callsync run` roles (`run_roles_with`) behind the two HTTP
+//! listeners on ephemeral ports: the control API (with a token) and the public webhook one.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
@@ -20,6 +20,8 @@ use callsync_testkit::{RealKafka, TestDatabase};
 use serde_json::{json, Value};
 
 pub const WEBHOOK_SECRET: &str = "service-test-webhook-secret";
+/// The control API's token (read and operate); `Service::http` sends it.
+pub const API_TOKEN: &str = "service-test-api-token-0123456789abcdef";
 /// Partitions of the call topics (few: a lean test on a 2-core machine).
 pub const CALL_PARTITIONS: i32 = 3;
 
@@ -42,7 +44,11 @@ pub struct ServiceOptions {
 pub struct Service {
     pub sim: RunningSimulator,
     pub config: CallsyncConfig,
+    /// The control API (private listener).
     pub api: String,
+    /// The public webhook listener.
+    pub hooks: String,
+    /// Sends the API token with every request.
     pub http: reqwest::Client,
     pub shutdown: Shutdown,
     pub db: TestDatabase,
@@ -80,6 +86,15 @@ impl Service {
             .await
             .expect("binding the API");
         let api = format!("http://{}", listener.local_addr().expect("API address"));
+        let hooks_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the webhook listener");
+        let hooks = format!(
+            "http://{}",
+            hooks_listener
+                .local_addr()
+                .expect("webhook listener address")
+        );
         let shutdown = Shutdown::new();
         let roles = {
             let config = config.clone();
@@ -87,20 +102,28 @@ impl Service {
             let roles = options.roles.clone();
             let run_options = RunOptions {
                 api_listener: Some(listener),
+                webhook_listener: Some(hooks_listener),
                 ..RunOptions::default()
             };
             tokio::spawn(
                 async move { run_roles_with(&config, &roles, shutdown, run_options).await },
             )
         };
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {API_TOKEN}").parse().expect("header"),
+        );
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
+            .default_headers(headers)
             .build()
             .expect("HTTP client");
         let mut service = Service {
             sim,
             config,
             api,
+            hooks,
             http,
             shutdown,
             db,
@@ -214,7 +237,7 @@ impl Service {
         self.http
             .post(format!(
                 "{}/webhooks/{}/{account}",
-                self.api,
+                self.hooks,
                 provider.as_str()
             ))
             .header(TIMESTAMP_HEADER, ts.to_string())
@@ -408,8 +431,12 @@ fn service_config(
             "catch_up_timeout_secs": 10,
         },
         "health": {"interval_secs": 30},
-        "webhooks": {"accounts": webhook_accounts},
-        "api": {"listen": "127.0.0.1:0", "lag_interval_secs": 1},
+        "webhooks": {"listen": "127.0.0.1:0", "accounts": webhook_accounts},
+        "api": {
+            "listen": "127.0.0.1:0",
+            "lag_interval_secs": 1,
+            "tokens": [{"name": "test", "token": API_TOKEN, "scopes": ["read", "operate"]}],
+        },
         "log": {"filter": "warn"},
     });
     CallsyncConfig::from_value(&value).expect("the test's config")
