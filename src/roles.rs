@@ -717,8 +717,8 @@ impl HealthProbe for ConnectorsProbe {
     }
 }
 
-/// Webhook bodies parsed by the connectors' mappings (CallRail's own JSON, the templated
-/// payloads of the others).
+/// Webhook bodies parsed by the connectors' webhook parsers (CallRail's own JSON, the
+/// templates of the others) with default account settings (UTC, USD).
 pub struct ConnectorsWebhookParser;
 
 impl WebhookPayloadParser for ConnectorsWebhookParser {
@@ -729,14 +729,29 @@ impl WebhookPayloadParser for ConnectorsWebhookParser {
         body: &[u8],
         received_at: DateTime<Utc>,
     ) -> Result<Vec<CallRecord>, MalformedPayload> {
-        callsync_connectors::webhook::parse_templated_webhook(
-            provider,
-            account_id,
-            body,
-            received_at,
-        )
-        .map(|record| vec![record])
-        .map_err(|e| MalformedPayload(e.to_string()))
+        let ctx = callsync_connectors::webhook::default_context(provider, account_id);
+        callsync_connectors::webhook::parse_webhook(body, &ctx, received_at)
+            .map(|record| vec![record])
+            .map_err(|e| MalformedPayload(e.to_string()))
+    }
+}
+
+/// Webhook bodies read with each account's settings from `[connectors]` (its time zone,
+/// currency), for accounts configured there.
+pub struct AccountWebhookParser(pub Arc<Connectors>);
+
+impl WebhookPayloadParser for AccountWebhookParser {
+    fn parse(
+        &self,
+        provider: Provider,
+        account_id: &str,
+        body: &[u8],
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<CallRecord>, MalformedPayload> {
+        let ctx = self.0.webhook_context(provider, account_id);
+        callsync_connectors::webhook::parse_webhook(body, &ctx, received_at)
+            .map(|record| vec![record])
+            .map_err(|e| MalformedPayload(e.to_string()))
     }
 }
 
@@ -833,7 +848,7 @@ async fn run_role(
                 .context("creating the webhook producer")?;
             let receiver = WebhookReceiver::new(
                 &config.webhooks,
-                Arc::new(ConnectorsWebhookParser),
+                Arc::new(AccountWebhookParser(Arc::clone(&service.connectors))),
                 Arc::new(AvroCallRecordEncoder::single_object()),
                 producer,
                 calls_raw.clone(),

@@ -76,6 +76,7 @@ impl WebhookPayloadParser for MinimalParser {
             observed_at: received_at,
             provider_updated_at: None,
             raw: Some(body.to_vec()),
+            present_fields: None,
         }])
     }
 }

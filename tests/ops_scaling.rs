@@ -1158,6 +1158,19 @@ filter = "info"
         assert!(started.elapsed() < PHASE_TIMEOUT, "a never became ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // /readyz answers before the processor's init_transactions ends; B must start after it,
+    // or A's later init fences B instead of B fencing A
+    let log_a = fleet.dir.path().join("a.log");
+    while !std::fs::read_to_string(&log_a)
+        .unwrap_or_default()
+        .contains("processor started")
+    {
+        assert!(
+            started.elapsed() < PHASE_TIMEOUT,
+            "a's processor never started"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // B, with the same instance id, fences A's processor (B stops all on a failure)
     let port_b = free_port();

@@ -1,8 +1,11 @@
 //! `connector`: two figures.
 //!
-//! 1. A backfill against the simulator at 600 requests/min: requests/min and records/min as
-//!    shares of the rate-limit ceiling (requests/min, and requests/min x page size), with
-//!    the 429s counted. Runs in this process with a counting store (`--seconds`).
+//! 1. Backfills against the simulator at a ceiling of 600 requests/min, the account
+//!    configured with that ceiling and its default share of it: requests/min and records/min
+//!    against the configured share (requests/min, and requests/min x page size), with the
+//!    429s counted. Twice: Retreaver on a budget of its own (share 97%), and Ringba on a
+//!    budget a second consumer spends 30% of (share 50%). In this process with a counting
+//!    store (`--seconds` each).
 //! 2. Peak RSS of the connector role through a backfill of `--calls` calls (default 1M):
 //!    the real `callsync run --roles connector` process against the simulator and the real
 //!    broker, its `VmHWM` read from /proc, so the benchmark's own clients are not counted.
@@ -36,75 +39,89 @@ pub const DEFAULT_MEMORY_CALLS: u64 = 1_000_000;
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub async fn run(seconds: u64, calls: u64) -> anyhow::Result<BenchOutcome> {
-    let share = ceiling_share(seconds).await?;
+    let plain = ceiling_share(Provider::Retreaver, seconds).await?;
+    let shared = ceiling_share(Provider::Ringba, seconds).await?;
     let mem = backfill_through_process(calls, Roles::Connector, None).await?;
-    let records_ceiling = share.records_ceiling_per_minute.max(1e-9);
     let rss_mib = mem.peak_rss_bytes as f64 / MIB;
+    let mut figures = Vec::new();
+    for (label, share) in [
+        ("Retreaver, its own budget", &plain),
+        ("Ringba, a budget 30% spent by another consumer", &shared),
+    ] {
+        let records_target = (share.target_per_minute * f64::from(PAGE_SIZE)).max(1e-9);
+        figures.push(Figure {
+            benchmark: "connector".into(),
+            name: format!(
+                "backfill requests/min vs the configured share ({:.0}% of {CEILING_PER_MINUTE} req/min), {label}, {} requests",
+                share.configured_share * 100.0,
+                share.requests
+            ),
+            target: ">= 95% of the configured share, zero 429s".into(),
+            measured: format!(
+                "{:.0}/min, {} x 429",
+                share.requests_per_minute, share.rate_limited
+            ),
+            baseline: format!("{:.0}/min", share.target_per_minute),
+            ratio: Some(share.target_share),
+            met: Some(share.target_share >= 0.95 && share.rate_limited == 0),
+        });
+        figures.push(Figure {
+            benchmark: "connector".into(),
+            name: format!(
+                "backfill records/min vs the configured share x {PAGE_SIZE}, {label}, {} records",
+                share.records
+            ),
+            target: ">= 95% of the configured share, zero 429s".into(),
+            measured: format!(
+                "{:.0}/min, {} x 429",
+                share.records_per_minute, share.rate_limited
+            ),
+            baseline: format!("{records_target:.0}/min"),
+            ratio: Some(share.records_per_minute / records_target),
+            met: Some(share.records_per_minute >= 0.95 * records_target && share.rate_limited == 0),
+        });
+    }
+    figures.push(Figure {
+        benchmark: "connector".into(),
+        name: format!(
+            "peak RSS of `callsync run --roles connector` through a {}-call backfill",
+            mem.calls
+        ),
+        target: "< 128 MiB (1M-call backfill)".into(),
+        measured: format!(
+            "{rss_mib:.0} MiB ({} records in {:.0} s, {:.0}/s)",
+            mem.records,
+            mem.secs,
+            mem.records as f64 / mem.secs.max(1e-9)
+        ),
+        baseline: "-".into(),
+        ratio: None,
+        met: Some(rss_mib < 128.0 && mem.calls >= DEFAULT_MEMORY_CALLS),
+    });
+    let run_json = |r: &callsync_connectors::bench::ConnectorBenchReport| {
+        json!({
+            "provider": r.provider.as_str(),
+            "records": r.records,
+            "requests": r.requests,
+            "rate_limited": r.rate_limited,
+            "elapsed_secs": r.elapsed.as_secs_f64(),
+            "requests_per_minute": r.requests_per_minute,
+            "ceiling_per_minute": r.ceiling_per_minute,
+            "ceiling_share": r.ceiling_share,
+            "configured_share": r.configured_share,
+            "target_per_minute": r.target_per_minute,
+            "target_share": r.target_share,
+            "records_per_minute": r.records_per_minute,
+            "records_target_share": r.records_per_minute
+                / (r.target_per_minute * f64::from(PAGE_SIZE)).max(1e-9),
+        })
+    };
     Ok(BenchOutcome {
         name: "connector".into(),
-        figures: vec![
-            Figure {
-                benchmark: "connector".into(),
-                name: format!(
-                    "backfill requests/min vs ceiling ({CEILING_PER_MINUTE} req/min), {} requests",
-                    share.requests
-                ),
-                target: ">= 95% of ceiling, zero 429s".into(),
-                measured: format!(
-                    "{:.0}/min, {} x 429",
-                    share.requests_per_minute, share.rate_limited
-                ),
-                baseline: format!("{CEILING_PER_MINUTE}/min ceiling"),
-                ratio: Some(share.ceiling_share),
-                met: Some(share.ceiling_share >= 0.95 && share.rate_limited == 0),
-            },
-            Figure {
-                benchmark: "connector".into(),
-                name: format!(
-                    "backfill records/min vs ceiling ({CEILING_PER_MINUTE} req/min x {PAGE_SIZE}), {} records",
-                    share.records
-                ),
-                target: ">= 95% of ceiling, zero 429s".into(),
-                measured: format!(
-                    "{:.0}/min, {} x 429",
-                    share.records_per_minute, share.rate_limited
-                ),
-                baseline: format!("{:.0}/min ceiling", share.records_ceiling_per_minute),
-                ratio: Some(share.records_per_minute / records_ceiling),
-                met: Some(
-                    share.records_per_minute >= 0.95 * share.records_ceiling_per_minute
-                        && share.rate_limited == 0,
-                ),
-            },
-            Figure {
-                benchmark: "connector".into(),
-                name: format!(
-                    "peak RSS of `callsync run --roles connector` through a {}-call backfill",
-                    mem.calls
-                ),
-                target: "< 128 MiB (1M-call backfill)".into(),
-                measured: format!(
-                    "{rss_mib:.0} MiB ({} records in {:.0} s, {:.0}/s)",
-                    mem.records,
-                    mem.secs,
-                    mem.records as f64 / mem.secs.max(1e-9)
-                ),
-                baseline: "-".into(),
-                ratio: None,
-                met: Some(rss_mib < 128.0 && mem.calls >= DEFAULT_MEMORY_CALLS),
-            },
-        ],
+        figures,
         json: json!({
-            "records": share.records,
-            "requests": share.requests,
-            "rate_limited": share.rate_limited,
-            "elapsed_secs": share.elapsed.as_secs_f64(),
-            "requests_per_minute": share.requests_per_minute,
-            "ceiling_per_minute": share.ceiling_per_minute,
-            "ceiling_share": share.ceiling_share,
-            "records_per_minute": share.records_per_minute,
-            "records_ceiling_per_minute": share.records_ceiling_per_minute,
-            "records_ceiling_share": share.records_per_minute / records_ceiling,
+            "own_budget": run_json(&plain),
+            "shared_budget": run_json(&shared),
             "memory_run_calls": mem.calls,
             "memory_run_records": mem.records,
             "memory_run_secs": mem.secs,
@@ -114,11 +131,13 @@ pub async fn run(seconds: u64, calls: u64) -> anyhow::Result<BenchOutcome> {
     })
 }
 
-/// The in-process backfill at 600 requests/min.
+/// An in-process backfill at a ceiling of 600 requests/min, the account configured with the
+/// ceiling and its default share: Retreaver alone on its budget; Ringba with a second
+/// consumer spending 30% of every window (the simulator counts only our 429s).
 async fn ceiling_share(
+    provider: Provider,
     seconds: u64,
 ) -> anyhow::Result<callsync_connectors::bench::ConnectorBenchReport> {
-    let provider = Provider::Retreaver;
     // enough calls that the run is bounded by the rate limit, not by the data
     let pages = (u64::from(CEILING_PER_MINUTE) * seconds / 60).max(10);
     let calls = pages * u64::from(PAGE_SIZE);
@@ -132,26 +151,40 @@ async fn ceiling_share(
         false,
     )
     .map_err(|e| anyhow::anyhow!("setting the simulator's rate limit: {e}"))?;
+    if provider == Provider::Ringba {
+        sim.set_shared_consumer(provider, 0.3)
+            .map_err(|e| anyhow::anyhow!("setting the second consumer: {e}"))?;
+    }
     let account = sim
         .accounts(provider)
         .first()
         .cloned()
-        .context("the simulator has no Retreaver account")?;
+        .with_context(|| format!("the simulator has no {provider} account"))?;
     let info = sim
         .account_info(provider, &account)
         .context("simulator account info")?;
-    let config: ConnectorsConfig = serde_json::from_value(json!({
-        "sync": {"backfill_window_secs": 3600 * 6, "backfill_concurrency": 4},
-        "retreaver": [{
+    let rate_limit = json!({"per_minute": CEILING_PER_MINUTE, "max_concurrency": 4});
+    let account_config = match provider {
+        Provider::Retreaver => json!({
             "account": account,
             "api_key": info.credentials.api_key,
             "company_id": account,
             "per_page": PAGE_SIZE,
             "base_url": sim.base_url(provider),
-            "rate_limit": {"per_minute": CEILING_PER_MINUTE, "max_concurrency": 4},
-        }],
-    }))
-    .context("connector benchmark config")?;
+            "rate_limit": rate_limit,
+        }),
+        _ => json!({
+            "account": account,
+            "token": info.credentials.api_key,
+            "page_size": PAGE_SIZE,
+            "base_url": sim.base_url(provider),
+            "rate_limit": rate_limit,
+        }),
+    };
+    let mut config = json!({"sync": {"backfill_window_secs": 3600 * 6, "backfill_concurrency": 4}});
+    config[provider.as_str()] = json!([account_config]);
+    let config: ConnectorsConfig =
+        serde_json::from_value(config).context("connector benchmark config")?;
     let start = info.first_call_at;
     let end = start + chrono::Duration::milliseconds(info.call_interval_ms * calls as i64);
     let request = SyncRequest {

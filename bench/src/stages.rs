@@ -72,15 +72,15 @@ pub async fn sink(rows: usize) -> anyhow::Result<BenchOutcome> {
         .enumerate()
         .map(|(i, call)| {
             let (partition, offset) = sink_drain::coordinates(i, SINK_PARTITIONS);
-            SinkRow {
-                record: call.clone(),
-                source: SourceRecord {
+            SinkRow::new(
+                call.clone(),
+                SourceRecord {
                     partition,
                     offset,
                     key: None,
                     payload: None,
                 },
-            }
+            )
         })
         .collect();
     drop(calls);

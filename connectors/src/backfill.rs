@@ -42,6 +42,8 @@ pub(crate) struct WindowStats {
     pub full_page: Option<u64>,
     /// The window was read from its first page in this run (its `rows` are the window's).
     pub complete: bool,
+    /// The window was read to its last page.
+    pub reached_end: bool,
 }
 
 /// The covered and uncovered parts of a backfill range, from the cursors of its windows.
@@ -90,6 +92,8 @@ pub(crate) struct WindowPlanner {
     /// Rows and seconds of every window read in full.
     rows: u64,
     secs: f64,
+    /// No window is cut shorter (the provider's [`crate::ProviderClient::min_backfill_window`]).
+    min_secs: f64,
 }
 
 fn secs_between(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
@@ -106,7 +110,15 @@ impl WindowPlanner {
             page_size: None,
             rows: 0,
             secs: 0.0,
+            min_secs: MIN_WINDOW.as_secs_f64(),
         }
+    }
+
+    /// No window shorter than `min` (and the first ones at least that long).
+    pub fn with_min_window(mut self, min: Duration) -> Self {
+        self.min_secs = min.max(MIN_WINDOW).as_secs_f64();
+        self.span_secs = self.span_secs.max(self.min_secs);
+        self
     }
 
     /// Learns from a window read to its end (or from a page size seen).
@@ -122,7 +134,7 @@ impl WindowPlanner {
 
     /// The length a new window should have, before the end-of-range split.
     fn target_span(&self) -> f64 {
-        let min = MIN_WINDOW.as_secs_f64();
+        let min = self.min_secs;
         if self.secs <= 0.0 {
             return self.span_secs;
         }
@@ -136,6 +148,21 @@ impl WindowPlanner {
             _ => self.span_secs * MAX_GROWTH,
         };
         wanted.clamp(min, (self.span_secs * MAX_GROWTH).max(min))
+    }
+
+    /// Pages needed to read `span_secs` more at the call density and page size seen so far
+    /// (`None` before any window was read).
+    pub fn estimate_pages(&self, span_secs: f64) -> Option<u64> {
+        if self.secs <= 0.0 {
+            return None;
+        }
+        let rows = self.rows as f64 / self.secs * span_secs.max(0.0);
+        let pages = match self.page_size {
+            Some(page) if page > 0 => (rows / page as f64).ceil(),
+            // every window so far fitted one page: assume the same page holds this one
+            _ => 1.0,
+        };
+        Some((pages as u64).max(1))
     }
 
     /// Seconds of the range that no window has been cut for yet.
@@ -158,18 +185,18 @@ impl WindowPlanner {
         // near the end, spread what is left over the concurrent windows
         let remaining = self.remaining_secs();
         let span = (remaining / self.concurrency).clamp(target / 4.0, target);
-        let span = span.max(MIN_WINDOW.as_secs_f64());
+        let span = span.max(self.min_secs);
         let (start, end) = self.gaps.pop_front()?;
         let step = chrono::Duration::microseconds((span * 1e6) as i64);
         let cut = start + step;
         // a sliver shorter than a minimum window goes with this one
-        let window_end = if cut >= end || secs_between(cut, end) < MIN_WINDOW.as_secs_f64() {
+        let window_end = if cut >= end || secs_between(cut, end) < self.min_secs {
             end
         } else {
             self.gaps.push_front((cut, end));
             cut
         };
-        self.span_secs = secs_between(start, window_end).max(MIN_WINDOW.as_secs_f64());
+        self.span_secs = secs_between(start, window_end).max(self.min_secs);
         Some((start, window_end))
     }
 }
@@ -254,6 +281,7 @@ mod tests {
             span_secs: 3600.0,
             full_page: None,
             complete: true,
+            reached_end: true,
         });
         // one page only so far: the page size is unknown, grow by the cap
         let second = p.next_window().unwrap();
@@ -263,6 +291,7 @@ mod tests {
             span_secs: 8.0 * 3600.0,
             full_page: Some(100),
             complete: true,
+            reached_end: true,
         });
         let third = p.next_window().unwrap();
         assert_eq!(
@@ -288,6 +317,7 @@ mod tests {
             span_secs: 100.0 * 3600.0,
             full_page: Some(100),
             complete: true,
+            reached_end: true,
         });
         // the target is 100 h, the range 100 h: four windows of 25 h
         let w = p.next_window().unwrap();

@@ -11,7 +11,7 @@
 //! // then:
 //! let report = callsync_connectors::bench::connector_benchmark(&config, &request, 600.0, 100).await?;
 //! println!("{report}");
-//! assert!(report.ceiling_share >= 0.95 && report.rate_limited == 0);
+//! assert!(report.target_share >= 0.95 && report.rate_limited == 0);
 //! # Ok(()) }
 //! ```
 
@@ -77,6 +77,7 @@ impl SyncSession for CountingSyncStore {
 /// What one benchmark run reached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectorBenchReport {
+    pub provider: callsync_schemas::Provider,
     pub records: u64,
     pub dlq: u64,
     pub requests: u64,
@@ -88,6 +89,12 @@ pub struct ConnectorBenchReport {
     pub ceiling_per_minute: f64,
     /// `requests_per_minute / ceiling_per_minute`.
     pub ceiling_share: f64,
+    /// The share of the ceiling the account is configured to aim at.
+    pub configured_share: f64,
+    /// `ceiling_per_minute × configured_share`: the rate the account should reach.
+    pub target_per_minute: f64,
+    /// `requests_per_minute / target_per_minute`.
+    pub target_share: f64,
     pub records_per_minute: f64,
     /// `ceiling_per_minute × page_size`.
     pub records_ceiling_per_minute: f64,
@@ -97,13 +104,15 @@ impl std::fmt::Display for ConnectorBenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "connector backfill: {} records, {} requests in {:.1}s = {:.1} req/min of {:.1} ceiling ({:.1}%), {:.0} records/min of {:.0} ceiling, {} 429s, {} DLQ",
+            "connector backfill: {} records, {} requests in {:.1}s = {:.1} req/min of {:.1} ceiling ({:.1}%; {:.1}% of the configured share's {:.1}), {:.0} records/min of {:.0} ceiling, {} 429s, {} DLQ",
             self.records,
             self.requests,
             self.elapsed.as_secs_f64(),
             self.requests_per_minute,
             self.ceiling_per_minute,
             self.ceiling_share * 100.0,
+            self.target_share * 100.0,
+            self.target_per_minute,
             self.records_per_minute,
             self.records_ceiling_per_minute,
             self.rate_limited,
@@ -137,6 +146,11 @@ pub async fn connector_benchmark(
         wire_format: WireFormat::SingleObject,
         shutdown,
     };
+    let configured_share = deps
+        .connectors
+        .get(request.provider, &request.account_id)
+        .map(|h| h.client.http().limiter.policy().share)
+        .unwrap_or(1.0);
     let out = run_sync(request, &deps, NoProgress).await?;
     let minutes = out.elapsed.as_secs_f64() / 60.0;
     let rpm = if minutes > 0.0 {
@@ -145,6 +159,7 @@ pub async fn connector_benchmark(
         0.0
     };
     Ok(ConnectorBenchReport {
+        provider: request.provider,
         records: out.records,
         dlq: out.dlq,
         requests: out.requests,
@@ -154,6 +169,13 @@ pub async fn connector_benchmark(
         ceiling_per_minute,
         ceiling_share: if ceiling_per_minute > 0.0 {
             rpm / ceiling_per_minute
+        } else {
+            0.0
+        },
+        configured_share,
+        target_per_minute: ceiling_per_minute * configured_share,
+        target_share: if ceiling_per_minute * configured_share > 0.0 {
+            rpm / (ceiling_per_minute * configured_share)
         } else {
             0.0
         },

@@ -4,6 +4,7 @@
 //! Streams:
 //! - `calls` — the incremental stream (its watermark, and for Invoca the last transaction id);
 //! - `full/{sync_id}` — one full re-read (resumable while that sync is retried);
+//! - `reconcile` — the older window the full syncs re-read every few days (resumable);
 //! - `backfill/{sync_id}/{window_start}` — one backfill window, resumable on its own.
 
 use callsync_schemas::{Provider, SyncMode};
@@ -14,6 +15,10 @@ use crate::providers::{PageToken, Scan};
 
 /// The incremental stream's name.
 pub const INCREMENTAL_STREAM: &str = "calls";
+
+/// The reconcile stream: one window of older calls re-read every few days, resumable across
+/// the nightly full syncs that read it.
+pub const RECONCILE_STREAM: &str = "reconcile";
 
 /// The cursor key `{provider}/{account}/{stream}`.
 pub fn cursor_key(provider: Provider, account: &str, stream: &str) -> String {

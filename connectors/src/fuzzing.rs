@@ -148,7 +148,8 @@ pub fn provider_page(provider: Provider, input: &[u8]) -> Result<PageOutcome, St
         }
         Provider::Ringba => {
             let size = u64::from(config.ringba[0].page_size.clamp(1, 1000));
-            crate::providers::ringba::read_page(&resp, &created, 0, size)?
+            crate::providers::ringba::read_page(&resp, &created, 0, size)
+                .map_err(|e| format!("{e:?}"))?
         }
         Provider::Invoca => {
             let limit = config.invoca[0].limit.clamp(1, 4000);
@@ -162,13 +163,14 @@ pub fn provider_page(provider: Provider, input: &[u8]) -> Result<PageOutcome, St
                 relative: true,
                 position: 0,
             };
-            crate::providers::callrail::read_page(&resp, &created, relative)?;
+            let base = &config.callrail[0].base_url;
+            crate::providers::callrail::read_page(&resp, &created, relative, base)?;
             let numbered = CallRailPosition {
                 per_page,
                 relative: false,
                 position: 1,
             };
-            crate::providers::callrail::read_page(&resp, &created, numbered)?
+            crate::providers::callrail::read_page(&resp, &created, numbered, base)?
         }
         Provider::TrackDrive => crate::providers::trackdrive::read_page(&resp, &created)?,
     };
@@ -208,7 +210,8 @@ pub fn provider_page(provider: Provider, input: &[u8]) -> Result<PageOutcome, St
 /// One webhook body of `provider` through its parser and the Avro encoding. `Err` is a body
 /// the receiver answers 400.
 pub fn webhook(provider: Provider, body: &[u8]) -> Result<CallRecord, WebhookError> {
-    let record = crate::webhook::parse_templated_webhook(provider, ACCOUNT, body, observed_at())?;
+    let ctx = crate::webhook::default_context(provider, ACCOUNT);
+    let record = crate::webhook::parse_webhook(body, &ctx, observed_at())?;
     assert_eq!(record.provider, provider);
     assert_eq!(record.account_id, ACCOUNT);
     assert_eq!(record.source, RecordSource::Webhook);

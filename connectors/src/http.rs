@@ -1,7 +1,10 @@
 //! The request loop every provider client goes through: circuit breaker, rate limiter,
 //! one tracing span and metrics per request, and the retry rules:
-//! - 401/403 fail at once ([`ClientError::Auth`]);
-//! - 429 honours `Retry-After` (seconds or an HTTP date), else backs off exponentially;
+//! - 401/403 fail at once ([`ClientError::Auth`]), except an Invoca 403 whose body is a
+//!   validation error (Invoca answers invalid parameters with 403): [`ClientError::Rejected`];
+//! - 429, and a 2xx body that says it was rate limited ([`BodyProblem::RateLimited`], Ringba's
+//!   `isRateLimited`), slow the account down (AIMD) and retry without using up error
+//!   attempts; `Retry-After` (seconds or an HTTP date) is honoured, else the backoff grows;
 //! - 5xx, timeouts, connection errors and malformed bodies retry with exponential backoff and
 //!   full jitter, up to `max_attempts`;
 //! - other 4xx fail at once.
@@ -64,6 +67,21 @@ pub struct ProviderHttp {
     pub retry: RetrySettings,
     pub stats: Arc<RequestStats>,
     pub shutdown: Shutdown,
+}
+
+/// Why a 2xx body was not a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyProblem {
+    /// Not the page it should be (retried as an error).
+    Malformed(String),
+    /// The provider says we are over its limit (treated like a 429).
+    RateLimited(String),
+}
+
+impl From<String> for BodyProblem {
+    fn from(detail: String) -> Self {
+        BodyProblem::Malformed(detail)
+    }
 }
 
 enum Outcome<T> {
@@ -243,6 +261,30 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
+/// Invoca answers both missing permissions and invalid parameters with 403, the latter with
+/// a body `{"errors": {...}}` naming the invalid fields or `invalid_data`. Only a 403 whose
+/// body names an authorization problem (or is not Invoca's error JSON) is a credentials
+/// failure.
+pub fn invoca_forbidden_is_auth(body: &[u8]) -> bool {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return true;
+    };
+    let Some(errors) = value.get("errors").and_then(|e| e.as_object()) else {
+        return true;
+    };
+    if errors.is_empty() {
+        return true;
+    }
+    let class = errors
+        .get("class")
+        .and_then(|c| c.as_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    ["auth", "permission", "forbidden", "access"]
+        .iter()
+        .any(|word| class.contains(word))
+}
+
 fn snippet(body: &[u8]) -> String {
     let s = redact_text(&String::from_utf8_lossy(body));
     let s = s.trim();
@@ -267,12 +309,13 @@ impl ProviderHttp {
     }
 
     /// Sends the request `build` makes (called again for each attempt) and hands a 2xx
-    /// response to `parse`; a parse error counts as a malformed page and is retried.
-    pub async fn execute<T>(
+    /// response to `parse`; a parse error counts as a malformed page and is retried, a
+    /// [`BodyProblem::RateLimited`] as a 429.
+    pub async fn execute<T, E: Into<BodyProblem>>(
         &self,
         what: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-        parse: impl Fn(&HttpResponse) -> Result<T, String>,
+        parse: impl Fn(&HttpResponse) -> Result<T, E>,
     ) -> Result<T, ClientError> {
         let mut attempt: u32 = 0;
         let mut rate_limited: u32 = 0;
@@ -367,12 +410,33 @@ impl ProviderHttp {
         }
     }
 
-    async fn attempt<T>(
+    /// A rate-limited answer (429 or a 2xx body saying so): counted, the account slows down.
+    fn rate_limited<T>(&self, url: &str, attempt: u32, after: Option<Duration>) -> Outcome<T> {
+        self.breaker.record_neutral();
+        self.stats
+            .rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(PROVIDER_RATE_LIMITED_TOTAL, "provider" => self.provider.as_str(), "account" => self.account.clone())
+            .increment(1);
+        self.limiter.on_rate_limited(after);
+        tracing::warn!(provider = %self.provider, account = %self.account, ?after, "rate limited");
+        Outcome::Retry {
+            after,
+            error: ClientError::RateLimited {
+                provider: self.provider,
+                account: self.account.clone(),
+                url: url.to_string(),
+                attempts: attempt,
+            },
+        }
+    }
+
+    async fn attempt<T, E: Into<BodyProblem>>(
         &self,
         request: reqwest::Request,
         url: &str,
         attempt: u32,
-        parse: &impl Fn(&HttpResponse) -> Result<T, String>,
+        parse: &impl Fn(&HttpResponse) -> Result<T, E>,
     ) -> Outcome<T> {
         let provider = self.provider;
         let account = self.account.clone();
@@ -422,19 +486,23 @@ impl ProviderHttp {
                 };
                 let outcome = match status {
                     200..=299 => {
+                        let after = retry_after(&headers);
                         let response = HttpResponse {
                             status,
                             headers,
                             body,
                             url: url.to_string(),
                         };
-                        match parse(&response) {
+                        match parse(&response).map_err(Into::into) {
                             Ok(v) => {
                                 self.breaker.record_success();
                                 self.limiter.on_success();
                                 Outcome::Done(v)
                             }
-                            Err(detail) => {
+                            Err(BodyProblem::RateLimited(_)) => {
+                                self.rate_limited(url, attempt, after)
+                            }
+                            Err(BodyProblem::Malformed(detail)) => {
                                 self.breaker.record_failure();
                                 Outcome::Retry {
                                     after: None,
@@ -449,6 +517,16 @@ impl ProviderHttp {
                             }
                         }
                     }
+                    403 if provider == Provider::Invoca && !invoca_forbidden_is_auth(&body) => {
+                        self.breaker.record_neutral();
+                        Outcome::Fail(ClientError::Rejected {
+                            provider,
+                            account,
+                            url: url.to_string(),
+                            status,
+                            body: snippet(&body),
+                        })
+                    }
                     401 | 403 => {
                         self.breaker.record_neutral();
                         Outcome::Fail(ClientError::Auth {
@@ -459,26 +537,7 @@ impl ProviderHttp {
                             body: snippet(&body),
                         })
                     }
-                    429 => {
-                        self.breaker.record_neutral();
-                        let after = retry_after(&headers);
-                        self.stats
-                            .rate_limited
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        metrics::counter!(PROVIDER_RATE_LIMITED_TOTAL, "provider" => provider.as_str(), "account" => account.clone())
-                            .increment(1);
-                        self.limiter.on_rate_limited(after);
-                        tracing::warn!(provider = %provider, account = %account, ?after, "rate limited (429)");
-                        Outcome::Retry {
-                            after,
-                            error: ClientError::RateLimited {
-                                provider,
-                                account,
-                                url: url.to_string(),
-                                attempts: attempt,
-                            },
-                        }
-                    }
+                    429 => self.rate_limited(url, attempt, retry_after(&headers)),
                     500..=599 => {
                         self.breaker.record_failure();
                         Outcome::Retry {
@@ -580,6 +639,20 @@ mod tests {
         let message = transport_message(error);
         assert!(!message.contains("REFUSED-KEY"), "{message}");
         assert!(message.to_lowercase().contains("connect"), "{message}");
+    }
+
+    #[test]
+    fn invoca_validation_403s_are_not_credential_failures() {
+        assert!(!invoca_forbidden_is_auth(
+            br#"{"errors": {"class": "invalid_data", "invalid_data": "from must be a date"}}"#
+        ));
+        assert!(!invoca_forbidden_is_auth(
+            br#"{"errors": {"start_after_transaction_id": ["is not a transaction"]}}"#
+        ));
+        assert!(invoca_forbidden_is_auth(
+            br#"{"errors": {"class": "unauthorized", "invalid_data": "no access"}}"#
+        ));
+        assert!(invoca_forbidden_is_auth(b"Forbidden"));
     }
 
     #[test]

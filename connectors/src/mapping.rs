@@ -452,15 +452,43 @@ fn short(r: &RawValue) -> String {
     }
 }
 
-/// Parses money text exactly: `5`, `5.0`, `-0.08`, `1e2`, `"$1,200.50"`.
+/// Parses money text exactly: `5`, `5.0`, `-0.08`, `1e2`, `"$1,200.50"`, and the localized
+/// forms providers emit in money strings (Invoca's `*_localized` fields): `"25,50"`,
+/// `"1.234,50"`, `"1 234,50"`, `"€25,50"`.
+///
+/// The separator rule: with both `.` and `,`, the last one is the decimal separator; with
+/// only commas, a single comma followed by other than three digits is a decimal comma
+/// (`"25,50"` is 25.50, `"1,200"` and `"1,200,300"` are thousands). Spaces, no-break spaces
+/// and `'` group digits.
 pub fn parse_decimal(text: &str) -> Option<Decimal> {
     let t = text.trim();
     let (neg, t) = match t.strip_prefix('-') {
-        Some(rest) => (true, rest),
+        Some(rest) => (true, rest.trim_start()),
         None => (false, t),
     };
-    let t = t.strip_prefix('$').unwrap_or(t);
-    let cleaned: String = t.chars().filter(|c| *c != ',').collect();
+    let t = t
+        .trim_start_matches(['$', '€', '£'])
+        .trim_end_matches(['€', '$', '£']);
+    let t = t.trim();
+    let t: String = t
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '\u{a0}' | '\u{202f}' | '\''))
+        .collect();
+    let last_dot = t.rfind('.');
+    let last_comma = t.rfind(',');
+    let decimal_comma = match (last_dot, last_comma) {
+        (Some(d), Some(c)) => c > d,
+        (None, Some(c)) => t.matches(',').count() == 1 && t.len() - c - 1 != 3,
+        _ => false,
+    };
+    let cleaned: String = if decimal_comma {
+        t.chars()
+            .filter(|c| *c != '.')
+            .map(|c| if c == ',' { '.' } else { c })
+            .collect()
+    } else {
+        t.chars().filter(|c| *c != ',').collect()
+    };
     if cleaned.is_empty() {
         return None;
     }
@@ -647,6 +675,25 @@ mod tests {
         }
         // trailing zeros rescale exactly: kept
         assert_eq!(f.decimal("d").unwrap().unwrap().to_string(), "1.50000");
+    }
+
+    /// Invoca's `*_localized` money follows the account's locale: `"25,50"` used to become
+    /// 2550 (the comma was taken for a thousands separator).
+    #[test]
+    fn localized_money_with_decimal_commas() {
+        let d = |s: &str| parse_decimal(s).map(|d| d.to_string());
+        assert_eq!(d("25,50").as_deref(), Some("25.50"));
+        assert_eq!(d("0,5").as_deref(), Some("0.5"));
+        assert_eq!(d("1.234,50").as_deref(), Some("1234.50"));
+        assert_eq!(d("1 234,50").as_deref(), Some("1234.50"));
+        assert_eq!(d("€25,50").as_deref(), Some("25.50"));
+        assert_eq!(d("-25,50").as_deref(), Some("-25.50"));
+        assert_eq!(d("1,200").as_deref(), Some("1200"));
+        assert_eq!(d("1,200,300.25").as_deref(), Some("1200300.25"));
+        assert_eq!(d("$1,200.50").as_deref(), Some("1200.50"));
+        assert_eq!(d("1'234.50").as_deref(), Some("1234.50"));
+        assert_eq!(d("12.50").as_deref(), Some("12.50"));
+        assert_eq!(d(","), None);
     }
 
     #[test]

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callsync_runtime::Shutdown;
-use callsync_schemas::Provider;
+use callsync_schemas::{Provider, RecordSource};
 use serde::Serialize;
 
 use crate::circuit::{CircuitBreaker, CircuitState};
 use crate::config::{ConnectorsConfig, RateLimitOverride};
 use crate::error::ConfigError;
 use crate::http::{ProviderHttp, RequestStats};
+use crate::mapping::MapContext;
 use crate::providers::callrail::CallRailClient;
 use crate::providers::invoca::InvocaClient;
 use crate::providers::retreaver::RetreaverClient;
@@ -106,7 +107,9 @@ impl Connectors {
         }
         for a in &config.ringba {
             let h = http(Provider::Ringba, &a.account, &a.rate_limit)?;
-            c.insert(Arc::new(RingbaClient::new(a.clone(), h)), &a.rate_limit)?;
+            let client =
+                RingbaClient::new(a.clone(), h).map_err(bad(Provider::Ringba, &a.account))?;
+            c.insert(Arc::new(client), &a.rate_limit)?;
         }
         for a in &config.invoca {
             let h = http(Provider::Invoca, &a.account, &a.rate_limit)?;
@@ -162,6 +165,15 @@ impl Connectors {
 
     pub fn get(&self, provider: Provider, account: &str) -> Option<&AccountHandle> {
         self.accounts.get(&(provider, account.to_string()))
+    }
+
+    /// The mapping context of webhooks of an account: its time zone, currency and region
+    /// when it is configured, else UTC and USD.
+    pub fn webhook_context(&self, provider: Provider, account: &str) -> MapContext {
+        match self.get(provider, account) {
+            Some(handle) => handle.client.map_context(RecordSource::Webhook),
+            None => crate::webhook::default_context(provider, account),
+        }
     }
 
     pub fn accounts(&self) -> impl Iterator<Item = &AccountHandle> {

@@ -20,7 +20,7 @@ use crate::backfill::{coverage, Range, WindowPlanner, WindowStats};
 use crate::config::SyncSettings;
 use crate::cursor::{
     backfill_stream, backfill_stream_prefix, cursor_key, full_stream, SourceCursor,
-    INCREMENTAL_STREAM,
+    INCREMENTAL_STREAM, RECONCILE_STREAM,
 };
 use crate::error::{StoreError, SyncError};
 use crate::mapping::{MapContext, MappingError};
@@ -74,6 +74,21 @@ pub struct SyncOutcome {
     pub elapsed: Duration,
     /// Set when the sync did nothing on purpose (e.g. Invoca polled too soon).
     pub skipped: Option<String>,
+    /// Set when this (full) sync also re-read the older reconcile window.
+    pub reconcile: Option<ReconcileReport>,
+}
+
+/// The reconcile window a full sync read, and what it was estimated to cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconcileReport {
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    /// Requests estimated before it ran, from the call density of the full window.
+    pub estimated_requests: Option<u64>,
+    /// The cap of this run (`reconcile_max_requests`); the rest resumes next time.
+    pub max_requests: Option<u64>,
+    /// The window was read to its end in this run.
+    pub finished: bool,
 }
 
 /// One window to read.
@@ -91,6 +106,9 @@ struct WindowPlan {
     after_transaction_id: Option<String>,
     /// Incremental: the watermark to keep until this window is done.
     prev_watermark: Option<DateTime<Utc>>,
+    /// Read at most this many pages in this run; the window resumes at its cursor next time
+    /// (the reconcile window's share of the rate budget).
+    max_pages: Option<u64>,
 }
 
 struct Plan {
@@ -160,6 +178,7 @@ fn plan(
                         resumed_pages: 0,
                         after_transaction_id: after,
                         prev_watermark: prev.and_then(|p| p.watermark),
+                        max_pages: None,
                     }],
                     already_done: 0,
                     skipped: None,
@@ -180,6 +199,7 @@ fn plan(
                         resumed_pages: p.pages,
                         after_transaction_id: None,
                         prev_watermark: p.watermark,
+                        max_pages: None,
                     }],
                     already_done: 0,
                     skipped: None,
@@ -214,6 +234,7 @@ fn plan(
                     resumed_pages: 0,
                     after_transaction_id: None,
                     prev_watermark: prev.and_then(|p| p.watermark),
+                    max_pages: None,
                 }],
                 already_done: 0,
                 skipped: None,
@@ -236,18 +257,23 @@ fn plan(
                     seen: Vec::new(),
                 });
             }
+            let mut windows = vec![WindowPlan {
+                stream,
+                scan: Scan::Created,
+                start: prev.map(|p| p.window_start).unwrap_or(start),
+                end: prev.map(|p| p.window_end).unwrap_or(end),
+                token: prev.and_then(|p| p.next.clone()),
+                resumed_records: prev.map(|p| p.records).unwrap_or(0),
+                resumed_pages: prev.map(|p| p.pages).unwrap_or(0),
+                after_transaction_id: None,
+                prev_watermark: None,
+                max_pages: None,
+            }];
+            windows.extend(reconcile_window(
+                request, client, settings, cursors, start, end,
+            ));
             Ok(Plan {
-                windows: vec![WindowPlan {
-                    stream,
-                    scan: Scan::Created,
-                    start: prev.map(|p| p.window_start).unwrap_or(start),
-                    end: prev.map(|p| p.window_end).unwrap_or(end),
-                    token: prev.and_then(|p| p.next.clone()),
-                    resumed_records: prev.map(|p| p.records).unwrap_or(0),
-                    resumed_pages: prev.map(|p| p.pages).unwrap_or(0),
-                    after_transaction_id: None,
-                    prev_watermark: None,
-                }],
+                windows,
                 already_done: 0,
                 skipped: None,
                 gaps: Vec::new(),
@@ -285,6 +311,7 @@ fn plan(
                     resumed_pages: p.pages,
                     after_transaction_id: None,
                     prev_watermark: None,
+                    max_pages: None,
                 })
                 .collect();
             let seen = cov
@@ -298,6 +325,7 @@ fn plan(
                         .unwrap_or(0.0),
                     full_page: None,
                     complete: true,
+                    reached_end: true,
                 })
                 .collect();
             Ok(Plan {
@@ -307,6 +335,58 @@ fn plan(
                 gaps: cov.gaps,
                 seen,
             })
+        }
+    }
+}
+
+/// The reconcile window a full sync adds: for a provider scanned by call time (its
+/// incremental lookback and the nightly full window miss changes made weeks later), the
+/// older window `[end - reconcile_window_days, start of the full window)`, once every
+/// `reconcile_every_days` (measured between the ends of the windows, the full sync's `end`
+/// being now); an unfinished one resumes where the last run stopped.
+fn reconcile_window(
+    request: &SyncRequest,
+    client: &DynClient,
+    settings: &SyncSettings,
+    cursors: &std::collections::HashMap<String, SourceCursor>,
+    full_start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Option<WindowPlan> {
+    if client.incremental_scan() != Scan::Created
+        || settings.reconcile_window_days <= settings.full_window_days
+    {
+        return None;
+    }
+    let prev = cursors.get(&cursor_key(
+        request.provider,
+        &request.account_id,
+        RECONCILE_STREAM,
+    ));
+    let window = |start: DateTime<Utc>, end: DateTime<Utc>, p: Option<&SourceCursor>| WindowPlan {
+        stream: RECONCILE_STREAM.to_string(),
+        scan: Scan::Created,
+        start,
+        end,
+        token: p.and_then(|p| p.next.clone()),
+        resumed_records: p.map(|p| p.records).unwrap_or(0),
+        resumed_pages: p.map(|p| p.pages).unwrap_or(0),
+        after_transaction_id: None,
+        prev_watermark: None,
+        max_pages: None,
+    };
+    match prev {
+        Some(p) if !p.done => Some(window(p.window_start, p.window_end, Some(p))),
+        Some(p)
+            // the last reconcile window ended where that run's full window began
+            if end - p.window_end
+                < chrono::Duration::days(i64::from(settings.reconcile_every_days.max(1)))
+                    + chrono::Duration::days(i64::from(settings.full_window_days)) =>
+        {
+            None
+        }
+        _ => {
+            let start = end - chrono::Duration::days(i64::from(settings.reconcile_window_days));
+            (start < full_start).then(|| window(start, full_start, None))
         }
     }
 }
@@ -419,6 +499,7 @@ impl RunState<'_> {
         let mut token = w.token.clone();
         let mut records = w.resumed_records;
         let mut pages = w.resumed_pages;
+        let mut pages_this_run: u64 = 0;
         let mut after = w.after_transaction_id.clone();
         loop {
             if self.cancel.is_triggered() {
@@ -449,6 +530,7 @@ impl RunState<'_> {
             }
             records += out.len() as u64;
             pages += 1;
+            pages_this_run += 1;
             let done = page.next.is_none();
             stats.rows += (out.len() + dlq.len()) as u64;
             if !done {
@@ -512,6 +594,13 @@ impl RunState<'_> {
                 .snapshot(&self.request.id, SyncEventKind::Progress, None);
             self.progress.on_progress(&snapshot);
             if done {
+                stats.reached_end = true;
+                return Ok(stats);
+            }
+            if w.max_pages.is_some_and(|max| pages_this_run >= max) {
+                // this run's share is used: the window resumes at its cursor next time
+                tracing::info!(stream = %w.stream, pages = pages_this_run, "window paused at its request cap");
+                stats.complete = false;
                 return Ok(stats);
             }
             token = page.next;
@@ -593,6 +682,7 @@ async fn run_sync_inner(
     // a backfill's new windows are counted as they are cut (see WindowPlanner)
     let windows_total = plan.windows.len() as u64 + plan.already_done;
     let windows_run = std::sync::atomic::AtomicU64::new(0);
+    let reconcile: Mutex<Option<ReconcileReport>> = Mutex::new(None);
     let mut tracker = ProgressTracker::new(deps.settings.progress_every, windows_total);
     tracker.windows_done = plan.already_done;
     let state = RunState {
@@ -625,6 +715,7 @@ async fn run_sync_inner(
             rate_limited: client.http().stats.rate_limited() - limited_before,
             elapsed: started.elapsed(),
             skipped,
+            reconcile: reconcile.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     };
     if let Some(reason) = &plan.skipped {
@@ -661,7 +752,8 @@ async fn run_sync_inner(
         Duration::from_secs(deps.settings.backfill_window_secs),
         deps.settings.backfill_pages_per_window,
         concurrency,
-    );
+    )
+    .with_min_window(client.min_backfill_window());
     for seen in &plan.seen {
         planner.observe(*seen);
     }
@@ -681,12 +773,42 @@ async fn run_sync_inner(
                     resumed_pages: 0,
                     after_transaction_id: None,
                     prev_watermark: None,
+                    max_pages: None,
                 })
             });
-            let Some(w) = next else { break };
+            let Some(mut w) = next else { break };
+            if w.stream == RECONCILE_STREAM {
+                // its cost, estimated from the full window just read, before it runs
+                let span = (w.end - w.start)
+                    .to_std()
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                let estimated = planner.estimate_pages(span);
+                let cap = (deps.settings.reconcile_max_requests > 0)
+                    .then_some(deps.settings.reconcile_max_requests);
+                let rate = client.http().limiter.current_per_minute();
+                tracing::info!(
+                    window_start = %w.start,
+                    window_end = %w.end,
+                    estimated_requests = ?estimated,
+                    estimated_minutes = ?estimated.map(|n| (n as f64 / rate.max(0.01)).ceil()),
+                    cap = ?cap,
+                    "reconcile: re-reading the older window"
+                );
+                w.max_pages = cap;
+                *reconcile.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReconcileReport {
+                    window_start: w.start,
+                    window_end: w.end,
+                    estimated_requests: estimated,
+                    max_requests: cap,
+                    finished: false,
+                });
+            }
             let span =
                 tracing::debug_span!("window", stream = %w.stream, start = %w.start, end = %w.end);
-            running.push(state.run_window(w).instrument(span));
+            let stream = w.stream.clone();
+            let window = state.run_window(w).instrument(span);
+            running.push(async move { (stream, window.await) });
             windows_run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut t = state.tracker();
             t.windows_total = plan.already_done
@@ -696,8 +818,15 @@ async fn run_sync_inner(
         }
         match running.next().await {
             None => break,
-            Some(Ok(stats)) => planner.observe(stats),
-            Some(Err(e)) => {
+            Some((stream, Ok(stats))) => {
+                if stream == RECONCILE_STREAM {
+                    if let Some(r) = reconcile.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                        r.finished = stats.reached_end;
+                    }
+                }
+                planner.observe(stats)
+            }
+            Some((_, Err(e))) => {
                 if failure.is_none() {
                     // stop the other windows at their next page
                     state.cancel.trigger();

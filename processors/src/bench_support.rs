@@ -139,7 +139,14 @@ pub fn measure_in_memory_pipeline(
         };
         let key_str = StateKey::new(std::str::from_utf8(key).unwrap_or_default());
         if state
-            .observe_version(&mut staged, &key_str, call.version(), 0, i64::MAX)
+            .observe_version(
+                &mut staged,
+                &key_str,
+                call.version(),
+                || call.content_fingerprint(),
+                0,
+                i64::MAX,
+            )
             .is_none()
         {
             if let Ok(accepted) = pipeline.accept(call, Some(key), now) {

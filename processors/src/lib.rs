@@ -1,8 +1,10 @@
 //! Validation, normalization, dedup state and the exactly-once processor loop.
 //!
 //! Records from `calls.raw` are decoded, validated and normalized ([`validate`],
-//! [`normalize`]), fingerprinted ([`fingerprint`]) and judged against the partition's dedup
-//! state ([`dedup`]); new or changed versions go to `calls`, invalid records to `calls.dlq`
+//! [`normalize`]), fingerprinted ([`callsync_schemas::ContentFingerprint`], shared with the
+//! sink) and judged against the partition's dedup state ([`dedup`]) by
+//! [`callsync_schemas::Precedence`] (version, then fingerprint: the order the sink's upsert guard
+//! uses too); new or changed versions go to `calls`, invalid records to `calls.dlq`
 //! ([`dlq`]), and each batch's outputs, state changes and offsets commit in one Kafka
 //! transaction ([`processor`]).
 
@@ -18,7 +20,6 @@ pub mod counters;
 pub mod dedup;
 pub mod dlq;
 pub mod error;
-pub mod fingerprint;
 pub mod normalize;
 pub mod phone_memo;
 pub mod pipeline;

@@ -1,13 +1,12 @@
 //! What happens to one input record before dedup: decode, validate and normalize,
 //! fingerprint. Pure (no Kafka), so it can be tested and fuzzed on its own.
 
-use callsync_schemas::{CallRecord, DecodeError, DecodedCall};
+use callsync_schemas::{CallRecord, ContentFingerprint, DecodeError, DecodedCall};
 use chrono::{DateTime, Utc};
 
 use crate::codec::CallRecordCodec;
 use crate::config::{ConfigError, ProcessorConfig};
 use crate::dlq::ErrorStage;
-use crate::fingerprint::{content_fingerprint, Fingerprint};
 use crate::validate::{RecordValidator, RejectReason, Rejection};
 
 /// A record that passed: normalized, with its content fingerprint.
@@ -16,7 +15,7 @@ pub struct Accepted {
     pub record: CallRecord,
     /// Whether normalization changed it (if not, its original bytes can be passed on as is).
     pub normalized: bool,
-    pub fingerprint: Fingerprint,
+    pub fingerprint: ContentFingerprint,
 }
 
 /// A record that goes to the DLQ, and at which stage it failed.
@@ -96,14 +95,17 @@ impl RecordPipeline {
         now: DateTime<Utc>,
     ) -> Result<Accepted, Rejected> {
         let mut record = call.into_record().map_err(undecodable)?;
+        // a partial record's fields it does not carry are placeholders: reset, never judged
+        let cleared = record.clear_uncarried();
         let normalized = self
             .validator
             .check(&mut record, key, now)
             .map_err(|rejection| Rejected {
                 rejection,
                 stage: ErrorStage::Validate,
-            })?;
-        let fingerprint = content_fingerprint(&record);
+            })?
+            || cleared;
+        let fingerprint = ContentFingerprint::of(&record);
         Ok(Accepted {
             record,
             normalized,
@@ -146,7 +148,7 @@ mod tests {
             .unwrap();
         assert_eq!(accepted.record, r);
         assert!(!accepted.normalized);
-        assert_eq!(accepted.fingerprint, content_fingerprint(&r));
+        assert_eq!(accepted.fingerprint, ContentFingerprint::of(&r));
     }
 
     #[test]

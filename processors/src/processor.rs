@@ -636,25 +636,31 @@ impl Engine {
         };
         let staged = batch.staged.entry(partition).or_default();
         let key = StateKey::new(key);
-        let verdict =
-            match state.observe_version(staged, &key, call.version(), now_micros, refresh_after) {
-                Some(verdict) => verdict,
-                None => {
-                    let accepted = self.pipeline.accept(call, message.key(), now)?;
-                    let verdict = state.observe(
-                        staged,
-                        &key,
-                        accepted.fingerprint,
-                        accepted.record.version,
-                        now_micros,
-                        refresh_after,
-                    );
-                    if verdict == Verdict::Emit {
-                        return Ok(Some(accepted));
-                    }
-                    verdict
+        let verdict = match state.observe_version(
+            staged,
+            &key,
+            call.version(),
+            || call.content_fingerprint(),
+            now_micros,
+            refresh_after,
+        ) {
+            Some(verdict) => verdict,
+            None => {
+                let accepted = self.pipeline.accept(call, message.key(), now)?;
+                let verdict = state.observe(
+                    staged,
+                    &key,
+                    accepted.fingerprint,
+                    accepted.record.version,
+                    now_micros,
+                    refresh_after,
+                );
+                if verdict == Verdict::Emit {
+                    return Ok(Some(accepted));
                 }
-            };
+                verdict
+            }
+        };
         match verdict {
             Verdict::Duplicate => batch.tally.duplicates += 1,
             Verdict::Unchanged => batch.tally.unchanged += 1,

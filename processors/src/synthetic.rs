@@ -63,6 +63,7 @@ pub fn call_record(index: u64, version: i64) -> CallRecord {
         observed_at: started_at + Duration::seconds(duration as i64 + 60),
         provider_updated_at: None,
         raw: Some(format!("{{\"id\":\"c{index}\"}}").into_bytes()),
+        present_fields: None,
     }
 }
 

@@ -13,11 +13,15 @@
 //! 8. the status is mapped: a record with status `unknown` and a provider status is given
 //!    the mapped status; a provider status no mapping knows is rejected, so a new provider
 //!    status surfaces in the DLQ (and can be redriven) instead of being silently `unknown`.
+//!    A partial record that carries the provider status then carries the mapped status too.
+//!
+//! A partial record is checked on the fields it carries (the others are placeholders that
+//! pass every rule: no value, `started_at` at the epoch).
 
 use std::borrow::Cow;
 use std::fmt;
 
-use callsync_schemas::{CallKey, CallRecord, CallStatus, Provider};
+use callsync_schemas::{CallField, CallKey, CallRecord, CallStatus, Provider};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -182,6 +186,10 @@ impl RecordValidator {
                     Some(CallStatus::Unknown) => {}
                     Some(status) => {
                         record.status = status;
+                        // a partial record that reports the provider's status reports ours
+                        if let Some(set) = record.present_fields.as_mut() {
+                            set.insert(CallField::Status);
+                        }
                         changed = true;
                     }
                     None => {
@@ -414,6 +422,24 @@ mod tests {
             .check(&mut r, Some(key.as_bytes()), Utc::now())
             .unwrap());
         assert_eq!(r, before);
+    }
+
+    #[test]
+    fn a_partial_record_passes_on_what_it_carries_and_gains_the_mapped_status() {
+        let mut r = call_record(1, 100);
+        r.provider_status = Some("NO ANSWER".into());
+        let mut r = r.into_partial(
+            callsync_schemas::FieldSet::EMPTY
+                .with(CallField::Revenue)
+                .with(CallField::ProviderStatus),
+        );
+        let key = r.key();
+        assert!(validator()
+            .check(&mut r, Some(key.as_bytes()), Utc::now())
+            .unwrap());
+        assert_eq!(r.status, CallStatus::NoAnswer);
+        assert!(r.carries(CallField::Status) && r.carries(CallField::Revenue));
+        assert!(!r.carries(CallField::StartedAt));
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn main() {
         observed_at: ts(1_717_243_400_000_001),
         provider_updated_at: Some(ts(1_717_243_200_123_456)),
         raw: Some(vec![b'x'; 400]),
+        present_fields: None,
     };
     let n = 1_000_000;
     let records: Vec<CallRecord> = (0..1000)

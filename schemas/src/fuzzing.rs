@@ -235,6 +235,7 @@ mod tests {
             observed_at: ts(1_717_243_400_000_001),
             provider_updated_at: Some(ts(1_717_243_200_123_456)),
             raw: Some(br#"{"id":"CA1234"}"#.to_vec()),
+            present_fields: None,
         }
     }
 

@@ -2,8 +2,20 @@
 //!
 //! - [`model`]: the typed records ([`CallRecord`], [`SyncRequest`], [`SyncEvent`],
 //!   [`DedupEntry`]) every stage codes against.
+//! - [`partial`]: partial records, a [`CallRecord`] that carries only some fields
+//!   (`present_fields`): [`CallField`], [`FieldSet`] and the constructor parsers use,
+//!   [`CallRecord::into_partial`] (fill the fields you have as for a complete record, then name
+//!   them: `record.into_partial(FieldSet::EMPTY.with(CallField::Revenue))`). `provider`,
+//!   `account_id`, `call_id`, `version`, `source` and `observed_at` are always carried;
+//!   [`CallRecord::apply`] is how a reader merges a record onto the row it holds.
+//! - [`fingerprint`]: the content fingerprint ([`ContentFingerprint`]) and the order of
+//!   versions of one call ([`Precedence`]: version, then fingerprint), shared by the processor's
+//!   dedup and the sink's upsert guard so both break ties between equal versions alike.
 //! - [`schema`]: the `.avsc` files in `schemas/avro/` (the single source of the wire shape),
-//!   embedded and parsed once, with their Parsing Canonical Form and CRC-64-AVRO fingerprint.
+//!   embedded and parsed once, with their Parsing Canonical Form and CRC-64-AVRO fingerprint;
+//!   and CallRecord's earlier revision (without `present_fields`), derived from the same file:
+//!   complete records are written with it in single-object encoding (the bytes older readers
+//!   know), partial records with the current schema.
 //! - [`AvroRecord`]: per record type, a direct Avro binary encoder/decoder (the fast path) and
 //!   the conversion to and from apache-avro `Value`s (schema resolution).
 //! - [`wire`]: the two value framings, Avro single-object (`C3 01` + fingerprint) and Confluent
@@ -26,9 +38,11 @@
 
 pub mod binary;
 pub mod error;
+pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod model;
+pub mod partial;
 pub mod records;
 pub mod registry;
 pub mod schema;
@@ -37,15 +51,17 @@ pub mod wire;
 
 pub use binary::{DatumError, DatumReader, DecimalProblem, Problem};
 pub use error::{DecodeError, DetectedFormat, EncodeError};
+pub use fingerprint::{ContentFingerprint, Precedence};
 pub use model::*;
+pub use partial::{CallField, FieldSet, UnknownField};
 pub use records::AvroRecord;
 pub use registry::{
     value_subject, wire_format_for, RegistryDecodeError, RegistryDecoder, RegistryError,
     SchemaRegistryClient,
 };
 pub use schema::{
-    call_record_schema, dedup_entry_schema, sync_event_schema, sync_request_schema, SchemaError,
-    SchemaInfo,
+    call_record_revisions, call_record_schema, dedup_entry_schema, sync_event_schema,
+    sync_request_schema, Revision, SchemaError, SchemaInfo,
 };
 pub use view::{CallRecordView, TagsView};
 pub use wire::{

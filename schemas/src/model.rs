@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::partial::FieldSet;
+
 /// A call-tracking provider callsync syncs from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -175,7 +177,8 @@ pub struct CallRecord {
     pub provider: Provider,
     pub account_id: String,
     pub call_id: String,
-    /// Higher wins; equal versions are the same record (see the design's rules).
+    /// Higher wins; equal versions are ordered by content fingerprint
+    /// ([`crate::Precedence`]).
     pub version: i64,
     pub started_at: DateTime<Utc>,
     pub answered_at: Option<DateTime<Utc>>,
@@ -204,6 +207,11 @@ pub struct CallRecord {
     pub provider_updated_at: Option<DateTime<Utc>>,
     /// The provider's JSON, for audit and re-normalization.
     pub raw: Option<Vec<u8>>,
+    /// `None`: a complete record. `Some`: a partial record carrying only these fields (and
+    /// the six every record carries); see [`crate::partial`] and
+    /// [`CallRecord::into_partial`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present_fields: Option<FieldSet>,
 }
 
 impl CallRecord {

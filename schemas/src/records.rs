@@ -20,8 +20,10 @@ use crate::binary::{
 };
 use crate::error::EncodeError;
 use crate::model::{CallRecord, DedupEntry, SyncEvent, SyncRequest};
+use crate::partial::FieldSet;
 use crate::schema::{
-    call_record_schema, dedup_entry_schema, sync_event_schema, sync_request_schema, SchemaInfo,
+    call_record_revisions, call_record_schema, dedup_entry_schema, sync_event_schema,
+    sync_request_schema, Revision, SchemaInfo, CALL_RECORD_V1_FIELDS,
 };
 use crate::view::CallRecordView;
 
@@ -52,6 +54,36 @@ pub trait AvroRecord: Sized + Send + Sync + 'static {
     /// A guess at the encoded size, to reserve buffer space once.
     fn size_hint(&self) -> usize {
         64
+    }
+
+    /// Earlier revisions of our schema whose values are read by the fast path, oldest first.
+    fn revisions() -> &'static [Revision] {
+        &[]
+    }
+
+    /// Reads one datum written with `revision` (one of [`Self::revisions`]).
+    fn read_revision_datum(
+        r: &mut DatumReader<'_>,
+        revision: &Revision,
+    ) -> Result<Self, DatumError> {
+        let _ = revision;
+        Self::read_datum(r)
+    }
+
+    /// The earliest revision that holds this record unchanged, to write a single-object value
+    /// with (so readers that know only that revision still read it); `None` for our schema.
+    fn single_object_revision(&self) -> Option<&'static Revision> {
+        None
+    }
+
+    /// Appends the datum of `revision` (as [`Self::single_object_revision`] chose it).
+    fn write_revision_datum(
+        &self,
+        revision: &Revision,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        let _ = revision;
+        self.write_datum(out)
     }
 }
 
@@ -364,9 +396,134 @@ impl AvroRecord for CallRecord {
             + opt_len(&self.recording_url)
             + tags
             + self.raw.as_ref().map_or(1, |r| r.len() + 6)
+            + self
+                .present_fields
+                .map_or(1, |set| 8 + 16 * (set.len() + 6))
     }
 
     fn write_datum(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.write_v1_fields(out)?;
+        match self.present_fields {
+            None => out.push(0),
+            Some(set) => {
+                out.push(2);
+                put_field_set(out, set);
+            }
+        }
+        Ok(())
+    }
+
+    fn revisions() -> &'static [Revision] {
+        call_record_revisions()
+    }
+
+    fn read_revision_datum(
+        r: &mut DatumReader<'_>,
+        revision: &Revision,
+    ) -> Result<Self, DatumError> {
+        CallRecordView::read_revision(r, revision.fields() > CALL_RECORD_V1_FIELDS)?.to_record()
+    }
+
+    /// A complete record is written with the first revision (no `present_fields`): the same
+    /// bytes as before partial records existed, readable by every older reader.
+    fn single_object_revision(&self) -> Option<&'static Revision> {
+        match self.present_fields {
+            None => call_record_revisions().first(),
+            Some(_) => None,
+        }
+    }
+
+    fn write_revision_datum(
+        &self,
+        revision: &Revision,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        if revision.fields() > CALL_RECORD_V1_FIELDS || self.present_fields.is_some() {
+            return self.write_datum(out);
+        }
+        self.write_v1_fields(out)
+    }
+
+    fn read_datum(r: &mut DatumReader<'_>) -> Result<Self, DatumError> {
+        CallRecordView::read(r)?.to_record()
+    }
+
+    fn to_avro_value(&self) -> Result<Value, EncodeError> {
+        let mut fields = self.v1_values()?;
+        fields.push((
+            "present_fields".into(),
+            opt_value(self.present_fields, |set| {
+                Value::Array(set.names().map(|n| Value::String(n.into())).collect())
+            }),
+        ));
+        Ok(Value::Record(fields))
+    }
+
+    fn from_avro_value(value: Value) -> Result<Self, DatumError> {
+        let mut f = Fields::new(value)?;
+        Ok(CallRecord {
+            provider: f.parse("provider")?,
+            account_id: f.string("account_id")?,
+            call_id: f.string("call_id")?,
+            version: f.long("version")?,
+            started_at: f.ts("started_at")?,
+            answered_at: f.opt("answered_at", v_ts)?,
+            ended_at: f.opt("ended_at", v_ts)?,
+            duration_secs: f.opt("duration_secs", v_int)?,
+            billable_secs: f.opt("billable_secs", v_int)?,
+            caller_number: f.opt("caller_number", v_string)?,
+            tracking_number: f.opt("tracking_number", v_string)?,
+            destination_number: f.opt("destination_number", v_string)?,
+            campaign_id: f.opt("campaign_id", v_string)?,
+            campaign_name: f.opt("campaign_name", v_string)?,
+            publisher_id: f.opt("publisher_id", v_string)?,
+            publisher_name: f.opt("publisher_name", v_string)?,
+            buyer_id: f.opt("buyer_id", v_string)?,
+            buyer_name: f.opt("buyer_name", v_string)?,
+            status: f.parse("status")?,
+            provider_status: f.opt("provider_status", v_string)?,
+            converted: f.opt("converted", v_bool)?,
+            revenue: f.opt("revenue", v_decimal)?,
+            payout: f.opt("payout", v_decimal)?,
+            currency: f.opt("currency", v_string)?,
+            recording_url: f.opt("recording_url", v_string)?,
+            tags: {
+                let (name, v) = f.take("tags")?;
+                v_string_map(name, v)?
+            },
+            source: f.parse("source")?,
+            observed_at: f.ts("observed_at")?,
+            provider_updated_at: f.opt("provider_updated_at", v_ts)?,
+            raw: f.opt("raw", v_bytes)?,
+            present_fields: f.opt("present_fields", v_field_set)?,
+        })
+    }
+}
+
+/// Writes the names of a `present_fields` array (one block).
+fn put_field_set(out: &mut Vec<u8>, set: FieldSet) {
+    put_long(out, set.names().count() as i64);
+    for name in set.names() {
+        put_str(out, name);
+    }
+    out.push(0);
+}
+
+fn v_field_set(f: &'static str, v: Value) -> Result<FieldSet, DatumError> {
+    let Value::Array(items) = v else {
+        return Err(wrong(f, "an array of field names", &v));
+    };
+    let names = items
+        .into_iter()
+        .map(|item| v_string(f, item))
+        .collect::<Result<Vec<_>, _>>()?;
+    FieldSet::from_names(names.iter().map(String::as_str))
+        .map_err(|e| DatumError::value(f, Problem::UnknownValue(e.to_string())))
+}
+
+impl CallRecord {
+    /// The fields of the first revision (all but `present_fields`).
+    fn write_v1_fields(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         put_str(out, self.provider.as_str());
         put_str(out, &self.account_id);
         put_str(out, &self.call_id);
@@ -407,14 +564,11 @@ impl AvroRecord for CallRecord {
         Ok(())
     }
 
-    fn read_datum(r: &mut DatumReader<'_>) -> Result<Self, DatumError> {
-        CallRecordView::read(r)?.to_record()
-    }
-
-    fn to_avro_value(&self) -> Result<Value, EncodeError> {
+    /// The values of the first revision's fields (all but `present_fields`).
+    fn v1_values(&self) -> Result<Vec<(String, Value)>, EncodeError> {
         let s = |v: &Option<String>| opt_value(v.clone(), Value::String);
         let t = |v: &Option<DateTime<Utc>>| opt_value(v.as_ref(), ts_value);
-        Ok(Value::Record(vec![
+        Ok(vec![
             (
                 "provider".into(),
                 Value::String(self.provider.as_str().into()),
@@ -471,46 +625,7 @@ impl AvroRecord for CallRecord {
             ("observed_at".into(), ts_value(&self.observed_at)),
             ("provider_updated_at".into(), t(&self.provider_updated_at)),
             ("raw".into(), opt_value(self.raw.clone(), Value::Bytes)),
-        ]))
-    }
-
-    fn from_avro_value(value: Value) -> Result<Self, DatumError> {
-        let mut f = Fields::new(value)?;
-        Ok(CallRecord {
-            provider: f.parse("provider")?,
-            account_id: f.string("account_id")?,
-            call_id: f.string("call_id")?,
-            version: f.long("version")?,
-            started_at: f.ts("started_at")?,
-            answered_at: f.opt("answered_at", v_ts)?,
-            ended_at: f.opt("ended_at", v_ts)?,
-            duration_secs: f.opt("duration_secs", v_int)?,
-            billable_secs: f.opt("billable_secs", v_int)?,
-            caller_number: f.opt("caller_number", v_string)?,
-            tracking_number: f.opt("tracking_number", v_string)?,
-            destination_number: f.opt("destination_number", v_string)?,
-            campaign_id: f.opt("campaign_id", v_string)?,
-            campaign_name: f.opt("campaign_name", v_string)?,
-            publisher_id: f.opt("publisher_id", v_string)?,
-            publisher_name: f.opt("publisher_name", v_string)?,
-            buyer_id: f.opt("buyer_id", v_string)?,
-            buyer_name: f.opt("buyer_name", v_string)?,
-            status: f.parse("status")?,
-            provider_status: f.opt("provider_status", v_string)?,
-            converted: f.opt("converted", v_bool)?,
-            revenue: f.opt("revenue", v_decimal)?,
-            payout: f.opt("payout", v_decimal)?,
-            currency: f.opt("currency", v_string)?,
-            recording_url: f.opt("recording_url", v_string)?,
-            tags: {
-                let (name, v) = f.take("tags")?;
-                v_string_map(name, v)?
-            },
-            source: f.parse("source")?,
-            observed_at: f.ts("observed_at")?,
-            provider_updated_at: f.opt("provider_updated_at", v_ts)?,
-            raw: f.opt("raw", v_bytes)?,
-        })
+        ])
     }
 }
 

@@ -14,6 +14,7 @@ use rust_decimal::Decimal;
 
 use crate::binary::{DatumError, DatumReader};
 use crate::model::{CallRecord, CallStatus, Provider, RecordSource};
+use crate::partial::{FieldName, FieldSet};
 
 /// Every field of a [`CallRecord`], borrowed from the datum it was read from.
 #[derive(Debug, Clone)]
@@ -48,6 +49,7 @@ pub struct CallRecordView<'a> {
     pub observed_at: DateTime<Utc>,
     pub provider_updated_at: Option<DateTime<Utc>>,
     pub raw: Option<&'a [u8]>,
+    pub present_fields: Option<FieldSet>,
 }
 
 /// The `tags` map of a datum, already checked: its bytes and where they start in the message.
@@ -87,9 +89,32 @@ fn walk_entries<'a>(
     Ok(())
 }
 
+/// Reads a `present_fields` array: every name checked, the set it names.
+fn read_field_set(r: &mut DatumReader<'_>) -> Result<FieldSet, DatumError> {
+    let mut set = FieldSet::EMPTY;
+    // A name is at least its length byte.
+    while let Some(n) = r.block_count("array", 1)? {
+        for _ in 0..n {
+            if let FieldName::Optional(f) = r.parse_str::<FieldName>()? {
+                set.insert(f);
+            }
+        }
+    }
+    Ok(set)
+}
+
 impl<'a> CallRecordView<'a> {
     /// Reads one datum written with our schema (the caller checks for trailing bytes).
     pub fn read(r: &mut DatumReader<'a>) -> Result<Self, DatumError> {
+        Self::read_revision(r, true)
+    }
+
+    /// Reads one datum written with our schema or, with `has_present_fields` false, with the
+    /// first revision of it, which ends before `present_fields` (a complete record).
+    pub fn read_revision(
+        r: &mut DatumReader<'a>,
+        has_present_fields: bool,
+    ) -> Result<Self, DatumError> {
         Ok(CallRecordView {
             provider: r.at("provider").parse_str()?,
             account_id: r.at("account_id").str()?,
@@ -121,6 +146,11 @@ impl<'a> CallRecordView<'a> {
             observed_at: r.at("observed_at").timestamp()?,
             provider_updated_at: r.at("provider_updated_at").opt(|r| r.timestamp())?,
             raw: r.at("raw").opt(|r| r.bytes())?,
+            present_fields: if has_present_fields {
+                r.at("present_fields").opt(read_field_set)?
+            } else {
+                None
+            },
         })
     }
 
@@ -162,6 +192,7 @@ impl<'a> CallRecordView<'a> {
             observed_at: self.observed_at,
             provider_updated_at: self.provider_updated_at,
             raw: self.raw.map(<[u8]>::to_vec),
+            present_fields: self.present_fields,
         })
     }
 }

@@ -17,6 +17,7 @@ use apache_avro::schema::{Name, Namespace, ResolvedSchema, Schema, UnionSchema};
 
 use crate::binary::{DatumError, DatumReader, Problem};
 use crate::error::{magic_hint, DecodeError, DetectedFormat, EncodeError};
+use crate::fingerprint::ContentFingerprint;
 use crate::model::{CallRecord, Provider};
 use crate::records::AvroRecord;
 use crate::schema::{SchemaError, SchemaInfo};
@@ -67,6 +68,10 @@ impl WireFormat {
 
 /// Appends `record` in `format` to `out`. On error `out` is left as it was.
 ///
+/// A single-object value is written with the earliest revision of our schema that holds the
+/// record unchanged ([`AvroRecord::single_object_revision`]): a complete CallRecord has the
+/// same bytes as before `present_fields` existed, so readers built before it still read it.
+///
 /// Times are written as microseconds (sub-microsecond precision is truncated); money must fit
 /// `decimal(18,4)`: a value with more decimal places is rescaled only when exact (trailing
 /// zeros), otherwise, and beyond 18 digits, it is an [`EncodeError::Decimal`].
@@ -77,8 +82,17 @@ pub fn encode<T: AvroRecord>(
 ) -> Result<(), EncodeError> {
     let start = out.len();
     out.reserve(format.header_len() + record.size_hint());
-    format.write_header::<T>(out);
-    if let Err(e) = record.write_datum(out) {
+    let written = match (format, record.single_object_revision()) {
+        (WireFormat::SingleObject, Some(revision)) => {
+            out.extend_from_slice(&revision.info().single_object_header());
+            record.write_revision_datum(revision, out)
+        }
+        _ => {
+            format.write_header::<T>(out);
+            record.write_datum(out)
+        }
+    };
+    if let Err(e) = written {
         out.truncate(start);
         return Err(e);
     }
@@ -204,6 +218,9 @@ struct OtherSchema {
 
 enum Writer {
     Ours,
+    /// An earlier revision of our schema (by its index in [`AvroRecord::revisions`]): the fast
+    /// path, reading only the revision's fields.
+    Earlier(usize),
     Other(Box<OtherSchema>),
     /// A registry id whose schema cannot be read as `T` (ids are immutable, so this is final).
     Rejected(SchemaError),
@@ -250,7 +267,8 @@ impl<T: AvroRecord> Default for RecordDecoder<T> {
 const MAX_DEPTH: usize = 64;
 
 impl<T: AvroRecord> RecordDecoder<T> {
-    /// A decoder that knows our own schema (single-object) and no registry ids.
+    /// A decoder that knows our own schema and its earlier revisions (single-object) and no
+    /// registry ids.
     pub fn new() -> Self {
         RecordDecoder {
             resolution_reader: strip_decimals(T::schema_info().schema()),
@@ -265,6 +283,12 @@ impl<T: AvroRecord> RecordDecoder<T> {
         let ours = T::schema_info();
         if info.fingerprint() == ours.fingerprint() {
             return Ok((info.fingerprint(), Writer::Ours));
+        }
+        if let Some(i) = T::revisions()
+            .iter()
+            .position(|r| r.info().fingerprint() == info.fingerprint())
+        {
+            return Ok((info.fingerprint(), Writer::Earlier(i)));
         }
         check_readable(info.schema(), ours.schema()).map_err(|reason| {
             SchemaError::Incompatible {
@@ -351,6 +375,7 @@ impl<T: AvroRecord> RecordDecoder<T> {
     ) -> Result<T, DecodeError> {
         match writer {
             Writer::Ours => decode_fast::<T>(format, body),
+            Writer::Earlier(i) => decode_earlier::<T>(format, *i, body),
             Writer::Other(other) => {
                 decode_resolved::<T>(format, other, &self.resolution_reader, body)
             }
@@ -367,14 +392,21 @@ impl<T: AvroRecord> RecordDecoder<T> {
         detect(value, T::NAME)
     }
 
-    /// The writer schema of a value in `format`: `None` for our own schema by fingerprint (the
-    /// fast path, no lookup), else the one this decoder was given for that fingerprint or id.
-    fn writer(&self, format: DetectedFormat) -> Result<Option<Arc<Writer>>, DecodeError> {
+    /// The writer schema of a value in `format`: our own schema or one of its earlier
+    /// revisions by fingerprint (the fast path, no lookup), else the one this decoder was given
+    /// for that fingerprint or id.
+    fn writer(&self, format: DetectedFormat) -> Result<WriterOf, DecodeError> {
         match format {
             DetectedFormat::SingleObject { fingerprint } => {
                 let info = T::schema_info();
                 if info.is_own_fingerprint(fingerprint) {
-                    return Ok(None);
+                    return Ok(WriterOf::Ours);
+                }
+                if let Some(i) = T::revisions()
+                    .iter()
+                    .position(|r| r.info().is_own_fingerprint(fingerprint))
+                {
+                    return Ok(WriterOf::Earlier(i));
                 }
                 let writer = self
                     .by_fingerprint
@@ -383,7 +415,7 @@ impl<T: AvroRecord> RecordDecoder<T> {
                     .get(&fingerprint)
                     .cloned();
                 match writer {
-                    Some(w) => Ok(Some(w)),
+                    Some(w) => Ok(WriterOf::Given(w)),
                     None => Err(DecodeError::UnknownFingerprint {
                         record: T::NAME,
                         fingerprint,
@@ -399,7 +431,7 @@ impl<T: AvroRecord> RecordDecoder<T> {
                     .get(&schema_id)
                     .cloned();
                 match writer {
-                    Some(w) => Ok(Some(w)),
+                    Some(w) => Ok(WriterOf::Given(w)),
                     None => Err(DecodeError::UnknownSchemaId {
                         record: T::NAME,
                         schema_id,
@@ -414,10 +446,18 @@ impl<T: AvroRecord> RecordDecoder<T> {
         let format = detect(value, T::NAME)?;
         let body = &value[format.header_len()..];
         match self.writer(format)? {
-            None => decode_fast::<T>(format, body),
-            Some(writer) => self.decode_with(format, &writer, body),
+            WriterOf::Ours => decode_fast::<T>(format, body),
+            WriterOf::Earlier(i) => decode_earlier::<T>(format, i, body),
+            WriterOf::Given(writer) => self.decode_with(format, &writer, body),
         }
     }
+}
+
+/// The writer schema of one value, as [`RecordDecoder`] found it.
+enum WriterOf {
+    Ours,
+    Earlier(usize),
+    Given(Arc<Writer>),
 }
 
 /// `schema` with every decimal over `bytes` replaced by plain `bytes`.
@@ -526,6 +566,20 @@ fn decode_fast<T: AvroRecord>(format: DetectedFormat, body: &[u8]) -> Result<T, 
     read_whole_datum(format, T::NAME, body, T::read_datum)
 }
 
+/// Decodes a datum written with earlier revision `i` of our schema.
+fn decode_earlier<T: AvroRecord>(
+    format: DetectedFormat,
+    i: usize,
+    body: &[u8],
+) -> Result<T, DecodeError> {
+    match T::revisions().get(i) {
+        Some(revision) => read_whole_datum(format, T::NAME, body, |r| {
+            T::read_revision_datum(r, revision)
+        }),
+        None => decode_fast::<T>(format, body),
+    }
+}
+
 /// Reads `body` (a datum after a header of `format`) with `read`, which must consume all of it.
 fn read_whole_datum<'a, R>(
     format: DetectedFormat,
@@ -591,6 +645,15 @@ impl DecodedCall<'_> {
         }
     }
 
+    /// The content fingerprint of the record as decoded (not normalized), without copying a
+    /// view; `None` when a view's tags are not in canonical order.
+    pub fn content_fingerprint(&self) -> Option<ContentFingerprint> {
+        match self {
+            DecodedCall::View { view, .. } => ContentFingerprint::of_view(view),
+            DecodedCall::Owned(r) => Some(ContentFingerprint::of(r)),
+        }
+    }
+
     /// The owned record (a copy of the view's fields).
     pub fn into_record(self) -> Result<CallRecord, DecodeError> {
         match self {
@@ -613,10 +676,13 @@ impl RecordDecoder<CallRecord> {
     pub fn decode_call<'a>(&self, value: &'a [u8]) -> Result<DecodedCall<'a>, DecodeError> {
         let format = detect(value, CallRecord::NAME)?;
         let body = &value[format.header_len()..];
+        // CallRecord's only earlier revision ends before present_fields
         match self.writer(format)? {
-            None => decode_view(format, body),
-            Some(writer) => match &*writer {
-                Writer::Ours => decode_view(format, body),
+            WriterOf::Ours => decode_view(format, body, true),
+            WriterOf::Earlier(_) => decode_view(format, body, false),
+            WriterOf::Given(writer) => match &*writer {
+                Writer::Ours => decode_view(format, body, true),
+                Writer::Earlier(_) => decode_view(format, body, false),
                 _ => self
                     .decode_with(format, &writer, body)
                     .map(DecodedCall::Owned),
@@ -625,8 +691,14 @@ impl RecordDecoder<CallRecord> {
     }
 }
 
-fn decode_view(format: DetectedFormat, body: &[u8]) -> Result<DecodedCall<'_>, DecodeError> {
-    let view = read_whole_datum(format, CallRecord::NAME, body, CallRecordView::read)?;
+fn decode_view(
+    format: DetectedFormat,
+    body: &[u8],
+    has_present_fields: bool,
+) -> Result<DecodedCall<'_>, DecodeError> {
+    let view = read_whole_datum(format, CallRecord::NAME, body, |r| {
+        CallRecordView::read_revision(r, has_present_fields)
+    })?;
     Ok(DecodedCall::View { view, format })
 }
 

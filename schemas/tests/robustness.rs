@@ -100,6 +100,10 @@ fn make_headers() -> Vec<Vec<u8>> {
         callsync_schemas::call_record_schema()
             .single_object_header()
             .to_vec(),
+        callsync_schemas::call_record_revisions()[0]
+            .info()
+            .single_object_header()
+            .to_vec(),
         callsync_schemas::dedup_entry_schema()
             .single_object_header()
             .to_vec(),
@@ -117,7 +121,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn arbitrary_bytes_never_panic(header in 0usize..8, body in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn arbitrary_bytes_never_panic(header in 0usize..9, body in proptest::collection::vec(any::<u8>(), 0..200)) {
         let d = decoder();
         let mut bytes = headers()[header].clone();
         bytes.extend_from_slice(&body);
@@ -306,7 +310,7 @@ fn deep_nesting_is_refused() {
     bytes.extend(std::iter::repeat_n(2u8, 1000));
     bytes.push(0);
     bytes.extend_from_slice(
-        &encode_to_vec(&minimal_record(), WireFormat::SingleObject).unwrap()[10..],
+        &encode_to_vec(&minimal_record(), WireFormat::Confluent { schema_id: 0 }).unwrap()[5..],
     );
     let e = d.decode(&bytes).unwrap_err();
     assert!(
@@ -317,7 +321,7 @@ fn deep_nesting_is_refused() {
     // A shallow one decodes.
     let mut bytes = vec![0, 0, 0, 0, 6, 2, 2, 0];
     bytes.extend_from_slice(
-        &encode_to_vec(&minimal_record(), WireFormat::SingleObject).unwrap()[10..],
+        &encode_to_vec(&minimal_record(), WireFormat::Confluent { schema_id: 0 }).unwrap()[5..],
     );
     assert_eq!(d.decode(&bytes).unwrap(), minimal_record());
 }

@@ -168,6 +168,8 @@ struct RateLimitView {
     provider: Provider,
     rules: Vec<RateLimitRule>,
     retry_after: bool,
+    #[serde(default)]
+    shared_consumer_share: f64,
 }
 
 async fn rate_limits(State(state): State<SharedState>) -> Response {
@@ -179,6 +181,7 @@ async fn rate_limits(State(state): State<SharedState>) -> Response {
                 provider,
                 rules: settings.rules,
                 retry_after: settings.retry_after,
+                shared_consumer_share: settings.shared_consumer_share,
             }
         })
         .collect();
@@ -204,6 +207,7 @@ async fn set_rate_limits(
         RateLimitSettings {
             rules: view.rules,
             retry_after: view.retry_after,
+            shared_consumer_share: view.shared_consumer_share.clamp(0.0, 0.99),
         },
     );
     rate_limits(State(state)).await

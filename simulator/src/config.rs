@@ -98,6 +98,16 @@ impl SimulatorConfig {
         self.lifecycle.validate()?;
         for provider in Provider::ALL {
             let config = self.provider(provider);
+            if !(0.0..1.0).contains(&config.shared_consumer_share) {
+                return invalid(format!(
+                    "{provider}: shared_consumer_share must be in [0, 1)"
+                ));
+            }
+            if !matches!(config.rate_limited_status, 200 | 429) {
+                return invalid(format!(
+                    "{provider}: rate_limited_status must be 200 or 429"
+                ));
+            }
             if config.max_page_size == 0 || config.default_page_size == 0 {
                 return invalid(format!("{provider}: page sizes must be at least 1"));
             }
@@ -109,6 +119,9 @@ impl SimulatorConfig {
                 }
             }
             config.faults.validate(provider)?;
+            if !(0.0..=1.0).contains(&config.webhooks.share) {
+                return invalid(format!("{provider}: webhooks.share must be in [0, 1]"));
+            }
             for account in &config.accounts {
                 if account.calls + account.future_calls > u64::from(u32::MAX) {
                     return invalid(format!(
@@ -179,6 +192,12 @@ pub struct LifecycleConfig {
     /// (e.g. 3.6 h for 1M calls over 30 days), which bounds the work of time-ordered scans
     /// (Retreaver `sort_by=updated_at`, Invoca's stream) on dense accounts.
     pub adjustment_delay_secs: [u64; 2],
+    /// Share of converted calls adjusted a second time, weeks after the call (Ringba payout
+    /// adjustments, TrackDrive buyer postbacks, CallRail changes that send no webhook).
+    pub late_adjustment_share: f64,
+    /// Delay of that second adjustment after the call started, `[min, max]` seconds (capped
+    /// like the other spreads).
+    pub late_adjustment_delay_secs: [u64; 2],
 }
 
 impl Default for LifecycleConfig {
@@ -190,6 +209,8 @@ impl Default for LifecycleConfig {
             late_conversion_delay_secs: [600, 3 * 3600],
             adjustment_share: 0.2,
             adjustment_delay_secs: [86_400, 86_400 + 6 * 3600],
+            late_adjustment_share: 0.1,
+            late_adjustment_delay_secs: [14 * 86_400, 30 * 86_400],
         }
     }
 }
@@ -201,6 +222,7 @@ impl LifecycleConfig {
             self.conversion_share,
             self.late_conversion_share,
             self.adjustment_share,
+            self.late_adjustment_share,
         ];
         if shares.iter().any(|share| !(0.0..=1.0).contains(share)) {
             return Err(SimulatorError::InvalidConfig(
@@ -209,7 +231,8 @@ impl LifecycleConfig {
         }
         let [conv_min, conv_max] = self.late_conversion_delay_secs;
         let [adj_min, adj_max] = self.adjustment_delay_secs;
-        if conv_min == 0 || conv_min > conv_max || adj_min > adj_max {
+        let [late_min, late_max] = self.late_adjustment_delay_secs;
+        if conv_min == 0 || conv_min > conv_max || adj_min > adj_max || late_min > late_max {
             return Err(SimulatorError::InvalidConfig(
                 "lifecycle delays must be [min, max] with 1 <= min <= max".into(),
             ));
@@ -219,6 +242,11 @@ impl LifecycleConfig {
         if adj_min <= latest_conversion {
             return Err(SimulatorError::InvalidConfig(format!(
                 "lifecycle.adjustment_delay_secs min must exceed {latest_conversion} s (the latest possible conversion)"
+            )));
+        }
+        if late_min <= adj_max {
+            return Err(SimulatorError::InvalidConfig(format!(
+                "lifecycle.late_adjustment_delay_secs min must exceed {adj_max} s (the latest first adjustment)"
             )));
         }
         Ok(())
@@ -237,6 +265,13 @@ pub struct ProviderConfig {
     /// Send `Retry-After` (whole seconds until the window resets) with 429s. No provider
     /// documents one, so it is off by default.
     pub retry_after: bool,
+    /// The HTTP status of a rate-limited answer: 429, or 200 for a provider that throttles
+    /// with a 2xx body (Ringba's `isRateLimited`; its default, the harder case).
+    pub rate_limited_status: u16,
+    /// Share of every rate-limit window that another consumer of the same budget spends,
+    /// spread evenly over the window (Ringba's limit is shared with the account's UI users:
+    /// 0.3 by default; 0 elsewhere).
+    pub shared_consumer_share: f64,
     /// Page size when the request names none.
     pub default_page_size: u32,
     /// Largest page size served.
@@ -245,6 +280,32 @@ pub struct ProviderConfig {
     pub reject_oversized_pages: bool,
     /// Faults injected into every account of the provider (until changed at runtime).
     pub faults: FaultConfig,
+    /// The webhooks the provider sends.
+    pub webhooks: WebhookSenderConfig,
+}
+
+/// How a provider sends webhooks (see the crate docs, "Webhooks").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookSenderConfig {
+    /// Share of calls whose changes are sent as webhooks (the rest only show in the API).
+    pub share: f64,
+    /// Attempts after a failed delivery (non-2xx or no answer). CallRail never retries; the
+    /// others publish no policy, so they retry (duplicate deliveries, the harder case).
+    pub retries: u32,
+    /// The body template of a templated provider; unset: the documented one
+    /// ([`crate::default_template`]).
+    pub template: Option<String>,
+}
+
+impl Default for WebhookSenderConfig {
+    fn default() -> Self {
+        WebhookSenderConfig {
+            share: 1.0,
+            retries: 3,
+            template: None,
+        }
+    }
 }
 
 impl Default for ProviderConfig {
@@ -253,10 +314,13 @@ impl Default for ProviderConfig {
             accounts: vec![AccountConfig::default(); 3],
             rate_limits: Vec::new(),
             retry_after: false,
+            rate_limited_status: 429,
+            shared_consumer_share: 0.0,
             default_page_size: 25,
             max_page_size: 100,
             reject_oversized_pages: false,
             faults: FaultConfig::default(),
+            webhooks: WebhookSenderConfig::default(),
         }
     }
 }
@@ -272,8 +336,12 @@ impl ProviderConfig {
                 ..base
             },
             // 5/s and 80/min for reporting; size max 1000.
+            // Throttled answers may be a 2xx body with isRateLimited; the budget is shared
+            // with the account's UI users.
             Provider::Ringba => ProviderConfig {
                 rate_limits: vec![RateLimitRule::new(5, 1), RateLimitRule::new(80, 60)],
+                rate_limited_status: 200,
+                shared_consumer_share: 0.3,
                 default_page_size: 100,
                 max_page_size: 1000,
                 ..base
@@ -284,8 +352,13 @@ impl ProviderConfig {
                 max_page_size: 4000,
                 ..base
             },
-            // 1000/hour and 10000/day per account; per_page default 100, max 250.
+            // 1000/hour and 10000/day per account; per_page default 100, max 250; webhooks
+            // are never retried.
             Provider::CallRail => ProviderConfig {
+                webhooks: WebhookSenderConfig {
+                    retries: 0,
+                    ..WebhookSenderConfig::default()
+                },
                 rate_limits: vec![
                     RateLimitRule::new(1000, 3600),
                     RateLimitRule::new(10_000, 86_400),
@@ -316,6 +389,9 @@ pub struct AccountConfig {
     pub utc_offset_minutes: Option<i32>,
     /// Share of calls served deliberately broken (see [`crate::BadRecordKind`]).
     pub bad_record_share: f64,
+    /// Localized money strings use a decimal comma (`"25,50"`). Unset: Invoca accounts do
+    /// (its `*_localized` fields follow the user's locale; the harder case), others do not.
+    pub decimal_comma: Option<bool>,
 }
 
 impl Default for AccountConfig {
@@ -327,6 +403,7 @@ impl Default for AccountConfig {
             history_secs: 30 * 86_400,
             utc_offset_minutes: None,
             bad_record_share: 0.0,
+            decimal_comma: None,
         }
     }
 }

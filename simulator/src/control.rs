@@ -17,6 +17,10 @@ use crate::rng::{hash_str, mix, unit};
 pub struct RateLimitSettings {
     pub rules: Vec<RateLimitRule>,
     pub retry_after: bool,
+    /// Share of each window another consumer spends (see
+    /// [`crate::ProviderConfig::shared_consumer_share`]).
+    #[serde(default)]
+    pub shared_consumer_share: f64,
 }
 
 /// Faults for a provider (`account_id = None`) or one account: the admin endpoint's body.
@@ -219,8 +223,15 @@ impl AccountRuntime {
             .fetch_max(elapsed_ms, Ordering::Relaxed);
     }
 
-    /// Admits the request under every rule or answers which rule it broke.
-    fn check_rate(&self, rules: &[RateLimitRule], elapsed_ms: u64) -> Result<(), Throttle> {
+    /// Admits the request under every rule or answers which rule it broke. Another consumer
+    /// of the budget spends `shared` of each window, evenly: by the middle of a window it has
+    /// used half its share.
+    fn check_rate(
+        &self,
+        rules: &[RateLimitRule],
+        elapsed_ms: u64,
+        shared: f64,
+    ) -> Result<(), Throttle> {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows.len() != rules.len() {
             windows.clear();
@@ -236,7 +247,9 @@ impl AccountRuntime {
                 window.seen = 0;
             }
             window.seen = window.seen.saturating_add(1);
-            if window.admitted >= rule.max_requests && throttle.is_none() {
+            let into_window = (elapsed_ms % window_ms) as f64 / window_ms as f64;
+            let others = (f64::from(rule.max_requests) * shared * into_window).floor() as u32;
+            if window.admitted.saturating_add(others) >= rule.max_requests && throttle.is_none() {
                 let reset_in_ms = (window_number + 1) * window_ms - elapsed_ms;
                 throttle = Some(Throttle {
                     rule: *rule,
@@ -340,6 +353,7 @@ impl Controls {
                 RateLimitSettings {
                     rules: provider_config.rate_limits.clone(),
                     retry_after: provider_config.retry_after,
+                    shared_consumer_share: provider_config.shared_consumer_share,
                 },
             );
         }
@@ -380,11 +394,15 @@ impl Controls {
     }
 
     pub(crate) fn check_rate(&self, runtime: &AccountRuntime) -> Result<(), Throttle> {
-        let rules = self.rate_limits(runtime.provider).rules;
-        if rules.is_empty() {
+        let settings = self.rate_limits(runtime.provider);
+        if settings.rules.is_empty() {
             return Ok(());
         }
-        runtime.check_rate(&rules, self.elapsed_ms())
+        runtime.check_rate(
+            &settings.rules,
+            self.elapsed_ms(),
+            settings.shared_consumer_share,
+        )
     }
 
     pub(crate) fn rate_limits(&self, provider: Provider) -> RateLimitSettings {
@@ -396,6 +414,7 @@ impl Controls {
             .unwrap_or(RateLimitSettings {
                 rules: Vec::new(),
                 retry_after: false,
+                shared_consumer_share: 0.0,
             })
     }
 

@@ -4,10 +4,12 @@
 //! time-ordered: call `i` is created inside `[first + i·interval, first + (i+1)·interval)`,
 //! so a created-at range maps to an index range in O(1) and nothing is materialised.
 //!
-//! Each call has up to four stages, each at a deterministic instant:
+//! Each call has up to five stages, each at a deterministic instant:
 //! created (in progress) → completed (final status; immediate conversions carry revenue)
 //! → conversion posted later (some converting calls) → revenue adjusted (some converted
-//! calls, about a day later). "The call as of T" is the latest stage at or before T.
+//! calls, about a day later) → adjusted again weeks later (a few converted calls: payouts
+//! and chargebacks that arrive long after the call). "The call as of T" is the latest stage
+//! at or before T.
 
 use callsync_schemas::{CallStatus, Provider};
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,7 @@ const SALT_LATE: u64 = 0x05;
 const SALT_ADJUST: u64 = 0x06;
 const SALT_BAD: u64 = 0x07;
 const SALT_IDS: u64 = 0x08;
+const SALT_LATE_ADJUST: u64 = 0x09;
 
 /// A stage in a call's life. The discriminant is the Invoca row number within a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -41,14 +44,18 @@ pub enum Stage {
     Completed = 1,
     ConversionPosted = 2,
     RevenueAdjusted = 3,
+    /// A second adjustment weeks after the call (past any lookback and the nightly full
+    /// window).
+    LateAdjusted = 4,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 4] = [
+    pub const ALL: [Stage; 5] = [
         Stage::Created,
         Stage::Completed,
         Stage::ConversionPosted,
         Stage::RevenueAdjusted,
+        Stage::LateAdjusted,
     ];
 
     pub(crate) fn from_number(number: u64) -> Option<Stage> {
@@ -113,6 +120,9 @@ pub(crate) struct Lifecycle {
     adjustment_share: f64,
     adjustment_min_ms: i64,
     adjustment_max_ms: i64,
+    late_adjustment_share: f64,
+    late_adjustment_min_ms: i64,
+    late_adjustment_max_ms: i64,
 }
 
 impl Lifecycle {
@@ -123,6 +133,7 @@ impl Lifecycle {
         let max_spread = interval_ms.saturating_mul(MAX_SPREAD_CALLS);
         let late_min_ms = secs(config.late_conversion_delay_secs[0]);
         let adjustment_min_ms = secs(config.adjustment_delay_secs[0]);
+        let late_adjustment_min_ms = secs(config.late_adjustment_delay_secs[0]);
         Lifecycle {
             answered_share: config.answered_share,
             conversion_share: config.conversion_share,
@@ -134,6 +145,10 @@ impl Lifecycle {
             adjustment_min_ms,
             adjustment_max_ms: secs(config.adjustment_delay_secs[1])
                 .min(adjustment_min_ms.saturating_add(max_spread)),
+            late_adjustment_share: config.late_adjustment_share,
+            late_adjustment_min_ms,
+            late_adjustment_max_ms: secs(config.late_adjustment_delay_secs[1])
+                .min(late_adjustment_min_ms.saturating_add(max_spread)),
         }
     }
 
@@ -145,6 +160,7 @@ impl Lifecycle {
             Stage::Completed => (0, completion_max),
             Stage::ConversionPosted => (self.late_min_ms, completion_max + self.late_max_ms),
             Stage::RevenueAdjusted => (self.adjustment_min_ms, self.adjustment_max_ms),
+            Stage::LateAdjusted => (self.late_adjustment_min_ms, self.late_adjustment_max_ms),
         }
     }
 }
@@ -162,6 +178,8 @@ pub(crate) struct Account {
     pub utc_offset_minutes: i32,
     pub zone_name: &'static str,
     pub bad_record_share: f64,
+    /// Money strings in the account's locale use a decimal comma (`25,50`).
+    pub decimal_comma: bool,
     pub credentials: AccountCredentials,
     pub lifecycle: Lifecycle,
 }
@@ -187,6 +205,9 @@ pub(crate) struct CallFacts {
     pub payout_cents: i64,
     pub adjusted_revenue_cents: i64,
     pub adjusted_payout_cents: i64,
+    /// The second adjustment, weeks after the call.
+    pub late_adjustment_ms: Option<i64>,
+    pub late_revenue_cents: i64,
     /// Telephony cost (what Retreaver calls charge_total).
     pub cost_cents: i64,
     pub campaign: usize,
@@ -258,6 +279,9 @@ impl Account {
             utc_offset_minutes,
             zone_name,
             bad_record_share: account_config.bad_record_share,
+            decimal_comma: account_config
+                .decimal_comma
+                .unwrap_or(provider == Provider::Invoca),
             credentials,
             lifecycle: Lifecycle::from_config(&config.lifecycle, interval_ms),
         }
@@ -322,6 +346,10 @@ impl Account {
             }
             Stage::RevenueAdjusted => {
                 unit(self.draw(SALT_ADJUST, index)) < self.lifecycle.adjustment_share
+                    && self.converts(index)
+            }
+            Stage::LateAdjusted => {
+                unit(self.draw(SALT_LATE_ADJUST, index)) < self.lifecycle.late_adjustment_share
                     && self.converts(index)
             }
         }
@@ -411,6 +439,35 @@ impl Account {
                 BadRecordKind::MissingId
             }
         });
+        // drawn apart from the sequence above, so that adding the stage changed no other fact
+        let mut late_draws = Draws::new(mix(self.draw(SALT_LATE_ADJUST, index), 0x1A7E));
+        let late_adjustment_ms = self.may_have_stage(Stage::LateAdjusted, index).then(|| {
+            created_ms
+                + rng::between(
+                    late_draws.next_word(),
+                    lifecycle.late_adjustment_min_ms as u64,
+                    lifecycle.late_adjustment_max_ms as u64,
+                ) as i64
+        });
+        // the revenue before it: the first adjustment's, else the conversion's; a chargeback
+        // (0) is reinstated, anything else moves by 60-139 % but never 100 %
+        let before = if adjustment_ms.is_some() {
+            adjusted_revenue_cents
+        } else {
+            revenue_cents
+        };
+        let late_revenue_cents = if before == 0 {
+            revenue_cents
+        } else {
+            let ratio = match late_draws.between(60, 138) as i64 {
+                r if r >= 100 => r + 1,
+                r => r,
+            };
+            match (before * ratio / 100) / 5 * 5 {
+                same if same == before => before + 5,
+                other => other,
+            }
+        };
         let id_high = self.draw(SALT_IDS, index);
         let id_low =
             (id_high & 0xFFFF_FFFF_0000_0000) | u64::from(rng::permute32(index as u32, self.key));
@@ -432,6 +489,8 @@ impl Account {
             payout_cents,
             adjusted_revenue_cents,
             adjusted_payout_cents,
+            late_adjustment_ms,
+            late_revenue_cents,
             cost_cents,
             campaign: draws.below(names::CAMPAIGNS.len() as u64) as usize,
             publisher: draws.below(names::PUBLISHERS.len() as u64) as usize,
@@ -575,6 +634,7 @@ impl CallFacts {
             Stage::Completed => Some(self.completed_ms),
             Stage::ConversionPosted => self.late_conversion_ms,
             Stage::RevenueAdjusted => self.adjustment_ms,
+            Stage::LateAdjusted => self.late_adjustment_ms,
         }
     }
 
@@ -597,13 +657,19 @@ impl CallFacts {
         let converted = match stage {
             Stage::Created => false,
             Stage::Completed => self.converts && self.late_conversion_ms.is_none(),
-            Stage::ConversionPosted | Stage::RevenueAdjusted => true,
+            Stage::ConversionPosted | Stage::RevenueAdjusted | Stage::LateAdjusted => true,
+        };
+        let adjusted_payout = if self.adjustment_ms.is_some() {
+            self.adjusted_payout_cents
+        } else {
+            self.payout_cents
         };
         let (revenue_cents, payout_cents) = match (converted, stage) {
             (false, _) => (0, 0),
             (true, Stage::RevenueAdjusted) => {
                 (self.adjusted_revenue_cents, self.adjusted_payout_cents)
             }
+            (true, Stage::LateAdjusted) => (self.late_revenue_cents, adjusted_payout),
             (true, _) => (self.revenue_cents, self.payout_cents),
         };
         CallState {

@@ -155,6 +155,16 @@ pub(crate) fn money_string(cents: i64) -> String {
     out
 }
 
+/// Money in cents in a locale's style: `12.50`, or `12,50` with a decimal comma.
+pub(crate) fn money_localized(cents: i64, decimal_comma: bool) -> String {
+    let text = money_string(cents);
+    if decimal_comma {
+        text.replace('.', ",")
+    } else {
+        text
+    }
+}
+
 /// Money in cents as a JSON number; prints as the shortest exact decimal (`12.5`).
 pub(crate) fn money_number(cents: i64) -> f64 {
     cents as f64 / 100.0

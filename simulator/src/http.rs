@@ -126,12 +126,17 @@ pub(crate) fn reject_for_account(state: &SimState, account: &Account, error: Api
 }
 
 fn rate_limited_response(
+    state: &SimState,
     provider: Provider,
     throttle: Option<Throttle>,
     retry_after: bool,
 ) -> Response {
     let retry_after_secs = throttle.map_or(1, |t| t.retry_after_secs);
     let mut response = providers::error_response(provider, ApiError::RateLimited(throttle));
+    // a provider that throttles with a 2xx body (Ringba's isRateLimited)
+    if state.config.provider(provider).rate_limited_status == 200 {
+        *response.status_mut() = StatusCode::OK;
+    }
     if retry_after {
         response
             .headers_mut()
@@ -173,12 +178,17 @@ pub(crate) async fn admit<'a>(
     }
     if let Err(throttle) = state.controls.check_rate(runtime) {
         runtime.count(Counter::RateLimited);
-        return Err(rate_limited_response(provider, Some(throttle), retry_after));
+        return Err(rate_limited_response(
+            state,
+            provider,
+            Some(throttle),
+            retry_after,
+        ));
     }
     let fault = state.controls.draw_fault(runtime, request_number, &faults);
     if fault == FaultDraw::RateLimited {
         runtime.count(Counter::InjectedRateLimited);
-        return Err(rate_limited_response(provider, None, retry_after));
+        return Err(rate_limited_response(state, provider, None, retry_after));
     }
     if faults.latency_ms > 0 && !pause(state, Duration::from_millis(faults.latency_ms)).await {
         return Err(StatusCode::SERVICE_UNAVAILABLE.into_response());

@@ -68,12 +68,15 @@
 //!   when fewer rows than `limit`. Without `from`/`to` the rows come in creation order (a
 //!   stream: new rows, including corrections, always come after every earlier cursor);
 //!   with `from`/`to` (`YYYY-MM-DD`, account zone, inclusive, both or neither) the rows of
-//!   calls started in the range come in call-start order. A call's first row appears when
-//!   it completes; later changes are correction rows (new `transaction_id`,
-//!   `corrects_transaction_id` = the original row's id, `corrected_at` RFC 3339 with ms
-//!   and the account's offset) carrying the full corrected values. Phone numbers are
-//!   `866-555-1234`; `start_time_utc` is epoch ms; money fields are decimal strings.
-//!   An unknown cursor answers 403.
+//!   calls started in the range come in call-start order. A call's `Call` row appears when
+//!   it completes, without conversion money; a conversion is a `Signal` row (`signal_name`
+//!   "Sale", `signal_occurred_at` in Unix seconds, `revenue`, the call's totals); later
+//!   adjustments correct the signal (new `transaction_id`, `corrects_transaction_id` = the
+//!   signal's id, `corrected_at` RFC 3339 with ms and the account's offset).
+//!   `transaction_type=` filters by type. The advertiser role's rows name their status
+//!   `call_result_description_detail_managed_advertiser`. Phone numbers are `866-555-1234`;
+//!   `start_time_utc` is epoch ms; money fields are strings in the account's locale (a
+//!   decimal comma by default). Validation errors (an unknown cursor, a bad type) answer 403.
 //! - **CallRail**: offset style `page`/`per_page` (default 100, max 250) with `page`,
 //!   `per_page`, `total_pages`, `total_records` (last page: `page >= total_pages`), or
 //!   `relative_pagination=true` with `has_next_page`/`next_page` (absolute URL carrying an
@@ -86,7 +89,8 @@
 //!   `cursor`; `next_cursor == 0` on the last page. `page`/`per_page` (default 25, max 100
 //!   configurable) work too. `created_at_from`/`created_at_to` as `YYYY-MM-DD HH:MM:SS
 //!   ±ZZZZ` (inclusive; no offset = account zone; an unencoded `+` is tolerated).
-//!   `order` desc (default) or asc. Envelope `{"status": 200, "errors": {}, "calls": [...],
+//!   `order` takes a column name: `created_at` (oldest first), `-created_at` (default,
+//!   newest first); `asc`/`desc` answer 400. Envelope `{"status": 200, "errors": {}, "calls": [...],
 //!   "metadata": {"next_cursor", "per_page", "total_count"}}`; times ISO 8601 with ms
 //!   and the account's offset; money fields are decimal strings.
 //!
@@ -110,10 +114,11 @@
 //!
 //! Call `i` of an account is a pure function of (seed, provider, account id, i); calls are
 //! created in index order over `history_secs` before [`ClockConfig::start`], and
-//! `future_calls` more keep arriving afterwards at the same rate. Each call has up to four
+//! `future_calls` more keep arriving afterwards at the same rate. Each call has up to five
 //! [`Stage`]s: created (in progress) → completed (seconds to ~27 min later) → conversion
 //! posted later (10 min – 3 h after completion, for a share of converting calls) → revenue
-//! adjusted (1 day – 1 day 6 h after the start: a chargeback to 0 or a change). The API
+//! adjusted (1 day – 1 day 6 h after the start: a chargeback to 0 or a change) → adjusted
+//! again 14-30 days after the start (10% of converted calls by default). The API
 //! serves every call as of simulated now; [`SimulatorHandle::truth`] gives it as of any
 //! instant. Simulated now = `clock.start` + `clock.speed` × wall time elapsed + manual
 //! advances ([`SimClock`]); `speed = 0` (as in [`SimulatorConfig::for_tests`]) freezes it.
@@ -121,8 +126,18 @@
 //! # Rate limits, faults, stats
 //!
 //! Per account, fixed windows aligned to the simulator's start (wall clock): a request
-//! over any [`RateLimitRule`] answers 429 (Ringba with its JSON throttle body), with
-//! `Retry-After` (seconds to the window end) when `retry_after` is on. Faults
+//! over any [`RateLimitRule`] answers 429 (Ringba: its JSON throttle body with status 200 by
+//! default, [`ProviderConfig::rate_limited_status`]), with `Retry-After` (seconds to the
+//! window end) when `retry_after` is on. A second consumer may spend a share of every window
+//! ([`ProviderConfig::shared_consumer_share`]; Ringba 0.3: its UI users).
+//!
+//! # Webhooks
+//!
+//! [`SimulatorHandle::webhook_events`] gives the webhooks an account sends for the changes in
+//! a period (CallRail's own bodies; the documented templates of the others, rendered as each
+//! provider renders its tokens), [`SimulatorHandle::send_webhooks`] posts them with the
+//! provider's retry behaviour (CallRail never retries), [`SimulatorHandle::render_webhook`]
+//! renders any template for one call. Faults
 //! ([`FaultConfig`]) are drawn per request, deterministically from (seed, account, request
 //! number): injected 429, hang (then 504), 500/502/503, truncated JSON, malformed body,
 //! plus fixed latency and revoked credentials. [`AccountStats`] counts them apart from
@@ -157,6 +172,7 @@ mod names;
 mod providers;
 mod rng;
 mod truth;
+mod webhooks;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -172,12 +188,16 @@ use tokio_util::sync::CancellationToken;
 pub use clock::SimClock;
 pub use config::{
     AccountConfig, ClockConfig, FaultConfig, LifecycleConfig, ProviderConfig, RateLimitRule,
-    SimulatorConfig,
+    SimulatorConfig, WebhookSenderConfig,
 };
 pub use control::{AccountStats, FaultSetting, RateLimitSettings, WindowPeak};
 pub use dataset::{AccountCredentials, BadRecordKind, Stage};
 pub use error::SimulatorError;
 pub use truth::{provider_has_versions, record_checksum, TruthIter, TruthRecord, TruthSummary};
+pub use webhooks::{
+    default_template, template_tokens, WebhookEvent, WebhookReport, WebhookTarget,
+    WebhookTargetAuth, INVOCA_TEMPLATE, RETREAVER_TEMPLATE, RINGBA_TEMPLATE, TRACKDRIVE_TEMPLATE,
+};
 
 use crate::control::Controls;
 use crate::dataset::Dataset;
@@ -432,9 +452,37 @@ impl SimulatorHandle {
                 "rate limit rules need max_requests >= 1 and per_secs >= 1".into(),
             ));
         }
-        self.state
+        let shared_consumer_share = self
+            .state
             .controls
-            .set_rate_limits(provider, RateLimitSettings { rules, retry_after });
+            .rate_limits(provider)
+            .shared_consumer_share;
+        self.state.controls.set_rate_limits(
+            provider,
+            RateLimitSettings {
+                rules,
+                retry_after,
+                shared_consumer_share,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sets the share of each rate-limit window that another consumer of the provider's
+    /// budget spends (0 = nobody else).
+    pub fn set_shared_consumer(
+        &self,
+        provider: Provider,
+        share: f64,
+    ) -> Result<(), SimulatorError> {
+        if !(0.0..1.0).contains(&share) {
+            return Err(SimulatorError::InvalidConfig(format!(
+                "shared consumer share must be in [0, 1), got {share}"
+            )));
+        }
+        let mut settings = self.state.controls.rate_limits(provider);
+        settings.shared_consumer_share = share;
+        self.state.controls.set_rate_limits(provider, settings);
         Ok(())
     }
 
@@ -497,6 +545,60 @@ impl SimulatorHandle {
             (provider != Provider::Invoca || state.stage != Stage::Created)
                 .then(|| truth::truth_record(account, &facts, &state))
         }))
+    }
+
+    /// Renders `template` (in the provider's token syntax) for call `index` as of `stage`,
+    /// as the provider would send it. A token the simulator does not render is an error.
+    pub fn render_webhook(
+        &self,
+        provider: Provider,
+        account_id: &str,
+        index: u64,
+        stage: Stage,
+        template: &str,
+    ) -> Result<String, SimulatorError> {
+        let account = self.require_account(provider, account_id)?;
+        if index >= account.calls {
+            return Err(SimulatorError::InvalidConfig(format!(
+                "{provider} account {account_id} has no call {index}"
+            )));
+        }
+        webhooks::render(account, &account.facts(index), stage, template)
+    }
+
+    /// The webhooks the account sends for the changes in `[from, to)` (simulated time), in
+    /// sending order, for the configured share of calls.
+    pub fn webhook_events(
+        &self,
+        provider: Provider,
+        account_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<WebhookEvent>, SimulatorError> {
+        let account = self.require_account(provider, account_id)?;
+        let config = &self.state.config.provider(provider).webhooks;
+        webhooks::events_between(
+            account,
+            from.timestamp_millis(),
+            to.timestamp_millis(),
+            config.share,
+            config.template.as_deref(),
+        )
+    }
+
+    /// Sends the webhooks of [`SimulatorHandle::webhook_events`] to `target`, retrying a
+    /// failed delivery as the provider does (CallRail never).
+    pub async fn send_webhooks(
+        &self,
+        provider: Provider,
+        account_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        target: &WebhookTarget,
+    ) -> Result<WebhookReport, SimulatorError> {
+        let events = self.webhook_events(provider, account_id, from, to)?;
+        let retries = self.state.config.provider(provider).webhooks.retries;
+        Ok(webhooks::deliver(&events, target, retries).await)
     }
 
     fn require_account(

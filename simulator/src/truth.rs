@@ -243,10 +243,11 @@ pub(crate) fn truth_record(account: &Account, facts: &CallFacts, state: &CallSta
             }
             Provider::Invoca => {
                 let text = invoca::result_description(facts);
-                let correction = state.stage > Stage::Completed;
+                let newest = invoca::newest_row_stage(state);
+                let version = invoca::row_version_micros(facts, newest);
                 (
-                    Some(invoca::row_version_micros(facts, state.stage)),
-                    correction.then(|| millis_to_datetime(changed_at_ms)),
+                    Some(version),
+                    (newest > Stage::Completed).then(|| millis_to_datetime(version / 1000)),
                     invoca::normalized_status(text),
                     Some(text.to_string()),
                     money(state.revenue_cents),

@@ -365,11 +365,15 @@ fn apply_invoca_rows(rows: &[Value], latest: &mut BTreeMap<String, (i64, Value)>
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let version = match row["corrected_at"].as_str() {
-            Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+        let version = match (
+            row["corrected_at"].as_str(),
+            row["signal_occurred_at"].as_i64(),
+        ) {
+            (Some(text), _) => chrono::DateTime::parse_from_rfc3339(text)
                 .map(|t| t.timestamp_micros())
                 .unwrap_or_default(),
-            None => row["start_time_utc"].as_i64().unwrap_or_default() * 1000,
+            (None, Some(secs)) => secs * 1_000_000,
+            (None, None) => row["start_time_utc"].as_i64().unwrap_or_default() * 1000,
         };
         let entry = latest.entry(call_id).or_insert((i64::MIN, Value::Null));
         if version > entry.0 {
@@ -404,6 +408,22 @@ async fn invoca_cursor_stream_carries_corrections_and_late_rows() -> TestResult 
     assert!(rows[0]["calling_phone_number"]
         .as_str()
         .is_some_and(|n| n.len() == 12 && n.as_bytes()[3] == b'-'));
+    // conversions are Signal rows, never in the Call row
+    assert!(rows.iter().any(|r| r["transaction_type"] == "Signal"));
+    assert!(rows
+        .iter()
+        .filter(|r| r["transaction_type"] == "Call")
+        .all(|r| r["advertiser_payin_localized"] == "0,00"));
+    let (calls_only, _) = invoca_stream(
+        &client,
+        &sim,
+        &account,
+        &key,
+        None,
+        "&transaction_type=Call",
+    )
+    .await?;
+    assert!(calls_only.iter().all(|r| r["transaction_type"] == "Call"));
     let mut latest = BTreeMap::new();
     apply_invoca_rows(&rows, &mut latest);
     let check = |latest: &BTreeMap<String, (i64, Value)>| {
@@ -412,9 +432,11 @@ async fn invoca_cursor_stream_carries_corrections_and_late_rows() -> TestResult 
         for (call_id, (version, row)) in latest {
             let record = &truth[call_id];
             assert_eq!(Some(*version), record.version, "{call_id}");
+            // the account's locale writes a decimal comma
             let revenue: rust_decimal::Decimal = row["advertiser_payin_localized"]
                 .as_str()
                 .unwrap_or_default()
+                .replace(',', ".")
                 .parse()
                 .unwrap_or_default();
             assert_eq!(Some(revenue), record.revenue);
@@ -769,6 +791,8 @@ async fn rate_limit_answers_429_with_retry_after_and_ringba_body() -> TestResult
     let mut config = SimulatorConfig::for_tests(8);
     config.ringba.rate_limits = vec![RateLimitRule::new(5, 60)];
     config.ringba.retry_after = true;
+    // nobody else spends the budget in this test
+    config.ringba.shared_consumer_share = 0.0;
     let sim = start(config).await;
     let (account, key) = first_account(&sim, Provider::Ringba);
     let client = reqwest::Client::new();
@@ -782,7 +806,8 @@ async fn rate_limit_answers_429_with_retry_after_and_ringba_body() -> TestResult
         );
     }
     let throttled = ringba_page(&client, &sim, &account, &key, body.clone()).await?;
-    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Ringba throttles with a 2xx body saying isRateLimited (its default here)
+    assert_eq!(throttled.status(), StatusCode::OK);
     let retry_after: u64 = throttled
         .headers()
         .get(RETRY_AFTER)
@@ -1237,6 +1262,117 @@ async fn a_page_of_1000_records_is_built_quickly() -> TestResult {
             "{name}: {per_page:?}"
         );
     }
+    sim.shutdown().await?;
+    Ok(())
+}
+
+/// Ringba's reporting budget is shared with the account's UI users: with a second consumer
+/// spending 60% of each window, a client sending at the full limit is throttled well before
+/// it, in every window.
+#[tokio::test]
+async fn a_second_consumer_spends_part_of_a_shared_budget() -> TestResult {
+    let mut config = SimulatorConfig::for_tests(8);
+    config.ringba.rate_limits = vec![RateLimitRule::new(40, 2)];
+    config.ringba.shared_consumer_share = 0.6;
+    let sim = start(config).await;
+    let (account, key) = first_account(&sim, Provider::Ringba);
+    let client = reqwest::Client::new();
+    let body = json!({"reportStart": "2020-01-01T00:00:00Z", "reportEnd": "2030-01-01T00:00:00Z", "size": 1});
+    let started = Instant::now();
+    let mut throttled = 0;
+    while started.elapsed() < Duration::from_millis(3900) {
+        let page: Value = ringba_page(&client, &sim, &account, &key, body.clone())
+            .await?
+            .json()
+            .await?;
+        if page["isRateLimited"] == true {
+            throttled += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = sim.stats(Provider::Ringba, &account).ok_or("stats")?;
+    assert!(throttled > 0, "{stats:?}");
+    assert!(
+        stats.window_peaks[0].peak_admitted < 40,
+        "the other consumer's share was not available: {stats:?}"
+    );
+    sim.shutdown().await?;
+    Ok(())
+}
+
+/// TrackDrive documents `order` as a column name (`order=created_at`); `asc` is refused.
+#[tokio::test]
+async fn trackdrive_order_takes_a_column_name() -> TestResult {
+    let sim = start(SimulatorConfig::for_tests(8)).await;
+    let (account, key) = first_account(&sim, Provider::TrackDrive);
+    let secret = sim
+        .credentials(Provider::TrackDrive, &account)
+        .ok_or("credentials")?
+        .api_secret
+        .ok_or("secret")?;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"))
+    );
+    let client = reqwest::Client::new();
+    let get = |order: &'static str| {
+        client
+            .get(format!(
+                "{}/calls?per_page=5&order={order}",
+                sim.base_url(Provider::TrackDrive)
+            ))
+            .header(AUTHORIZATION, auth.clone())
+            .send()
+    };
+    assert_eq!(get("asc").await?.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(get("created_at").await?.status(), StatusCode::OK);
+    sim.shutdown().await?;
+    Ok(())
+}
+
+/// The advertiser role's rows name their status column differently and carry none of the
+/// network's columns; conversions are Signal rows.
+#[tokio::test]
+async fn invoca_advertiser_rows_and_transaction_types() -> TestResult {
+    let sim = start(SimulatorConfig::for_tests(9)).await;
+    let (account, key) = first_account(&sim, Provider::Invoca);
+    let client = reqwest::Client::new();
+    let rows: Vec<Value> = client
+        .get(format!(
+            "{}/api/2020-10-01/advertisers/transactions/{account}.json?limit=200",
+            sim.base_url(Provider::Invoca)
+        ))
+        .header(AUTHORIZATION, key.clone())
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(!rows.is_empty());
+    for row in &rows {
+        assert!(row.get("call_result_description_detail").is_none());
+        assert!(row["call_result_description_detail_managed_advertiser"].is_string());
+        assert!(row.get("affiliate_payout_localized").is_none());
+    }
+    let signals: Vec<Value> = invoca_get(
+        &client,
+        &sim,
+        &account,
+        &key,
+        "limit=500&transaction_type=Signal",
+    )
+    .await?
+    .json()
+    .await?;
+    assert!(!signals.is_empty());
+    assert!(signals
+        .iter()
+        .all(|r| r["transaction_type"] == "Signal" && r["signal_name"] == "Sale"));
+    let bad = invoca_get(&client, &sim, &account, &key, "transaction_type=Nope").await?;
+    assert_eq!(
+        bad.status(),
+        StatusCode::FORBIDDEN,
+        "Invoca's validation errors are 403"
+    );
     sim.shutdown().await?;
     Ok(())
 }

@@ -1,11 +1,20 @@
 //! A sink batch: the records read from Kafka since the last commit, bounded by
-//! rows, bytes and time, collapsed by primary key (highest version wins), with the
-//! next offset of every partition it covers.
+//! rows, bytes and time, collapsed by primary key, with the next offset of every
+//! partition it covers.
+//!
+//! Collapsing keeps what applying the key's records one by one, in the order read, under
+//! the upsert guard (apply a record only when its [`Precedence`] is greater than the row's)
+//! would leave, whatever the row holds before the batch: a record that does not exceed every
+//! record before it in the batch is dropped (it would never apply); a complete record replaces
+//! what the key had in the batch; a partial record that exceeds them is kept *on top* of them
+//! ([`SinkRow::earlier`]), because which of the records under it apply depends on the row's
+//! precedence, which only the database knows. The stores apply a key's updates in that order,
+//! each under the guard.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use callsync_schemas::CallRecord;
+use callsync_schemas::{CallRecord, ContentFingerprint, Precedence};
 
 /// The primary key of `calls`: (provider, account_id, call_id). Ordered the same
 /// way by every instance, so concurrent writers lock rows in one order.
@@ -41,11 +50,77 @@ pub struct SourceRecord {
     pub payload: Option<Vec<u8>>,
 }
 
-/// One row to upsert: the newest version of a call seen in this batch.
+/// One row to upsert: the newest version of a call seen in this batch and, when it is a
+/// partial record, the older records of the call it is applied on top of.
 #[derive(Debug, Clone)]
 pub struct SinkRow {
+    /// The newest record (the greatest precedence) of the call in this batch.
     pub record: CallRecord,
+    pub fingerprint: ContentFingerprint,
     pub source: SourceRecord,
+    /// Older records of the call the store applies first, oldest first: empty unless `record`
+    /// is partial (then: the complete record and partial ones it lies on, each of greater
+    /// precedence than the one before).
+    pub earlier: Vec<RowUpdate>,
+}
+
+/// One record the store applies to a row under the guard.
+#[derive(Debug, Clone)]
+pub struct RowUpdate {
+    pub record: CallRecord,
+    pub fingerprint: ContentFingerprint,
+    pub source: SourceRecord,
+}
+
+/// A record to apply, borrowed from a [`SinkRow`].
+#[derive(Debug, Clone, Copy)]
+pub struct Update<'a> {
+    pub record: &'a CallRecord,
+    pub fingerprint: ContentFingerprint,
+    pub source: &'a SourceRecord,
+}
+
+impl SinkRow {
+    /// A row of one record (fingerprinted here).
+    pub fn new(record: CallRecord, source: SourceRecord) -> Self {
+        SinkRow {
+            fingerprint: ContentFingerprint::of(&record),
+            record,
+            source,
+            earlier: Vec::new(),
+        }
+    }
+
+    pub fn precedence(&self) -> Precedence {
+        Precedence::new(self.record.version, self.fingerprint)
+    }
+
+    /// The records to apply, oldest first (`record` last).
+    pub fn updates(&self) -> impl Iterator<Item = Update<'_>> + '_ {
+        (0..self.update_count()).filter_map(move |layer| self.update(layer))
+    }
+
+    /// The `layer`-th record to apply (0: the oldest).
+    pub fn update(&self, layer: usize) -> Option<Update<'_>> {
+        match layer.cmp(&self.earlier.len()) {
+            std::cmp::Ordering::Less => self.earlier.get(layer).map(|u| Update {
+                record: &u.record,
+                fingerprint: u.fingerprint,
+                source: &u.source,
+            }),
+            std::cmp::Ordering::Equal => Some(Update {
+                record: &self.record,
+                fingerprint: self.fingerprint,
+                source: &self.source,
+            }),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+
+    /// How many records the store applies for this row.
+    pub fn update_count(&self) -> usize {
+        self.earlier.len() + 1
+    }
 }
 
 /// A record that will not reach the table, bound for `calls.dlq`.
@@ -75,9 +150,14 @@ pub struct BatchLimits {
 pub enum Pushed {
     /// A key new to this batch.
     Added,
-    /// Replaced an older (or equal) version of the key already in the batch.
+    /// A complete record that replaced what the batch held for the key (all of lesser
+    /// precedence).
     Replaced,
-    /// Older than the version of the key already in the batch; dropped.
+    /// A partial record of greater precedence than what the batch held for the key, kept on
+    /// top of it.
+    Stacked,
+    /// Not greater than what the batch holds for the key (an older version, or the same
+    /// record again): it would never apply; dropped.
     Superseded,
 }
 
@@ -131,20 +211,33 @@ impl SinkBatch {
         &self.topic
     }
 
-    /// Add a decoded record. Offsets must grow within a partition.
-    pub fn push(&mut self, record: CallRecord, source: SourceRecord) -> Pushed {
+    /// Add a decoded record (see the module docs). Offsets must grow within a partition.
+    pub fn push(&mut self, mut record: CallRecord, source: SourceRecord) -> Pushed {
         self.note(&source);
+        // a partial record's uncarried fields are placeholders: never trust their values
+        record.clear_uncarried();
         let key = RowKey::of(&record);
+        let incoming = SinkRow::new(record, source);
         match self.rows.get_mut(&key) {
             None => {
-                self.rows.insert(key, SinkRow { record, source });
+                self.rows.insert(key, incoming);
                 Pushed::Added
             }
-            Some(existing) if existing.record.version <= record.version => {
-                *existing = SinkRow { record, source };
+            Some(existing) if incoming.precedence() <= existing.precedence() => Pushed::Superseded,
+            Some(existing) if !incoming.record.is_partial() => {
+                *existing = incoming;
                 Pushed::Replaced
             }
-            Some(_) => Pushed::Superseded,
+            Some(existing) => {
+                let below = std::mem::replace(existing, incoming);
+                existing.earlier = below.earlier;
+                existing.earlier.push(RowUpdate {
+                    record: below.record,
+                    fingerprint: below.fingerprint,
+                    source: below.source,
+                });
+                Pushed::Stacked
+            }
         }
     }
 
@@ -168,10 +261,17 @@ impl SinkBatch {
         *next = (*next).max(source.offset + 1);
     }
 
-    /// Move rows the database rejected to the dead letters, with its message.
+    /// Move rows the database rejected to the dead letters (every record of the row), with
+    /// its message.
     pub fn reject(&mut self, rejected: &[(RowKey, String)]) {
         for (key, reason) in rejected {
             if let Some(row) = self.rows.remove(key) {
+                for update in row.earlier {
+                    self.dead_letters.push(DeadLetter {
+                        source: update.source,
+                        reason: reason.clone(),
+                    });
+                }
                 self.dead_letters.push(DeadLetter {
                     source: row.source,
                     reason: reason.clone(),
@@ -195,6 +295,11 @@ impl SinkBatch {
 
     pub fn row_count(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Records the stores apply (one per row unless partial records are stacked).
+    pub fn update_count(&self) -> usize {
+        self.rows.values().map(SinkRow::update_count).sum()
     }
 
     /// Kafka records pushed (before collapsing), dead letters included.
@@ -248,6 +353,7 @@ impl SinkBatch {
 mod tests {
     use super::*;
     use crate::testing::call;
+    use callsync_schemas::{CallField, FieldSet};
 
     fn src(partition: i32, offset: i64) -> SourceRecord {
         SourceRecord {
@@ -276,6 +382,88 @@ mod tests {
         assert_eq!(b.next_offsets().get(&0), Some(&13));
         assert_eq!(b.next_offsets().get(&1), Some(&7));
         assert_eq!(b.rows().next().map(|(_, r)| r.source.offset), Some(12));
+    }
+
+    fn revenue_only(mut record: CallRecord, revenue: &str) -> CallRecord {
+        record.revenue = Some(revenue.parse().unwrap());
+        record.into_partial(FieldSet::EMPTY.with(CallField::Revenue))
+    }
+
+    /// Issue 16: equal versions with different content are ordered by fingerprint, the same
+    /// whichever comes first. Failed before the fix: the last pushed won.
+    #[test]
+    fn equal_versions_keep_the_greater_fingerprint_whichever_comes_first() {
+        let a = call("a", 5);
+        let mut b = call("a", 5);
+        b.campaign_name = Some("other".into());
+        let (low, high) = if ContentFingerprint::of(&a) < ContentFingerprint::of(&b) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        for order in [[&low, &high], [&high, &low]] {
+            let mut batch = SinkBatch::from_rows("calls", []);
+            batch.push(order[0].clone(), src(0, 0));
+            batch.push(order[1].clone(), src(0, 1));
+            let (_, row) = batch.rows().next().unwrap();
+            assert_eq!(&row.record, &high);
+        }
+        let mut batch = SinkBatch::from_rows("calls", []);
+        batch.push(high.clone(), src(0, 0));
+        assert_eq!(
+            batch.push(high.clone(), src(0, 1)),
+            Pushed::Superseded,
+            "the same record again never applies"
+        );
+    }
+
+    #[test]
+    fn partial_records_stack_on_older_ones_and_complete_ones_replace_them() {
+        let mut b = SinkBatch::from_rows("calls", []);
+        assert_eq!(b.push(call("a", 10), src(0, 0)), Pushed::Added);
+        assert_eq!(
+            b.push(revenue_only(call("a", 20), "7.5"), src(0, 1)),
+            Pushed::Stacked
+        );
+        assert_eq!(
+            b.push(revenue_only(call("a", 15), "1"), src(0, 2)),
+            Pushed::Superseded,
+            "an older partial under a newer record never applies"
+        );
+        assert_eq!(
+            b.push(revenue_only(call("a", 30), "8"), src(0, 3)),
+            Pushed::Stacked
+        );
+        let (_, row) = b.rows().next().unwrap();
+        let applied: Vec<(i64, bool, i64)> = row
+            .updates()
+            .map(|u| (u.record.version, u.record.is_partial(), u.source.offset))
+            .collect();
+        assert_eq!(applied, [(10, false, 0), (20, true, 1), (30, true, 3)]);
+        assert_eq!(b.update_count(), 3);
+        // a rejected row dead-letters every record of it
+        let mut rejected = SinkBatch::from_rows("calls", []);
+        for (i, r) in [call("x", 1), revenue_only(call("x", 2), "1")]
+            .into_iter()
+            .enumerate()
+        {
+            rejected.push(r, src(0, i as i64));
+        }
+        rejected.reject(&[(RowKey::of(&call("x", 1)), "refused".into())]);
+        assert_eq!(rejected.dead_letters().len(), 2);
+        // a newer complete record replaces the stack
+        assert_eq!(b.push(call("a", 40), src(0, 4)), Pushed::Replaced);
+        let (_, row) = b.rows().next().unwrap();
+        assert!(row.earlier.is_empty());
+        assert_eq!(row.record, call("a", 40));
+        // a partial record pushed first stands alone
+        let mut p = SinkBatch::from_rows("calls", []);
+        assert_eq!(
+            p.push(revenue_only(call("p", 3), "2"), src(1, 0)),
+            Pushed::Added
+        );
+        assert_eq!(p.push(call("p", 2), src(1, 1)), Pushed::Superseded);
+        assert_eq!(p.push(call("p", 4), src(1, 2)), Pushed::Replaced);
     }
 
     #[test]

@@ -93,20 +93,20 @@ pub fn sample_rows(n: usize) -> Vec<SinkRow> {
         .map(|i| {
             let account = format!("acct-{}", i % 20);
             let call_id = format!("call-{i:09}");
-            SinkRow {
-                record: sample_call(
+            SinkRow::new(
+                sample_call(
                     Provider::Ringba,
                     &account,
                     &call_id,
                     1_700_000_000_000_000 + i as i64,
                 ),
-                source: SourceRecord {
+                SourceRecord {
                     partition: (i % 12) as i32,
                     offset: (i / 12) as i64,
                     key: None,
                     payload: None,
                 },
-            }
+            )
         })
         .collect()
 }
@@ -195,11 +195,12 @@ pub fn write_csv(path: &Path, topic: &str, rows: &[SinkRow]) -> Result<(), Bench
     for row in rows {
         let r = &row.record;
         line.clear();
-        let fields: [Option<String>; 33] = [
+        let fields: [Option<String>; 34] = [
             Some(r.provider.as_str().to_string()),
             Some(r.account_id.clone()),
             Some(r.call_id.clone()),
             Some(r.version.to_string()),
+            Some(row.fingerprint.as_i64().to_string()),
             Some(t(&r.started_at)),
             r.answered_at.as_ref().map(t),
             r.ended_at.as_ref().map(t),
@@ -371,6 +372,7 @@ pub async fn measure_row_by_row(
                 .bind(&r.account_id)
                 .bind(&r.call_id)
                 .bind(r.version)
+                .bind(row.fingerprint.as_i64())
                 .bind(r.started_at)
                 .bind(r.answered_at)
                 .bind(r.ended_at)

@@ -1,18 +1,26 @@
 //! The columns of `calls` the sink writes, in one order shared by the
-//! Postgres and SQLite stores, and the mapping of a stored row back to a record.
+//! Postgres and SQLite stores, the upsert statements' conflict clauses, and the
+//! mapping of a stored row back to a record.
+//!
+//! The guard of every upsert is the [`callsync_schemas::Precedence`] of the row against the
+//! record's, as a row value: `(calls.version, calls.fingerprint) < (EXCLUDED.version,
+//! EXCLUDED.fingerprint)`: the processor's dedup order, so both keep the same one of two
+//! versions that tie, and a record equal to the row (a replay) is skipped by the `WHERE` of
+//! `DO UPDATE`: no new row version, no index change.
 
 use std::collections::BTreeMap;
 
-use callsync_schemas::CallRecord;
+use callsync_schemas::{CallField, CallRecord, FieldSet};
 
 use crate::store::StoreError;
 
 /// Every column the sink writes (`synced_at` is set by the store).
-pub const CALL_COLUMNS: [&str; 33] = [
+pub const CALL_COLUMNS: [&str; 34] = [
     "provider",
     "account_id",
     "call_id",
     "version",
+    "fingerprint",
     "started_at",
     "answered_at",
     "ended_at",
@@ -49,17 +57,58 @@ pub fn updated_columns() -> impl Iterator<Item = &'static str> {
     CALL_COLUMNS.iter().skip(3).copied()
 }
 
-/// `ON CONFLICT ... DO UPDATE SET ... WHERE calls.version <= EXCLUDED.version`,
-/// the version guard shared by both stores.
+/// The guard of every upsert (see the module docs).
+pub const PRECEDENCE_GUARD: &str =
+    "WHERE (calls.version, calls.fingerprint) < (EXCLUDED.version, EXCLUDED.fingerprint)";
+
+/// What every update writes besides the fields: the precedence, how and when the record was
+/// seen, and where it came from.
+const BOOKKEEPING_COLUMNS: [&str; 7] = [
+    "version",
+    "fingerprint",
+    "source",
+    "observed_at",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+];
+
+/// `ON CONFLICT ... DO UPDATE SET <every column> ... WHERE <guard>` for complete records,
+/// shared by both stores.
 pub fn upsert_conflict_clause() -> String {
-    let mut set: Vec<String> = updated_columns()
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .collect();
+    conflict_clause(updated_columns())
+}
+
+/// The conflict clause of a partial record carrying `carried`: it updates only those fields'
+/// columns and the bookkeeping, under the same guard. (Its INSERT writes NULL into the
+/// columns of the fields it does not carry, `unknown` into `status` and `{}` into `tags`.)
+pub fn partial_conflict_clause(carried: FieldSet) -> String {
+    conflict_clause(
+        carried
+            .iter()
+            .map(CallField::as_str)
+            .chain(BOOKKEEPING_COLUMNS),
+    )
+}
+
+fn conflict_clause<'a>(columns: impl Iterator<Item = &'a str>) -> String {
+    let mut set: Vec<String> = columns.map(|c| format!("{c} = EXCLUDED.{c}")).collect();
     set.push("synced_at = EXCLUDED.synced_at".to_string());
     format!(
-        "ON CONFLICT (provider, account_id, call_id) DO UPDATE SET {} WHERE calls.version <= EXCLUDED.version",
+        "ON CONFLICT (provider, account_id, call_id) DO UPDATE SET {} {PRECEDENCE_GUARD}",
         set.join(", ")
     )
+}
+
+/// The field set of a stored row read back as a record: complete, unless no record has told
+/// the call's start yet (a row a partial record created), which is then the one field the row
+/// does not carry (`started_at` reads as the epoch).
+pub fn stored_fields(started_at_known: bool) -> Option<FieldSet> {
+    (!started_at_known).then(|| {
+        let mut set = FieldSet::ALL;
+        set.remove(CallField::StartedAt);
+        set
+    })
 }
 
 /// The tags map as JSON text.

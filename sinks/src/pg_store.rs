@@ -1,18 +1,24 @@
 //! The Postgres store: binary COPY into a temporary staging table and one
 //! `INSERT ... ON CONFLICT` for large batches, `UNNEST` arrays for small ones;
 //! rows and offsets in one transaction; rejected rows found by bisecting.
+//!
+//! Complete records take those statements as they always did. Partial records (few: webhooks)
+//! go through `UNNEST` statements of their own, one per set of carried fields, whose `DO
+//! UPDATE` sets only those columns: a batch of complete records pays nothing for them. A key
+//! with records stacked under a partial one ([`SinkRow::earlier`]) is applied in layers, the
+//! oldest record of every key first, each under the guard.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use callsync_schemas::CallRecord;
+use callsync_schemas::{CallField, CallRecord, ContentFingerprint, FieldSet};
 use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
 use std::str::FromStr;
 
-use crate::batch::{SinkBatch, SinkRow};
+use crate::batch::{SinkBatch, SinkRow, Update};
 use crate::columns::{self, CALL_COLUMNS};
 use crate::dlq::reason_code;
 use crate::pg_copy::BinaryCopyWriter;
@@ -135,15 +141,10 @@ impl PgStore {
         let rows: Vec<&SinkRow> = batch.rows().map(|(_, r)| r).collect();
         let mut counts = AppliedCounts::default();
         if !rows.is_empty() {
-            let result = if rows.len() >= self.copy_threshold {
-                upsert_by_copy(&mut tx, batch.topic(), &rows).await
-            } else {
-                upsert_by_unnest(&mut tx, batch.topic(), &rows).await
-            };
-            match result {
+            match apply_rows(&mut tx, batch.topic(), &rows, self.copy_threshold).await {
                 Ok(written) => {
                     counts.written = written;
-                    counts.stale = rows.len() as u64 - written;
+                    counts.stale = (batch.update_count() as u64).saturating_sub(written);
                 }
                 Err(e) if is_row_error(&e) => {
                     let _ = tx.rollback().await;
@@ -178,7 +179,7 @@ impl PgStore {
         let mut ranges = vec![(0usize, rows.len())];
         while let Some((lo, hi)) = ranges.pop() {
             exec(&mut tx, "SAVEPOINT callsync_bisect").await?;
-            match upsert_by_unnest(&mut tx, batch.topic(), &rows[lo..hi]).await {
+            match apply_rows(&mut tx, batch.topic(), &rows[lo..hi], usize::MAX).await {
                 Ok(n) => {
                     written += n;
                     exec(&mut tx, "RELEASE SAVEPOINT callsync_bisect").await?;
@@ -214,7 +215,7 @@ impl PgStore {
             .map_err(|e| StoreError::from_sqlx("committing the bisected batch", e))?;
         Ok(Outcome::Committed(AppliedCounts {
             written,
-            stale: rows.len() as u64 - written,
+            stale: (batch.update_count() as u64).saturating_sub(written),
         }))
     }
 }
@@ -411,17 +412,62 @@ fn advance_offsets<'a>(
     })
 }
 
-fn upsert_sql(select: &str) -> String {
+/// Every record of `rows`, in layers (the oldest record of every key first), complete ones by
+/// COPY when at least `copy_threshold` of them, else by UNNEST, partial ones by UNNEST per set
+/// of carried fields. Returns the rows written.
+fn apply_rows<'a>(
+    conn: &'a mut PgConnection,
+    topic: &'a str,
+    rows: &'a [&'a SinkRow],
+    copy_threshold: usize,
+) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+    Box::pin(async move {
+        let layers = rows.iter().map(|r| r.update_count()).max().unwrap_or(0);
+        let mut written = 0;
+        for layer in 0..layers {
+            let mut complete: Vec<Update<'_>> = Vec::with_capacity(rows.len());
+            let mut partial: BTreeMap<u32, (FieldSet, Vec<Update<'_>>)> = BTreeMap::new();
+            for update in rows.iter().filter_map(|r| r.update(layer)) {
+                match update.record.present_fields {
+                    None => complete.push(update),
+                    Some(set) => partial
+                        .entry(set.bits())
+                        .or_insert_with(|| (set, Vec::new()))
+                        .1
+                        .push(update),
+                }
+            }
+            if !complete.is_empty() {
+                written += if complete.len() >= copy_threshold {
+                    upsert_by_copy(&mut *conn, topic, &complete).await?
+                } else {
+                    upsert_by_unnest(&mut *conn, topic, &complete, None).await?
+                };
+            }
+            for (set, updates) in partial.values() {
+                written += upsert_by_unnest(&mut *conn, topic, updates, Some(*set)).await?;
+            }
+        }
+        Ok(written)
+    })
+}
+
+/// The upsert of complete records (`carried: None`) or of partial records carrying `carried`.
+fn upsert_sql(select: &str, carried: Option<FieldSet>) -> String {
+    let conflict = match carried {
+        None => columns::upsert_conflict_clause(),
+        Some(set) => columns::partial_conflict_clause(set),
+    };
     format!(
-        "INSERT INTO calls ({}, synced_at) {select} {}",
+        "INSERT INTO calls ({}, synced_at) {select} {conflict}",
         CALL_COLUMNS.join(", "),
-        columns::upsert_conflict_clause()
     )
 }
 
 const STAGING_DDL: &str = "SET LOCAL client_min_messages = warning; \
 CREATE TEMP TABLE IF NOT EXISTS callsync_staging (\
-provider text, account_id text, call_id text, version int8, started_at timestamptz, \
+provider text, account_id text, call_id text, version int8, fingerprint int8, \
+started_at timestamptz, \
 answered_at timestamptz, ended_at timestamptz, duration_secs int4, billable_secs int4, \
 caller_number text, tracking_number text, destination_number text, campaign_id text, \
 campaign_name text, publisher_id text, publisher_name text, buyer_id text, buyer_name text, \
@@ -430,11 +476,11 @@ currency text, recording_url text, tags jsonb, source text, observed_at timestam
 provider_updated_at timestamptz, raw bytea, kafka_topic text, kafka_partition int4, \
 kafka_offset int8) ON COMMIT DELETE ROWS";
 
-/// Binary COPY into the staging table, then one INSERT ... ON CONFLICT.
+/// Binary COPY of complete records into the staging table, then one INSERT ... ON CONFLICT.
 fn upsert_by_copy<'a>(
     conn: &'a mut PgConnection,
     topic: &'a str,
-    rows: &'a [&'a SinkRow],
+    updates: &'a [Update<'a>],
 ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
     Box::pin(async move {
         sqlx::Executor::execute(&mut *conn, STAGING_DDL).await?;
@@ -444,8 +490,8 @@ fn upsert_by_copy<'a>(
         );
         let mut copy = conn.copy_in_raw(&copy_sql).await?;
         let mut writer = BinaryCopyWriter::with_capacity(COPY_CHUNK_BYTES + 64 * 1024);
-        for row in rows {
-            write_copy_row(&mut writer, topic, row);
+        for update in updates {
+            write_copy_row(&mut writer, topic, update);
             if writer.len() >= COPY_CHUNK_BYTES {
                 if let Err(e) = copy.send(writer.take_chunk()).await {
                     let _ = copy.abort("callsync: sending COPY data failed").await;
@@ -458,10 +504,13 @@ fn upsert_by_copy<'a>(
             return Err(e);
         }
         copy.finish().await?;
-        let result = sqlx::query(&upsert_sql(&format!(
-            "SELECT {}, now() FROM callsync_staging",
-            CALL_COLUMNS.join(", ")
-        )))
+        let result = sqlx::query(&upsert_sql(
+            &format!(
+                "SELECT {}, now() FROM callsync_staging",
+                CALL_COLUMNS.join(", ")
+            ),
+            None,
+        ))
         .execute(&mut *conn)
         .await?;
         // staging rows go on commit; clear now too, in case of bisect on the same tx
@@ -470,14 +519,20 @@ fn upsert_by_copy<'a>(
     })
 }
 
-fn write_copy_row(w: &mut BinaryCopyWriter, topic: &str, row: &SinkRow) {
-    let r = &row.record;
+/// `started_at`, NULL when a partial record does not carry it.
+fn started_at(r: &CallRecord) -> Option<&chrono::DateTime<chrono::Utc>> {
+    r.carries(CallField::StartedAt).then_some(&r.started_at)
+}
+
+fn write_copy_row(w: &mut BinaryCopyWriter, topic: &str, update: &Update<'_>) {
+    let r = update.record;
     w.tuple(CALL_COLUMNS.len() as i16);
     w.text(r.provider.as_str());
     w.text(&r.account_id);
     w.text(&r.call_id);
     w.int8(r.version);
-    w.timestamptz(&r.started_at);
+    w.int8(update.fingerprint.as_i64());
+    w.opt_timestamptz(started_at(r));
     w.opt_timestamptz(r.answered_at.as_ref());
     w.opt_timestamptz(r.ended_at.as_ref());
     w.opt_int4(r.duration_secs);
@@ -504,21 +559,24 @@ fn write_copy_row(w: &mut BinaryCopyWriter, topic: &str, row: &SinkRow) {
     w.opt_timestamptz(r.provider_updated_at.as_ref());
     w.opt_bytes(r.raw.as_deref());
     w.text(topic);
-    w.int4(row.source.partition);
-    w.int8(row.source.offset);
+    w.int4(update.source.partition);
+    w.int8(update.source.offset);
 }
 
-/// One INSERT ... SELECT FROM UNNEST of column arrays.
+/// One INSERT ... SELECT FROM UNNEST of column arrays: complete records (`carried: None`) or
+/// partial records that all carry `carried`.
 fn upsert_by_unnest<'a>(
     conn: &'a mut PgConnection,
     topic: &'a str,
-    rows: &'a [&'a SinkRow],
+    updates: &'a [Update<'a>],
+    carried: Option<FieldSet>,
 ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
     Box::pin(async move {
-        const TYPES: [&str; 33] = [
+        const TYPES: [&str; 34] = [
             "text",
             "text",
             "text",
+            "int8",
             "int8",
             "timestamptz",
             "timestamptz",
@@ -555,15 +613,18 @@ fn upsert_by_unnest<'a>(
             .enumerate()
             .map(|(i, t)| format!("${}::{t}[]", i + 1))
             .collect();
-        let sql = upsert_sql(&format!(
-            "SELECT u.*, now() FROM UNNEST({}) AS u",
-            params.join(", ")
-        ));
+        let sql = upsert_sql(
+            &format!("SELECT u.*, now() FROM UNNEST({}) AS u", params.join(", ")),
+            carried,
+        );
 
-        let recs: Vec<&CallRecord> = rows.iter().map(|r| &r.record).collect();
         macro_rules! column {
             ($r:ident => $e:expr) => {
-                recs.iter().map(|$r| $e).collect::<Vec<_>>()
+                updates
+                    .iter()
+                    .map(|u| u.record)
+                    .map(|$r| $e)
+                    .collect::<Vec<_>>()
             };
         }
         let tags: Vec<serde_json::Value> =
@@ -572,7 +633,8 @@ fn upsert_by_unnest<'a>(
         let account_ids = column!(r => r.account_id.as_str());
         let call_ids = column!(r => r.call_id.as_str());
         let versions = column!(r => r.version);
-        let started_at = column!(r => r.started_at);
+        let fingerprints: Vec<i64> = updates.iter().map(|u| u.fingerprint.as_i64()).collect();
+        let started_at = column!(r => started_at(r).copied());
         let answered_at = column!(r => r.answered_at);
         let ended_at = column!(r => r.ended_at);
         let duration_secs = column!(r => r.duration_secs);
@@ -597,16 +659,16 @@ fn upsert_by_unnest<'a>(
         let observed_at = column!(r => r.observed_at);
         let provider_updated_at = column!(r => r.provider_updated_at);
         let raw: Vec<Option<&[u8]>> = column!(r => r.raw.as_deref());
-        let topics = vec![topic; rows.len()];
-        let partitions: Vec<i32> = rows.iter().map(|r| r.source.partition).collect();
-        let offsets: Vec<i64> = rows.iter().map(|r| r.source.offset).collect();
-        drop(recs);
+        let topics = vec![topic; updates.len()];
+        let partitions: Vec<i32> = updates.iter().map(|u| u.source.partition).collect();
+        let offsets: Vec<i64> = updates.iter().map(|u| u.source.offset).collect();
 
         let result = sqlx::query(&sql)
             .bind(providers)
             .bind(account_ids)
             .bind(call_ids)
             .bind(versions)
+            .bind(fingerprints)
             .bind(started_at)
             .bind(answered_at)
             .bind(ended_at)
@@ -641,7 +703,7 @@ fn upsert_by_unnest<'a>(
         Ok(result.rows_affected())
     })
 }
-const SELECT_CALLS: &str = "SELECT provider, account_id, call_id, version, started_at, answered_at, ended_at, \
+const SELECT_CALLS: &str = "SELECT provider, account_id, call_id, version, fingerprint, started_at, answered_at, ended_at, \
 duration_secs, billable_secs, caller_number, tracking_number, destination_number, campaign_id, campaign_name, \
 publisher_id, publisher_name, buyer_id, buyer_name, status, provider_status, converted, revenue, payout, currency, \
 recording_url, tags::text AS tags, source, observed_at, provider_updated_at, raw, kafka_topic, kafka_partition, \
@@ -665,12 +727,14 @@ fn stored_call(row: &sqlx::postgres::PgRow) -> Result<StoredCall, StoreError> {
     let status: String = col!("status");
     let source: String = col!("source");
     let tags: String = col!("tags");
+    let started_at: Option<chrono::DateTime<chrono::Utc>> = col!("started_at");
+    let fingerprint: i64 = col!("fingerprint");
     let record = CallRecord {
         provider: columns::parse_field("provider", &key, &provider)?,
         account_id,
         call_id,
         version: col!("version"),
-        started_at: col!("started_at"),
+        started_at: started_at.unwrap_or_default(),
         answered_at: col!("answered_at"),
         ended_at: col!("ended_at"),
         duration_secs: col!("duration_secs"),
@@ -696,9 +760,11 @@ fn stored_call(row: &sqlx::postgres::PgRow) -> Result<StoredCall, StoreError> {
         observed_at: col!("observed_at"),
         provider_updated_at: col!("provider_updated_at"),
         raw: col!("raw"),
+        present_fields: columns::stored_fields(started_at.is_some()),
     };
     Ok(StoredCall {
         record,
+        fingerprint: ContentFingerprint::from_i64(fingerprint),
         kafka_topic: col!("kafka_topic"),
         kafka_partition: col!("kafka_partition"),
         kafka_offset: col!("kafka_offset"),

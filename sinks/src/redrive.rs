@@ -135,7 +135,7 @@ async fn redrive_page(
                     key: d.key.clone(),
                     payload: d.value.clone(),
                 };
-                entries.push((d, SinkRow { record, source }));
+                entries.push((d, SinkRow::new(record, source)));
             }
             Err(e) => {
                 store

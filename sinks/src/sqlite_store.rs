@@ -1,12 +1,13 @@
 //! The embedded store (SQLite) for the demo and small deployments: the same
-//! version guard, and offsets in the same transaction as the rows.
+//! precedence guard and partial-record updates, and offsets in the same
+//! transaction as the rows.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use callsync_schemas::CallRecord;
+use callsync_schemas::{CallField, CallRecord, ContentFingerprint, FieldSet};
 use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use sqlx::sqlite::{
@@ -14,7 +15,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::batch::{RowKey, SinkBatch};
+use crate::batch::{RowKey, SinkBatch, Update};
 use crate::columns::{self, CALL_COLUMNS};
 use crate::dlq::reason_code;
 use crate::store::{
@@ -208,19 +209,76 @@ fn parse_time(
     .transpose()
 }
 
-fn upsert_sql() -> String {
+/// The upsert of a complete record (`carried: None`) or of a partial one carrying `carried`.
+fn upsert_sql(carried: Option<FieldSet>) -> String {
     let params: Vec<String> = (1..=CALL_COLUMNS.len() + 1)
         .map(|i| format!("?{i}"))
         .collect();
+    let conflict = match carried {
+        None => columns::upsert_conflict_clause(),
+        Some(set) => columns::partial_conflict_clause(set),
+    };
     format!(
-        "INSERT INTO calls ({}, synced_at) VALUES ({}) {}",
+        "INSERT INTO calls ({}, synced_at) VALUES ({}) {conflict}",
         CALL_COLUMNS.join(", "),
         params.join(", "),
-        columns::upsert_conflict_clause()
     )
 }
 
-const SELECT_CALLS: &str = "SELECT provider, account_id, call_id, version, started_at, answered_at, ended_at, \
+/// Upsert one record under the guard; returns the rows written (0 or 1).
+async fn upsert(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    topic: &str,
+    update: &Update<'_>,
+    synced_at: &str,
+) -> Result<u64, sqlx::Error> {
+    let r = update.record;
+    let done = sqlx::query(sql)
+        .bind(r.provider.as_str())
+        .bind(&r.account_id)
+        .bind(&r.call_id)
+        .bind(r.version)
+        .bind(update.fingerprint.as_i64())
+        .bind(
+            r.carries(CallField::StartedAt)
+                .then(|| time_text(&r.started_at)),
+        )
+        .bind(r.answered_at.as_ref().map(time_text))
+        .bind(r.ended_at.as_ref().map(time_text))
+        .bind(r.duration_secs)
+        .bind(r.billable_secs)
+        .bind(r.caller_number.as_deref())
+        .bind(r.tracking_number.as_deref())
+        .bind(r.destination_number.as_deref())
+        .bind(r.campaign_id.as_deref())
+        .bind(r.campaign_name.as_deref())
+        .bind(r.publisher_id.as_deref())
+        .bind(r.publisher_name.as_deref())
+        .bind(r.buyer_id.as_deref())
+        .bind(r.buyer_name.as_deref())
+        .bind(r.status.as_str())
+        .bind(r.provider_status.as_deref())
+        .bind(r.converted)
+        .bind(r.revenue.map(|d| d.to_string()))
+        .bind(r.payout.map(|d| d.to_string()))
+        .bind(r.currency.as_deref())
+        .bind(r.recording_url.as_deref())
+        .bind(String::from_utf8_lossy(&columns::tags_json(&r.tags)).into_owned())
+        .bind(r.source.as_str())
+        .bind(time_text(&r.observed_at))
+        .bind(r.provider_updated_at.as_ref().map(time_text))
+        .bind(r.raw.as_deref())
+        .bind(topic)
+        .bind(update.source.partition)
+        .bind(update.source.offset)
+        .bind(synced_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+const SELECT_CALLS: &str = "SELECT provider, account_id, call_id, version, fingerprint, started_at, answered_at, ended_at, \
 duration_secs, billable_secs, caller_number, tracking_number, destination_number, campaign_id, campaign_name, \
 publisher_id, publisher_name, buyer_id, buyer_name, status, provider_status, converted, revenue, payout, currency, \
 recording_url, tags, source, observed_at, provider_updated_at, raw, kafka_topic, kafka_partition, kafka_offset FROM calls";
@@ -268,12 +326,14 @@ fn stored_call(row: &SqliteRow) -> Result<StoredCall, StoreError> {
     let status: String = col!("status");
     let source: String = col!("source");
     let tags: String = col!("tags");
+    let started_at = time("started_at", col!("started_at"))?;
+    let fingerprint: i64 = col!("fingerprint");
     let record = CallRecord {
         provider: columns::parse_field("provider", &key, &provider)?,
         account_id: account_id.clone(),
         call_id: call_id.clone(),
         version: col!("version"),
-        started_at: required("started_at", time("started_at", col!("started_at"))?)?,
+        started_at: started_at.unwrap_or_default(),
         answered_at: time("answered_at", col!("answered_at"))?,
         ended_at: time("ended_at", col!("ended_at"))?,
         duration_secs: col!("duration_secs"),
@@ -299,9 +359,11 @@ fn stored_call(row: &SqliteRow) -> Result<StoredCall, StoreError> {
         observed_at: required("observed_at", time("observed_at", col!("observed_at"))?)?,
         provider_updated_at: time("provider_updated_at", col!("provider_updated_at"))?,
         raw: col!("raw"),
+        present_fields: columns::stored_fields(started_at.is_some()),
     };
     Ok(StoredCall {
         record,
+        fingerprint: ContentFingerprint::from_i64(fingerprint),
         kafka_topic: col!("kafka_topic"),
         kafka_partition: col!("kafka_partition"),
         kafka_offset: col!("kafka_offset"),
@@ -314,63 +376,38 @@ async fn upsert_rows(
     mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
     batch: &SinkBatch,
 ) -> Result<ApplyOutcome, StoreError> {
-    let sql = upsert_sql();
+    let complete_sql = upsert_sql(None);
+    let mut partial_sql: BTreeMap<u32, String> = BTreeMap::new();
     let synced_at = time_text(&Utc::now());
     let mut counts = AppliedCounts::default();
     let mut rejected = Vec::new();
-    for (key, row) in batch.rows() {
-        let r = &row.record;
-        let result = sqlx::query(&sql)
-            .bind(r.provider.as_str())
-            .bind(&r.account_id)
-            .bind(&r.call_id)
-            .bind(r.version)
-            .bind(time_text(&r.started_at))
-            .bind(r.answered_at.as_ref().map(time_text))
-            .bind(r.ended_at.as_ref().map(time_text))
-            .bind(r.duration_secs)
-            .bind(r.billable_secs)
-            .bind(r.caller_number.as_deref())
-            .bind(r.tracking_number.as_deref())
-            .bind(r.destination_number.as_deref())
-            .bind(r.campaign_id.as_deref())
-            .bind(r.campaign_name.as_deref())
-            .bind(r.publisher_id.as_deref())
-            .bind(r.publisher_name.as_deref())
-            .bind(r.buyer_id.as_deref())
-            .bind(r.buyer_name.as_deref())
-            .bind(r.status.as_str())
-            .bind(r.provider_status.as_deref())
-            .bind(r.converted)
-            .bind(r.revenue.map(|d| d.to_string()))
-            .bind(r.payout.map(|d| d.to_string()))
-            .bind(r.currency.as_deref())
-            .bind(r.recording_url.as_deref())
-            .bind(String::from_utf8_lossy(&columns::tags_json(&r.tags)).into_owned())
-            .bind(r.source.as_str())
-            .bind(time_text(&r.observed_at))
-            .bind(r.provider_updated_at.as_ref().map(time_text))
-            .bind(r.raw.as_deref())
-            .bind(batch.topic())
-            .bind(row.source.partition)
-            .bind(row.source.offset)
-            .bind(&synced_at)
-            .execute(&mut *tx)
-            .await;
-        match result {
-            Ok(done) => {
-                counts.written += done.rows_affected();
-                counts.stale += 1 - done.rows_affected().min(1);
+    'rows: for (key, row) in batch.rows() {
+        // a key's records in order, each under the guard (see crate::batch)
+        for update in row.updates() {
+            let sql = match update.record.present_fields {
+                None => &complete_sql,
+                Some(set) => partial_sql
+                    .entry(set.bits())
+                    .or_insert_with(|| upsert_sql(Some(set))),
+            };
+            match upsert(&mut tx, sql, batch.topic(), &update, &synced_at).await {
+                Ok(written) => {
+                    counts.written += written;
+                    counts.stale += 1 - written.min(1);
+                }
+                // SQLite rolls back only the failing statement: note the row, go on.
+                Err(e) if is_row_error(&e) => {
+                    rejected.push(RejectedRow {
+                        key: RowKey::clone(key),
+                        reason: match &e {
+                            sqlx::Error::Database(db) => db.message().to_string(),
+                            other => other.to_string(),
+                        },
+                    });
+                    continue 'rows;
+                }
+                Err(e) => return Err(StoreError::from_sqlx("upserting a call into calls", e)),
             }
-            // SQLite rolls back only the failing statement: note the row, go on.
-            Err(e) if is_row_error(&e) => rejected.push(RejectedRow {
-                key: RowKey::clone(key),
-                reason: match &e {
-                    sqlx::Error::Database(db) => db.message().to_string(),
-                    other => other.to_string(),
-                },
-            }),
-            Err(e) => return Err(StoreError::from_sqlx("upserting a call into calls", e)),
         }
     }
     if !rejected.is_empty() {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use callsync_schemas::CallRecord;
+use callsync_schemas::{CallRecord, ContentFingerprint};
 use chrono::{DateTime, Utc};
 
 use crate::batch::{RowKey, SinkBatch};
@@ -165,7 +165,12 @@ pub struct AppliedCounts {
 /// A call as stored, with the Kafka record it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredCall {
+    /// The row as a record: complete, or partial without `started_at` when no record has
+    /// carried the call's start yet (see [`crate::columns::stored_fields`]).
     pub record: CallRecord,
+    /// The content fingerprint of the record last applied ([`ContentFingerprint::UNKNOWN`]
+    /// for rows written before the column existed).
+    pub fingerprint: ContentFingerprint,
     pub kafka_topic: String,
     pub kafka_partition: i32,
     pub kafka_offset: i64,

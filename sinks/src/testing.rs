@@ -57,5 +57,6 @@ pub fn sample_call(
         observed_at: started_at + chrono::Duration::seconds(300),
         provider_updated_at: Some(started_at + chrono::Duration::seconds(200)),
         raw: Some(format!("{{\"id\":\"{call_id}\",\"v\":{version}}}").into_bytes()),
+        present_fields: None,
     }
 }

@@ -522,15 +522,15 @@ async fn a_recreated_topic_has_another_id() {
 }
 
 fn row(call_id: &str, partition: i32, offset: i64) -> SinkRow {
-    SinkRow {
-        record: sample_call(Provider::Ringba, "acct-1", call_id, 7),
-        source: SourceRecord {
+    SinkRow::new(
+        sample_call(Provider::Ringba, "acct-1", call_id, 7),
+        SourceRecord {
             partition,
             offset,
             key: Some(call_id.as_bytes().to_vec()),
             payload: Some(b"v".to_vec()),
         },
-    }
+    )
 }
 
 /// A batch with one row and one dead letter at offset 1 of partition 0.

@@ -3,24 +3,26 @@
 
 use std::str::FromStr;
 
-use callsync_schemas::{CallRecord, Provider};
+use callsync_schemas::{
+    CallField, CallRecord, CallStatus, ContentFingerprint, FieldSet, Provider, RecordSource,
+};
 use callsync_sinks::testing::sample_call;
 use callsync_sinks::{
     ApplyOutcome, CallStore, OffsetAdvance, OffsetCommit, PgStore, RowKey, SinkBatch, SinkRow,
-    SourceRecord, SqliteStore,
+    SourceRecord, SqliteStore, StoredCall,
 };
 use rust_decimal::Decimal;
 
 fn row(call_id: &str, version: i64, partition: i32, offset: i64) -> SinkRow {
-    SinkRow {
-        record: sample_call(Provider::Invoca, "acct-7", call_id, version),
-        source: SourceRecord {
+    SinkRow::new(
+        sample_call(Provider::Invoca, "acct-7", call_id, version),
+        SourceRecord {
             partition,
             offset,
             key: None,
             payload: None,
         },
-    }
+    )
 }
 
 fn commit(batch: &SinkBatch, expected: &[(i32, Option<i64>)]) -> OffsetCommit {
@@ -70,9 +72,9 @@ async fn version_guard_keeps_the_newest(store: &dyn CallStore) {
     store.migrate().await.unwrap(); // idempotent
     let b1 = SinkBatch::from_rows("calls", [row("a", 5, 0, 0), row("b", 1, 0, 1)]);
     assert_eq!(committed(store, &b1, &[]).await, (2, 0));
-    // older a: left alone; equal b: re-applied (harmless); newer b wins next time
+    // older a: left alone; the same b again: skipped (a replay writes nothing); newer b wins
     let b2 = SinkBatch::from_rows("calls", [row("a", 4, 0, 2), row("b", 1, 0, 3)]);
-    assert_eq!(committed(store, &b2, &[(0, Some(2))]).await, (1, 1));
+    assert_eq!(committed(store, &b2, &[(0, Some(2))]).await, (0, 2));
     assert_eq!(version(store, "a").await, 5);
     let b3 = SinkBatch::from_rows("calls", [row("b", 9, 0, 4)]);
     committed(store, &b3, &[(0, Some(4))]).await;
@@ -155,6 +157,167 @@ async fn a_refused_row_is_named_and_the_rest_commits(store: &dyn CallStore) {
     );
 }
 
+fn src(partition: i32, offset: i64) -> SourceRecord {
+    SourceRecord {
+        partition,
+        offset,
+        key: None,
+        payload: None,
+    }
+}
+
+/// One batch of `records` (offsets from `first_offset`, partition 0), committed.
+async fn apply_records(
+    store: &dyn CallStore,
+    records: &[&CallRecord],
+    first_offset: i64,
+) -> (u64, u64) {
+    let mut batch = SinkBatch::from_rows("calls", []);
+    for (i, r) in records.iter().enumerate() {
+        batch.push((*r).clone(), src(0, first_offset + i as i64));
+    }
+    let expected = (first_offset > 0).then_some(first_offset);
+    committed(store, &batch, &[(0, expected)]).await
+}
+
+async fn stored(store: &dyn CallStore, call_id: &str) -> StoredCall {
+    store
+        .get("invoca", "acct-7", call_id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("call {call_id} missing"))
+}
+
+/// A partial record of `call_id` at `version` carrying only `revenue`.
+fn revenue_only(call_id: &str, version: i64, revenue: &str) -> CallRecord {
+    let mut r = sample_call(Provider::Invoca, "acct-7", call_id, version);
+    r.revenue = Some(Decimal::from_str(revenue).unwrap());
+    r.source = RecordSource::Webhook;
+    r.into_partial(FieldSet::EMPTY.with(CallField::Revenue))
+}
+
+/// `full` with the partial `update` applied: what the row must hold.
+fn merged(full: &CallRecord, update: &CallRecord) -> CallRecord {
+    let mut want = full.clone();
+    want.apply(update);
+    want
+}
+
+/// Issue 16: a record with the same version and different content is applied when its
+/// fingerprint is greater (the processor's order), and only then, whichever comes first.
+/// Failed before the fix (guard `calls.version <= EXCLUDED.version`): the record applied last
+/// won, so the order decided.
+async fn equal_versions_break_the_tie_by_fingerprint(store: &dyn CallStore) {
+    store.migrate().await.unwrap();
+    let a = sample_call(Provider::Invoca, "acct-7", "tie", 50);
+    let mut b = a.clone();
+    b.revenue = Some(Decimal::from_str("1234.5").unwrap());
+    let (low, high) = if ContentFingerprint::of(&a) < ContentFingerprint::of(&b) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert_eq!(apply_records(store, &[&high], 0).await, (1, 0));
+    assert_eq!(
+        apply_records(store, &[&low], 1).await,
+        (0, 1),
+        "the lesser fingerprint of the same version is stale"
+    );
+    let row = stored(store, "tie").await;
+    assert_eq!(row.record, high);
+    assert_eq!(row.fingerprint, ContentFingerprint::of(&high));
+    // the other order on another call (whose fingerprints differ): the same winner
+    let (mut low2, mut high2) = (low.clone(), high.clone());
+    low2.call_id = "tie2".into();
+    high2.call_id = "tie2".into();
+    if ContentFingerprint::of(&high2) < ContentFingerprint::of(&low2) {
+        std::mem::swap(&mut low2, &mut high2);
+    }
+    assert_eq!(apply_records(store, &[&low2], 2).await, (1, 0));
+    assert_eq!(apply_records(store, &[&high2], 3).await, (1, 0));
+    assert_eq!(stored(store, "tie2").await.record, high2);
+}
+
+/// Issue 18: webhook (partial) then poll, poll then partial webhook, a duplicate partial, and
+/// a partial carrying only revenue against a full row (every other column kept), each in
+/// batches of its own. Failed before the fix: a partial record's uncarried fields overwrote
+/// the row (NULLs, status unknown), and the duplicate was written again.
+async fn partial_records_update_only_what_they_carry(store: &dyn CallStore) {
+    store.migrate().await.unwrap();
+    // poll then partial webhook: revenue changes, every other column is kept
+    let full = sample_call(Provider::Invoca, "acct-7", "p1", 10);
+    assert_eq!(apply_records(store, &[&full], 0).await, (1, 0));
+    let update = revenue_only("p1", 20, "77.25");
+    assert_eq!(apply_records(store, &[&update], 1).await, (1, 0));
+    let row = stored(store, "p1").await;
+    assert_eq!(row.record, merged(&full, &update));
+    assert_eq!(
+        row.record.revenue,
+        Some(Decimal::from_str("77.25").unwrap())
+    );
+    assert_eq!(row.record.campaign_name, full.campaign_name);
+    assert_eq!(row.record.version, 20);
+    assert_eq!(row.fingerprint, ContentFingerprint::of(&update));
+    assert_eq!(row.kafka_offset, 1);
+    // the same partial again (a duplicate webhook): nothing written
+    assert_eq!(apply_records(store, &[&update], 2).await, (0, 1));
+    // an older partial: nothing written
+    assert_eq!(
+        apply_records(store, &[&revenue_only("p1", 15, "1")], 3).await,
+        (0, 1)
+    );
+    assert_eq!(stored(store, "p1").await.record, merged(&full, &update));
+
+    // webhook (partial) then poll: the partial creates the row, the poll fills it
+    let first = revenue_only("p2", 10, "5");
+    assert_eq!(apply_records(store, &[&first], 4).await, (1, 0));
+    let row = stored(store, "p2").await;
+    assert_eq!(row.record.revenue, first.revenue);
+    assert_eq!(row.record.status, CallStatus::Unknown);
+    assert_eq!(row.record.campaign_name, None);
+    assert!(
+        !row.record.carries(CallField::StartedAt),
+        "started_at is NULL until a record carries it"
+    );
+    let poll = sample_call(Provider::Invoca, "acct-7", "p2", 30);
+    assert_eq!(apply_records(store, &[&poll], 5).await, (1, 0));
+    assert_eq!(stored(store, "p2").await.record, poll);
+    // ... and a late partial older than the poll changes nothing
+    assert_eq!(apply_records(store, &[&first], 6).await, (0, 1));
+    assert_eq!(stored(store, "p2").await.record, poll);
+}
+
+/// Collapsing a batch: a newer partial on top of an older complete record keeps the complete
+/// record's other fields; an older partial under a newer complete record is dropped; a row
+/// whose version lies between a batch's complete record and its partial one takes only the
+/// partial one.
+async fn a_batch_merges_partial_records_like_one_by_one(store: &dyn CallStore) {
+    store.migrate().await.unwrap();
+    let full = sample_call(Provider::Invoca, "acct-7", "m1", 10);
+    let update = revenue_only("m1", 20, "3.5");
+    let late = revenue_only("m2", 5, "9");
+    let newer = sample_call(Provider::Invoca, "acct-7", "m2", 10);
+    // m3's row is at 15 before the batch holds [complete 10, partial 20]
+    let row15 = sample_call(Provider::Invoca, "acct-7", "m3", 15);
+    assert_eq!(apply_records(store, &[&row15], 0).await, (1, 0));
+    let old10 = sample_call(Provider::Invoca, "acct-7", "m3", 10);
+    let m3_update = revenue_only("m3", 20, "4.25");
+    let (written, stale) = apply_records(
+        store,
+        &[&full, &newer, &update, &late, &old10, &m3_update],
+        1,
+    )
+    .await;
+    assert_eq!(
+        (written, stale),
+        (4, 1),
+        "m1: complete + partial; m2: complete; m3: its complete 10 is stale, its partial applies"
+    );
+    assert_eq!(stored(store, "m1").await.record, merged(&full, &update));
+    assert_eq!(stored(store, "m2").await.record, newer);
+    assert_eq!(stored(store, "m3").await.record, merged(&row15, &m3_update));
+}
+
 async fn pg_store(copy_threshold: usize) -> Option<(PgStore, callsync_testkit::TestDatabase)> {
     let db = callsync_testkit::skip_unless_postgres!(None);
     let store = PgStore::connect(&db.url, 4, copy_threshold).await.unwrap();
@@ -197,6 +360,50 @@ macro_rules! both_stores {
 both_stores!(version_guard_keeps_the_newest);
 both_stores!(offsets_move_only_from_the_expected_value);
 both_stores!(a_refused_row_is_named_and_the_rest_commits);
+both_stores!(equal_versions_break_the_tie_by_fingerprint);
+both_stores!(partial_records_update_only_what_they_carry);
+both_stores!(a_batch_merges_partial_records_like_one_by_one);
+
+/// Issue 16: replaying a record identical to the row (a sink rewind, a redelivered batch)
+/// writes no new row version: the same xmin and ctid. Failed before the fix:
+/// the guard `calls.version <= EXCLUDED.version` let the equal version through, and every
+/// replay rewrote the row (a dead tuple and index work per row).
+#[tokio::test]
+async fn postgres_identical_replay_writes_no_new_row_version() {
+    for copy_threshold in [0, usize::MAX] {
+        let Some((store, db)) = pg_store(copy_threshold).await else {
+            return;
+        };
+        store.migrate().await.unwrap();
+        let records: Vec<CallRecord> = (0..20)
+            .map(|i| sample_call(Provider::Invoca, "acct-7", &format!("r{i}"), 5))
+            .collect();
+        let mut all = records.clone();
+        all.push(revenue_only("r0", 6, "2.5"));
+        apply_records(&store, &all.iter().collect::<Vec<_>>(), 0).await;
+        let versions = |pool: sqlx::PgPool| async move {
+            sqlx::query_as::<_, (String, String, String)>(
+                "SELECT call_id, xmin::text, ctid::text FROM calls ORDER BY call_id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        };
+        let before = versions(db.pool.clone()).await;
+        let (written, stale) =
+            apply_records(&store, &all.iter().collect::<Vec<_>>(), all.len() as i64).await;
+        assert_eq!(
+            (written, stale),
+            (0, all.len() as u64),
+            "threshold {copy_threshold}"
+        );
+        assert_eq!(
+            versions(db.pool.clone()).await,
+            before,
+            "no new row version"
+        );
+    }
+}
 
 #[tokio::test]
 async fn postgres_copy_and_unnest_store_identical_rows() {
@@ -214,15 +421,15 @@ async fn postgres_copy_and_unnest_store_identical_rows() {
     let rows = |topic: &str| {
         SinkBatch::from_rows(
             topic,
-            [SinkRow {
-                record: odd.clone(),
-                source: SourceRecord {
+            [SinkRow::new(
+                odd.clone(),
+                SourceRecord {
                     partition: 0,
                     offset: 0,
                     key: None,
                     payload: None,
                 },
-            }],
+            )],
         )
     };
     committed(&copy, &rows("calls"), &[]).await;
@@ -267,18 +474,17 @@ async fn postgres_reader_role_sees_only_granted_accounts() {
     let other: CallRecord = sample_call(Provider::Ringba, "other", "x2", 1);
     let batch = SinkBatch::from_rows(
         "calls",
-        [mine, other]
-            .into_iter()
-            .enumerate()
-            .map(|(i, record)| SinkRow {
+        [mine, other].into_iter().enumerate().map(|(i, record)| {
+            SinkRow::new(
                 record,
-                source: SourceRecord {
+                SourceRecord {
                     partition: 0,
                     offset: i as i64,
                     key: None,
                     payload: None,
                 },
-            }),
+            )
+        }),
     );
     committed(&store, &batch, &[]).await;
     let role = format!("bi_{}", db.name.replace('-', "_"));

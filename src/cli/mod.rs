@@ -120,7 +120,7 @@ pub fn connectors_for_simulator(
                     json!({"account": account, "api_key": creds.api_key, "company_id": account, "base_url": base})
                 }
                 Provider::Ringba => {
-                    json!({"account": account, "token": creds.api_key, "base_url": base})
+                    json!({"account": account, "token": creds.api_key, "base_url": base, "time_zone": tz})
                 }
                 Provider::Invoca => {
                     json!({"account": account, "role_id": account, "token": creds.api_key, "base_url": base, "time_zone": tz})

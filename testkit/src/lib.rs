@@ -20,6 +20,7 @@ use std::io::Write as _;
 mod byte_edits;
 mod error;
 mod kafka;
+pub mod markdown;
 mod postgres;
 mod process;
 

@@ -24,7 +24,8 @@ pub mod ringba;
 pub mod trackdrive;
 
 /// Where the next page of a window starts. `None` in a cursor means the first page.
-/// Never a URL: provider URLs can carry credentials (Retreaver's `api_key`).
+/// A URL only where the provider's URLs never carry credentials and its next link must be
+/// followed as given (CallRail's relative `next_page`; checked by [`same_origin_link`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PageToken {
@@ -36,6 +37,8 @@ pub enum PageToken {
     Cursor(String),
     /// Invoca's `start_after_transaction_id`.
     AfterTransaction(String),
+    /// The provider's own link to the next page, followed exactly (CallRail `next_page`).
+    NextLink(String),
 }
 
 /// What a window selects.
@@ -84,6 +87,11 @@ pub trait ProviderClient: Send + Sync + 'static {
     }
     /// Fetches one page.
     async fn fetch_page(&self, request: &PageRequest) -> Result<Page, ClientError>;
+    /// The shortest backfill window worth a request: providers whose filters are whole dates
+    /// fetch about a day more than the window on each side, so their windows are longer.
+    fn min_backfill_window(&self) -> std::time::Duration {
+        crate::backfill::MIN_WINDOW
+    }
     /// Maps one record of a page (or of a webhook) to a CallRecord.
     fn map_record(&self, raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, MappingError>;
     /// The mapping context of this account (time zone, region, currency).
@@ -110,6 +118,42 @@ pub(crate) fn keep_in_window(
             None => true,
         })
         .collect()
+}
+
+/// The dates to send a filter that takes whole dates read in a zone we may not know (Invoca's
+/// `from`/`to` in the API user's zone, CallRail's `start_date`/`end_date`), first and last
+/// inclusive, so that `[start, end)` lies inside them in any zone from UTC-12 to UTC+14. The
+/// rows outside `[start, end)` are dropped client-side.
+pub(crate) fn covering_dates(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> (chrono::NaiveDate, chrono::NaiveDate) {
+    let first = (start - chrono::Duration::hours(12)).date_naive();
+    let last = (end - chrono::Duration::microseconds(1) + chrono::Duration::hours(14)).date_naive();
+    (first, last.max(first))
+}
+
+/// Backfill windows of providers filtered by whole dates are at least this long, so that the
+/// day fetched beyond each end stays a small part of a window.
+pub(crate) const DATE_FILTER_MIN_WINDOW: std::time::Duration =
+    std::time::Duration::from_secs(7 * 86_400);
+
+/// A next-page link of the provider: only followed when it points at the same scheme, host
+/// and port as `base_url` (the request carries the account's credentials).
+pub(crate) fn same_origin_link(base_url: &str, link: &str) -> Result<String, String> {
+    let base = url::Url::parse(base_url).map_err(|e| format!("base_url {base_url:?}: {e}"))?;
+    let next = url::Url::parse(link).map_err(|e| format!("next page link {link:?}: {e}"))?;
+    if next.scheme() != base.scheme()
+        || next.host_str() != base.host_str()
+        || next.port_or_known_default() != base.port_or_known_default()
+    {
+        return Err(format!(
+            "next page link {} points away from {}",
+            crate::http::redact_url(&next),
+            crate::http::redact_url(&base)
+        ));
+    }
+    Ok(next.to_string())
 }
 
 /// A cheap read of one top-level string/number field of a record.

@@ -19,6 +19,15 @@ pub async fn simulator(provider: Provider, calls: u64) -> RunningSimulator {
     Simulator::start(config).await.expect("simulator starts")
 }
 
+/// A simulator whose calls change only within days of the call: no second adjustment weeks
+/// later, which only a reconcile catches for providers scanned by call time (see
+/// tests/realism.rs).
+pub async fn simulator_without_late_changes(provider: Provider, calls: u64) -> RunningSimulator {
+    let mut config = SimulatorConfig::for_tests(7).with_accounts(provider, 1, calls);
+    config.lifecycle.late_adjustment_share = 0.0;
+    Simulator::start(config).await.expect("simulator starts")
+}
+
 /// A connectors config with one account of `provider` on the simulator. `rate` is the
 /// account's requests/min (high by default so tests are not paced).
 pub fn config(

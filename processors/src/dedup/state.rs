@@ -29,38 +29,36 @@ use std::collections::{HashMap, HashSet};
 use std::mem::size_of;
 use std::sync::LazyLock;
 
-use callsync_schemas::DedupEntry;
+use callsync_schemas::{ContentFingerprint, DedupEntry, Precedence};
 use chrono::{DateTime, Utc};
 
 use super::key_hash::{KeyHash, KeyHashBuilder, StateKey};
-use crate::fingerprint::Fingerprint;
 
-/// What the processor does with a valid record.
+/// What the processor does with a valid record, judged by [`Precedence`] (version, then
+/// content fingerprint) against the one held: the order the sink's upsert guard uses, so
+/// both keep the same one of two versions that tie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
-    /// New key, or a newer version with different content: emit to `calls`.
+    /// New key, or a greater precedence with different content (a newer version, or the same
+    /// version with content whose fingerprint is greater): emit to `calls`.
     Emit,
-    /// The same version as the one held (equal versions are the same record): drop.
+    /// The same version and content as the one held: drop.
     Duplicate,
     /// A newer version with the same content (a re-poll that only moved the provider's
     /// clock): drop, but remember the newer version so older versions stay stale.
     Unchanged,
-    /// An older version than the one held: drop.
+    /// A lesser precedence than the one held (an older version, or the same version with
+    /// content whose fingerprint is less): drop.
     Stale,
 }
 
-/// One key's state as held in memory: 20 bytes, 4-byte aligned (the low 64 bits of the
-/// content fingerprint, the version, and `seen_at` in whole seconds, which is all the TTL
-/// needs).
+/// One key's state as held in memory: 20 bytes, 4-byte aligned (the 64-bit content
+/// fingerprint, the version, and `seen_at` in whole seconds, which is all the TTL needs).
 ///
-/// Why 64 bits of the fingerprint are enough, where the key hash needs 128: the fingerprint
-/// is only ever compared with the fingerprint of a newer version *of the same key*, so what
-/// matters is the chance that one real change hashes alike, 2^-64 (5 x 10^-20) per changed
-/// version, not a birthday bound over all keys. At a million changed versions a day for a
-/// century that is about 2 x 10^-9 of ever dropping one change, and such a drop is not a
-/// lost call: the row keeps its previous content until the call changes again. The 8 bytes
-/// saved are 18% of each table slot. The changelog keeps writing a 128-bit field (with
-/// these 64 bits in it); entries written with all 128 bits are read back to their low 64.
+/// Why 64 bits of fingerprint are enough, where the key hash needs 128: the fingerprint is
+/// only ever compared with the fingerprint of another version *of the same key* (see
+/// [`ContentFingerprint`]). The changelog keeps writing a 128-bit field (with these 64 bits in
+/// it); entries written with all 128 bits are read back to their low 64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredEntry {
     fingerprint: [u32; 2],
@@ -72,10 +70,11 @@ pub struct StoredEntry {
 impl StoredEntry {
     /// `seen_at_micros` is kept to the second (clamped to 1970..2106), the fingerprint to
     /// its low 64 bits.
-    pub fn new(fingerprint: Fingerprint, version: i64, seen_at_micros: i64) -> StoredEntry {
+    pub fn new(fingerprint: ContentFingerprint, version: i64, seen_at_micros: i64) -> StoredEntry {
         let v = version as u64;
+        let f = fingerprint.bits();
         StoredEntry {
-            fingerprint: [fingerprint as u32, (fingerprint >> 32) as u32],
+            fingerprint: [f as u32, (f >> 32) as u32],
             version: [v as u32, (v >> 32) as u32],
             seen_at_secs: seen_at_micros
                 .div_euclid(1_000_000)
@@ -83,14 +82,20 @@ impl StoredEntry {
         }
     }
 
-    /// The fingerprint as held: its low 64 bits.
-    pub fn fingerprint(&self) -> Fingerprint {
-        u128::from(self.fingerprint[0]) | u128::from(self.fingerprint[1]) << 32
+    pub fn fingerprint(&self) -> ContentFingerprint {
+        ContentFingerprint::from_bits(
+            u64::from(self.fingerprint[0]) | u64::from(self.fingerprint[1]) << 32,
+        )
     }
 
     /// Whether a record with `fingerprint` has the content this entry holds.
-    pub fn same_content(&self, fingerprint: Fingerprint) -> bool {
-        self.fingerprint() == fingerprint & u128::from(u64::MAX)
+    pub fn same_content(&self, fingerprint: ContentFingerprint) -> bool {
+        self.fingerprint() == fingerprint
+    }
+
+    /// The (version, fingerprint) of the version held.
+    pub fn precedence(&self) -> Precedence {
+        Precedence::new(self.version(), self.fingerprint())
     }
 
     pub fn version(&self) -> i64 {
@@ -109,14 +114,18 @@ impl StoredEntry {
 
 impl From<&DedupEntry> for StoredEntry {
     fn from(e: &DedupEntry) -> Self {
-        StoredEntry::new(e.fingerprint, e.version, e.seen_at.timestamp_micros())
+        StoredEntry::new(
+            ContentFingerprint::from_u128(e.fingerprint),
+            e.version,
+            e.seen_at.timestamp_micros(),
+        )
     }
 }
 
 impl From<&StoredEntry> for DedupEntry {
     fn from(e: &StoredEntry) -> Self {
         DedupEntry {
-            fingerprint: e.fingerprint(),
+            fingerprint: u128::from(e.fingerprint().bits()),
             version: e.version(),
             seen_at: DateTime::<Utc>::from_timestamp_micros(e.seen_at_micros()).unwrap_or_default(),
         }
@@ -266,29 +275,34 @@ impl PartitionState {
         }
     }
 
-    /// Judge `key` at `version` on the version alone: `Some(Stale)` or `Some(Duplicate)`
-    /// (staging the same `seen_at` refresh as [`Self::observe`]) when a version at least as new
-    /// is held, `None` when the record may be emitted and needs its fingerprint.
+    /// Judge `key` at `version` before the record is validated: `Some(Stale)` when an older
+    /// version is held, `Some(Duplicate)` when the same version is held and the record as
+    /// decoded has the content held (`decoded_fingerprint`, asked only then; `None` when it
+    /// cannot tell), staging the same `seen_at` refresh as [`Self::observe`]; `None` when the
+    /// record may be emitted and needs its normalized fingerprint ([`Self::observe`]).
     pub fn observe_version(
         &self,
         staged: &mut StagedChanges,
         key: &StateKey<'_>,
         version: i64,
+        decoded_fingerprint: impl FnOnce() -> Option<ContentFingerprint>,
         now_micros: i64,
         refresh_after_micros: i64,
     ) -> Option<Verdict> {
         let held = *self.current(staged, key.hash)?;
-        if version > held.version() {
+        let verdict = if version < held.version() {
+            Verdict::Stale
+        } else if version == held.version()
+            && decoded_fingerprint().is_some_and(|fp| held.same_content(fp))
+        {
+            Verdict::Duplicate
+        } else {
             return None;
-        }
+        };
         if now_micros.saturating_sub(held.seen_at_micros()) > refresh_after_micros {
             staged.stage(key, Some(held.seen_at(now_micros)));
         }
-        Some(if version < held.version() {
-            Verdict::Stale
-        } else {
-            Verdict::Duplicate
-        })
+        Some(verdict)
     }
 
     /// Judge a valid record of `key` with `fingerprint` and `version` seen at `now_micros`,
@@ -301,7 +315,7 @@ impl PartitionState {
         &self,
         staged: &mut StagedChanges,
         key: &StateKey<'_>,
-        fingerprint: Fingerprint,
+        fingerprint: ContentFingerprint,
         version: i64,
         now_micros: i64,
         refresh_after_micros: i64,
@@ -311,14 +325,11 @@ impl PartitionState {
             staged.stage(key, Some(fresh));
             return Verdict::Emit;
         };
-        let verdict = if version < held.version() {
-            Verdict::Stale
-        } else if version == held.version() {
-            Verdict::Duplicate
-        } else if held.same_content(fingerprint) {
-            Verdict::Unchanged
-        } else {
-            Verdict::Emit
+        let verdict = match Precedence::new(version, fingerprint).cmp(&held.precedence()) {
+            std::cmp::Ordering::Less => Verdict::Stale,
+            std::cmp::Ordering::Equal => Verdict::Duplicate,
+            std::cmp::Ordering::Greater if held.same_content(fingerprint) => Verdict::Unchanged,
+            std::cmp::Ordering::Greater => Verdict::Emit,
         };
         match verdict {
             Verdict::Emit | Verdict::Unchanged => staged.stage(key, Some(fresh)),
@@ -405,18 +416,29 @@ mod tests {
 
     const DAY: i64 = 86_400_000_000;
 
+    fn fp(n: i64) -> ContentFingerprint {
+        ContentFingerprint::from_i64(n)
+    }
+
     fn observe(
         state: &PartitionState,
         staged: &mut StagedChanges,
         key: &str,
-        fp: u128,
+        fingerprint: i64,
         version: i64,
     ) -> Verdict {
-        state.observe(staged, &StateKey::new(key), fp, version, 10 * DAY, DAY)
+        state.observe(
+            staged,
+            &StateKey::new(key),
+            fp(fingerprint),
+            version,
+            10 * DAY,
+            DAY,
+        )
     }
 
-    fn entry(fingerprint: u128, version: i64, seen_at_micros: i64) -> Option<StoredEntry> {
-        Some(StoredEntry::new(fingerprint, version, seen_at_micros))
+    fn entry(fingerprint: i64, version: i64, seen_at_micros: i64) -> Option<StoredEntry> {
+        Some(StoredEntry::new(fp(fingerprint), version, seen_at_micros))
     }
 
     #[test]
@@ -429,12 +451,44 @@ mod tests {
         state.apply(staged);
         let mut staged = StagedChanges::default();
         assert_eq!(observe(&state, &mut staged, "k", 1, 10), Verdict::Duplicate);
+        assert!(staged.is_empty(), "a fresh duplicate writes no state");
+    }
+
+    /// Issue 16: a record with the same version but different content is not a duplicate; the
+    /// greater fingerprint wins, as in the sink's guard. Failed before the fix: every equal
+    /// version was a Duplicate, whatever its content.
+    #[test]
+    fn equal_versions_with_different_content_break_the_tie_by_fingerprint() {
+        let mut state = PartitionState::new();
+        let mut staged = StagedChanges::default();
+        assert_eq!(observe(&state, &mut staged, "k", 1, 10), Verdict::Emit);
+        state.apply(staged);
+        let mut staged = StagedChanges::default();
         assert_eq!(
             observe(&state, &mut staged, "k", 2, 10),
-            Verdict::Duplicate,
-            "equal versions are the same record"
+            Verdict::Emit,
+            "same version, greater fingerprint"
         );
-        assert!(staged.is_empty(), "a fresh duplicate writes no state");
+        assert_eq!(
+            observe(&state, &mut staged, "k", 1, 10),
+            Verdict::Stale,
+            "same version, the lesser fingerprint just replaced"
+        );
+        assert_eq!(
+            observe(&state, &mut staged, "k", -7, 10),
+            Verdict::Stale,
+            "fingerprints compare as signed integers, as Postgres bigints do"
+        );
+        assert_eq!(observe(&state, &mut staged, "k", 2, 10), Verdict::Duplicate);
+        state.apply(staged);
+        assert_eq!(state.get("k").map(|e| e.fingerprint()), Some(fp(2)));
+        // whichever order they come in, the greater fingerprint is held
+        let mut state = PartitionState::new();
+        let mut staged = StagedChanges::default();
+        assert_eq!(observe(&state, &mut staged, "k", 2, 10), Verdict::Emit);
+        assert_eq!(observe(&state, &mut staged, "k", 1, 10), Verdict::Stale);
+        state.apply(staged);
+        assert_eq!(state.get("k").map(|e| e.fingerprint()), Some(fp(2)));
     }
 
     #[test]
@@ -442,8 +496,9 @@ mod tests {
         let mut state = PartitionState::new();
         let mut staged = StagedChanges::default();
         let k = StateKey::new("k");
+        let unasked = || -> Option<ContentFingerprint> { panic!("the version decides") };
         assert_eq!(
-            state.observe_version(&mut staged, &k, 10, 0, DAY),
+            state.observe_version(&mut staged, &k, 10, unasked, 0, DAY),
             None,
             "unknown key"
         );
@@ -451,15 +506,26 @@ mod tests {
         state.apply(staged);
         let mut staged = StagedChanges::default();
         assert_eq!(
-            state.observe_version(&mut staged, &k, 9, 0, DAY),
+            state.observe_version(&mut staged, &k, 9, unasked, 0, DAY),
             Some(Verdict::Stale)
         );
         assert_eq!(
-            state.observe_version(&mut staged, &k, 10, 0, DAY),
-            Some(Verdict::Duplicate)
+            state.observe_version(&mut staged, &k, 10, || Some(fp(1)), 0, DAY),
+            Some(Verdict::Duplicate),
+            "the same version with the content held"
         );
         assert_eq!(
-            state.observe_version(&mut staged, &k, 11, 0, DAY),
+            state.observe_version(&mut staged, &k, 10, || Some(fp(0)), 0, DAY),
+            None,
+            "the same version with other content (as decoded): needs the normalized content"
+        );
+        assert_eq!(
+            state.observe_version(&mut staged, &k, 10, || None, 0, DAY),
+            None,
+            "a decoded fingerprint that cannot be told"
+        );
+        assert_eq!(
+            state.observe_version(&mut staged, &k, 11, unasked, 0, DAY),
             None,
             "newer: needs the content"
         );
@@ -482,7 +548,7 @@ mod tests {
         state.apply(staged);
         assert_eq!(
             state.get("k").map(|e| (e.fingerprint(), e.version())),
-            Some((2, 30))
+            Some((fp(2), 30))
         );
     }
 
@@ -523,19 +589,17 @@ mod tests {
 
     #[test]
     fn entries_keep_every_field_through_the_changelog_form() {
-        let fingerprint = u128::MAX - 12_345;
+        let fingerprint = ContentFingerprint::from_bits(u64::MAX - 12_345);
         let e = StoredEntry::new(fingerprint, -7, 1_700_000_000_123_456);
-        assert_eq!(
-            e.fingerprint(),
-            u128::from(u64::MAX - 12_345),
-            "the low 64 bits"
-        );
+        assert_eq!(e.fingerprint(), fingerprint);
         assert!(e.same_content(fingerprint));
-        assert!(!e.same_content(fingerprint - 1));
-        assert!(
-            e.same_content(e.fingerprint()),
-            "a fingerprint read back from the changelog"
-        );
+        assert!(!e.same_content(ContentFingerprint::from_bits(u64::MAX - 12_346)));
+        // a changelog entry written with all 128 bits is read back to its low 64
+        let wide = DedupEntry {
+            fingerprint: u128::MAX - 12_345,
+            ..DedupEntry::from(&e)
+        };
+        assert!(StoredEntry::from(&wide).same_content(fingerprint));
         assert_eq!(e.version(), -7);
         assert_eq!(
             e.seen_at_micros(),
@@ -544,7 +608,7 @@ mod tests {
         );
         let back = StoredEntry::from(&DedupEntry::from(&e));
         assert_eq!(back, e);
-        let e = StoredEntry::new(1, i64::MAX, 0);
+        let e = StoredEntry::new(fp(1), i64::MAX, 0);
         assert_eq!(e.version(), i64::MAX);
         assert_eq!(size_of::<StoredEntry>(), 20);
     }
@@ -593,7 +657,7 @@ mod tests {
         for i in 0..N {
             state.put(
                 &format!("retreaver:acct-1:call-{i:08}"),
-                entry(i as u128, 1, 0),
+                entry(i as i64, 1, 0),
             );
         }
         // slots of 37 bytes (with the control byte), ~1.65 of them per key

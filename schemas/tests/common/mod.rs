@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use callsync_schemas::{
-    CallRecord, CallStatus, DedupEntry, Provider, RecordSource, SyncEvent, SyncEventKind, SyncMode,
-    SyncRequest,
+    CallField, CallRecord, CallStatus, DedupEntry, FieldSet, Provider, RecordSource, SyncEvent,
+    SyncEventKind, SyncMode, SyncRequest,
 };
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
@@ -50,6 +50,7 @@ pub fn full_record() -> CallRecord {
         observed_at: ts(1_717_243_400_000_001),
         provider_updated_at: Some(ts(1_717_243_200_123_456)),
         raw: Some(br#"{"id":"CA1234"}"#.to_vec()),
+        present_fields: None,
     }
 }
 
@@ -86,6 +87,7 @@ pub fn minimal_record() -> CallRecord {
         observed_at: ts(-1),
         provider_updated_at: None,
         raw: None,
+        present_fields: None,
     }
 }
 
@@ -147,6 +149,21 @@ pub fn money() -> impl Strategy<Value = Decimal> {
     })
 }
 
+/// `None` (a complete record) two times in three, else any set of optional fields.
+pub fn field_set() -> impl Strategy<Value = Option<FieldSet>> {
+    prop_oneof![
+        2 => Just(None),
+        1 => any::<u32>().prop_map(|bits| {
+            Some(
+                CallField::ALL
+                    .into_iter()
+                    .filter(|f| bits & (1 << (*f as u8)) != 0)
+                    .collect(),
+            )
+        }),
+    ]
+}
+
 pub fn provider() -> impl Strategy<Value = Provider> {
     proptest::sample::select(Provider::ALL.to_vec())
 }
@@ -162,17 +179,17 @@ prop_compose! {
         (status, provider_status, converted, revenue, payout, currency, recording_url) in
             (proptest::sample::select(CallStatus::ALL.to_vec()), opt_text(), proptest::option::of(any::<bool>()),
              proptest::option::of(money()), proptest::option::of(money()), opt_text(), opt_text()),
-        (tags, source, observed_at, provider_updated_at, raw) in
+        (tags, source, observed_at, provider_updated_at, raw, present_fields) in
             (proptest::collection::btree_map(text(), text(), 0..5),
              proptest::sample::select(RecordSource::ALL.to_vec()), timestamp(), opt_timestamp(),
-             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))),
+             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)), field_set()),
     ) -> CallRecord {
         CallRecord {
             provider, account_id, call_id, version, started_at, answered_at, ended_at,
             duration_secs, billable_secs, caller_number, tracking_number, destination_number,
             campaign_id, campaign_name, publisher_id, publisher_name, buyer_id, buyer_name,
             status, provider_status, converted, revenue, payout, currency, recording_url,
-            tags, source, observed_at, provider_updated_at, raw,
+            tags, source, observed_at, provider_updated_at, raw, present_fields,
         }
     }
 }

@@ -344,6 +344,29 @@ struct OptionalValues {
     landing_page_url: Option<Option<String>>,
 }
 
+/// The call object as CallRail's webhooks send it: every field, the optional ones too.
+pub(crate) fn record_json(
+    account: &Account,
+    facts: &CallFacts,
+    state: &CallState,
+) -> serde_json::Value {
+    let all = OptionalFields {
+        company: true,
+        created_at: true,
+        tracker_id: true,
+        source: true,
+        campaign: true,
+        value: true,
+        lead_status: true,
+        tags: true,
+        note: true,
+        first_call: true,
+        call_type: true,
+        landing_page_url: true,
+    };
+    serde_json::to_value(record(account, facts, state, &all)).unwrap_or_default()
+}
+
 fn record(
     account: &Account,
     facts: &CallFacts,

@@ -3,10 +3,20 @@
 //! `?oauth_token=`; a bare array of flat rows; cursor `start_after_transaction_id`; the last
 //! page has fewer rows than `limit`. Changes arrive as new correction rows.
 //!
-//! Rows: a call gets its original row when it completes; a conversion posted later and a
-//! revenue adjustment each add a correction row with a new `transaction_id`,
-//! `corrects_transaction_id` = the original row's id, `corrected_at`, and the full corrected
-//! values. Every row of a call carries the same `complete_call_id`.
+//! Rows (shared/providers.md: conversions are not in the Call transaction):
+//! - a `Call` row when the call completes, with no conversion money (`advertiser_payin` and
+//!   `affiliate_payout` 0);
+//! - a `Signal` row (`signal_name` "Sale", `signal_occurred_at` in Unix seconds, `revenue`)
+//!   when the call converts: right after the Call row for a conversion during the call, later
+//!   for a conversion posted after it; its money columns are the call's rolled-up totals;
+//! - each later revenue adjustment corrects the signal: a new `Signal` row with
+//!   `corrects_transaction_id` = the signal's id, `corrected_at`, and the corrected values.
+//!
+//! Every row of a call carries the same `complete_call_id`. `transaction_type=` filters by
+//! type (`Call`, `Signal`, `Sale`, `PostCallEvent`; several allowed). Money strings follow the
+//! account's locale (a decimal comma by default for Invoca accounts). The advertiser role
+//! names its status column `call_result_description_detail_managed_advertiser` and has no
+//! network-only columns (advertiser ids and names, affiliate payout, margin, fees).
 //!
 //! Without `from`/`to`, rows come in the order they were created (the cursor stream); with
 //! them, rows of calls started in the range come in call start order.
@@ -21,7 +31,8 @@ use serde::Serialize;
 use super::{parse_date, ApiError};
 use crate::dataset::{Account, CallFacts, CallState, ChangeRef, Outcome, Stage};
 use crate::format::{
-    dashed, garbled, iso_local, iso_utc_millis, money_string, push_hex, spaced_local,
+    dashed, garbled, iso_local, iso_utc_millis, money_localized, money_string, push_hex,
+    spaced_local,
 };
 use crate::http::{
     admit, page_size, reject_for_account, reject_unattributed, Page, QueryParams, SharedState,
@@ -30,11 +41,34 @@ use crate::http::{
 use crate::names::{BUYERS, CAMPAIGNS, CITIES, PUBLISHERS};
 use crate::BadRecordKind;
 
-const ROW_STAGES: [Stage; 3] = [
+const ROW_STAGES: [Stage; 4] = [
     Stage::Completed,
     Stage::ConversionPosted,
     Stage::RevenueAdjusted,
+    Stage::LateAdjusted,
 ];
+
+/// When a call's row of `stage` was created: the Call row at completion, the Signal row at
+/// the conversion (at completion for a conversion during the call), corrections when made.
+pub(crate) fn row_ms(facts: &CallFacts, stage: Stage) -> Option<i64> {
+    match stage {
+        Stage::Created => None,
+        Stage::Completed => Some(facts.completed_ms),
+        Stage::ConversionPosted => facts
+            .late_conversion_ms
+            .or((facts.converts).then_some(facts.completed_ms)),
+        Stage::RevenueAdjusted | Stage::LateAdjusted => facts.stage_ms(stage),
+    }
+}
+
+/// The row a connector applies last for a call in `state`: the Call row, or (once
+/// converted) the conversion's Signal row or its newest correction.
+pub(crate) fn newest_row_stage(state: &CallState) -> Stage {
+    match state.stage {
+        Stage::Completed if state.converted => Stage::ConversionPosted,
+        other => other,
+    }
+}
 
 /// `{created-ms:011X}-{index:08X}{stage:X}`: unique per account, ordered like the stream.
 pub(crate) fn transaction_id(at_ms: i64, index: u64, stage: Stage) -> String {
@@ -90,11 +124,67 @@ pub(crate) fn normalized_status(description: &str) -> CallStatus {
 }
 
 /// The version a connector derives from a row: `corrected_at` in epoch µs for corrections,
-/// else `start_time_utc` in µs (so every correction outranks the original).
+/// `signal_occurred_at` (whole seconds) for a signal, else `start_time_utc` in µs; each row
+/// of a call outranks the ones before it.
 pub(crate) fn row_version_micros(facts: &CallFacts, stage: Stage) -> i64 {
     match stage {
         Stage::Created | Stage::Completed => facts.created_ms * 1000,
+        Stage::ConversionPosted => {
+            row_ms(facts, stage)
+                .unwrap_or(facts.completed_ms)
+                .div_euclid(1000)
+                * 1_000_000
+        }
         _ => facts.stage_ms(stage).unwrap_or(facts.created_ms) * 1000,
+    }
+}
+
+/// Which row types a request asked for (`transaction_type=`/`transaction_type[]=`; none:
+/// every type).
+#[derive(Debug, Clone, Copy)]
+struct RowTypes {
+    calls: bool,
+    signals: bool,
+}
+
+impl RowTypes {
+    fn parse(params: &QueryParams) -> Result<Self, ApiError> {
+        let named: Vec<&str> = params
+            .all("transaction_type")
+            .chain(params.all("transaction_type[]"))
+            .filter(|t| !t.is_empty())
+            .collect();
+        if named.is_empty() {
+            return Ok(RowTypes {
+                calls: true,
+                signals: true,
+            });
+        }
+        let mut types = RowTypes {
+            calls: false,
+            signals: false,
+        };
+        for name in named {
+            match name {
+                "Call" => types.calls = true,
+                "Signal" => types.signals = true,
+                "Sale" | "PostCallEvent" => {}
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "transaction_type {other} is not one of Call, PostCallEvent, Sale, Signal"
+                    )))
+                }
+            }
+        }
+        Ok(types)
+    }
+
+    fn wants(self, stage: Stage) -> bool {
+        if stage == Stage::Completed {
+            self.calls
+        } else {
+            self.signals
+        }
     }
 }
 
@@ -161,27 +251,26 @@ pub(crate) async fn list_transactions(
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
-    let page = build_page(&state, account, &params);
+    let page = build_page(&state, account, &role, &params);
     admitted.respond(page)
 }
 
-fn build_page(state: &SimState, account: &Account, params: &QueryParams) -> Result<Page, ApiError> {
+fn build_page(
+    state: &SimState,
+    account: &Account,
+    role: &str,
+    params: &QueryParams,
+) -> Result<Page, ApiError> {
     let now_ms = state.clock.now_ms();
     let limit = page_size(state, Provider::Invoca, "limit", params.number("limit")?)?;
-    let mut types = params
-        .all("transaction_type")
-        .chain(params.all("transaction_type[]"))
-        .peekable();
-    if types.peek().is_some() && !types.any(|kind| kind == "Call") {
-        return Page::json(&Vec::<InvocaRow>::new(), 0);
-    }
+    let types = RowTypes::parse(params)?;
     let cursor = match params.get("start_after_transaction_id") {
         None => None,
         Some(id) => {
             let cursor = decode_transaction_id(id)
                 .filter(|cursor| cursor.index < account.calls && cursor.stage != Stage::Created)
                 .filter(|cursor| {
-                    account.facts(cursor.index).stage_ms(cursor.stage) == Some(cursor.at_ms)
+                    row_ms(&account.facts(cursor.index), cursor.stage) == Some(cursor.at_ms)
                 })
                 .ok_or_else(|| {
                     ApiError::BadRequest(format!(
@@ -209,19 +298,62 @@ fn build_page(state: &SimState, account: &Account, params: &QueryParams) -> Resu
     };
     let rows = match dates {
         Some((from_ms, to_ms)) => {
-            rows_by_call_start(account, now_ms, from_ms, to_ms, cursor, limit)
+            rows_by_call_start(account, now_ms, from_ms, to_ms, cursor, limit, types)
         }
-        None => rows_by_creation(account, now_ms, cursor, limit),
+        None => rows_by_creation(account, now_ms, cursor, limit, types),
     };
-    let records: Vec<InvocaRow> = rows
+    let advertiser = role == "advertisers";
+    let records: Vec<RoleRow> = rows
         .into_iter()
         .map(|change| {
             let facts = account.facts(change.index);
             let state = facts.state_at_stage(change.stage);
-            row(account, &facts, &state)
+            let row = row(account, &facts, &state, change.stage);
+            if advertiser {
+                RoleRow::Advertiser(advertiser_view(
+                    serde_json::to_value(row).unwrap_or_default(),
+                ))
+            } else {
+                RoleRow::Network(Box::new(row))
+            }
         })
         .collect();
     Page::json(&records, records.len())
+}
+
+/// A row as the role sees it (the network's is serialized as built: pages stay fast).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RoleRow {
+    Network(Box<InvocaRow>),
+    Advertiser(serde_json::Value),
+}
+
+/// The advertiser role's row: its own status column, none of the network's columns.
+fn advertiser_view(mut row: serde_json::Value) -> serde_json::Value {
+    if let Some(object) = row.as_object_mut() {
+        if let Some(status) = object.remove("call_result_description_detail") {
+            object.insert(
+                "call_result_description_detail_managed_advertiser".to_string(),
+                status,
+            );
+        }
+        for network_only in [
+            "advertiser_id",
+            "advertiser_id_from_network",
+            "advertiser_name",
+            "affiliate_payout_localized",
+            "margin_localized",
+            "call_fee_localized",
+            "advertiser_call_fee_localized",
+            "payout_conditions",
+            "start_time_network_timezone",
+            "start_time_network_timezone_xml",
+        ] {
+            object.remove(network_only);
+        }
+    }
+    row
 }
 
 /// Rows of calls started in `[from_ms, to_ms)`, in (call start, row) order, after `cursor`.
@@ -232,6 +364,7 @@ fn rows_by_call_start(
     to_ms: i64,
     cursor: Option<ChangeRef>,
     limit: usize,
+    types: RowTypes,
 ) -> Vec<ChangeRef> {
     let range = account.index_range(from_ms, to_ms, now_ms);
     let start = cursor.map_or(range.start, |cursor| cursor.index.max(range.start));
@@ -239,7 +372,10 @@ fn rows_by_call_start(
     for index in start..range.end {
         let facts = account.facts(index);
         for stage in ROW_STAGES {
-            let Some(at_ms) = facts.stage_ms(stage).filter(|&at| at <= now_ms) else {
+            if !types.wants(stage) {
+                continue;
+            }
+            let Some(at_ms) = row_ms(&facts, stage).filter(|&at| at <= now_ms) else {
                 continue;
             };
             if cursor.is_some_and(|cursor| index == cursor.index && stage <= cursor.stage) {
@@ -264,6 +400,7 @@ fn rows_by_creation(
     now_ms: i64,
     cursor: Option<ChangeRef>,
     limit: usize,
+    types: RowTypes,
 ) -> Vec<ChangeRef> {
     let end = now_ms.saturating_add(1);
     let mut low = cursor.map_or(account.first_ms, |cursor| cursor.at_ms);
@@ -273,9 +410,19 @@ fn rows_by_creation(
     while low < end && rows.len() < limit {
         let high = low.saturating_add(window).min(end);
         batch.clear();
-        account.for_each_change_in(low, high, &ROW_STAGES, |change, _| {
-            if cursor.is_none_or(|cursor| change > cursor) {
-                batch.push(change);
+        account.for_each_change_in(low, high, &ROW_STAGES, |change, facts| {
+            // a conversion during the call has its Signal row right after the Call row
+            let immediate_signal = (change.stage == Stage::Completed
+                && facts.converts
+                && facts.late_conversion_ms.is_none())
+            .then_some(ChangeRef {
+                stage: Stage::ConversionPosted,
+                ..change
+            });
+            for row in std::iter::once(change).chain(immediate_signal) {
+                if types.wants(row.stage) && cursor.is_none_or(|cursor| row > cursor) {
+                    batch.push(row);
+                }
             }
         });
         if batch.is_empty() {
@@ -301,6 +448,12 @@ enum EpochMillis {
 struct InvocaRow {
     transaction_id: String,
     transaction_type: &'static str,
+    /// Signal rows: the signal's name ("" on Call rows).
+    signal_name: &'static str,
+    signal_occurred_at: Option<i64>,
+    signal_partner_unique_id: Option<String>,
+    /// Signal rows: the revenue the conversion applied to the call.
+    revenue: Option<String>,
     complete_call_id: Option<String>,
     corrects_transaction_id: Option<String>,
     corrected_at: Option<String>,
@@ -346,11 +499,24 @@ struct InvocaRow {
     notes: Option<String>,
 }
 
-fn row(account: &Account, facts: &CallFacts, state: &CallState) -> InvocaRow {
+/// The call's row of `stage` (Call row at completion, Signal rows later), for webhooks.
+pub(crate) fn row_json(account: &Account, facts: &CallFacts, stage: Stage) -> serde_json::Value {
+    let state = facts.state_at_stage(stage);
+    serde_json::to_value(row(account, facts, &state, stage)).unwrap_or_default()
+}
+
+fn row(account: &Account, facts: &CallFacts, state: &CallState, stage: Stage) -> InvocaRow {
     let offset = account.utc_offset_minutes;
-    let at_ms = facts.stage_ms(state.stage).unwrap_or(facts.completed_ms);
-    let original_id = transaction_id(facts.completed_ms, facts.index, Stage::Completed);
-    let correction = state.stage > Stage::Completed;
+    let at_ms = row_ms(facts, stage).unwrap_or(facts.completed_ms);
+    let signal = stage != Stage::Completed;
+    let signal_id = || {
+        transaction_id(
+            row_ms(facts, Stage::ConversionPosted).unwrap_or(facts.completed_ms),
+            facts.index,
+            Stage::ConversionPosted,
+        )
+    };
+    let correction = stage > Stage::ConversionPosted;
     let (campaign_name, _) = CAMPAIGNS[facts.campaign];
     let (buyer_name, buyer_number) = BUYERS[facts.buyer];
     let city = &CITIES[facts.city];
@@ -362,16 +528,33 @@ fn row(account: &Account, facts: &CallFacts, state: &CallState) -> InvocaRow {
         EpochMillis::Number(facts.created_ms)
     };
     let fee_cents = facts.cost_cents;
+    let comma = account.decimal_comma;
+    // the Call row carries no conversion money; signal rows the call's rolled-up totals
+    let (revenue_cents, payout_cents) = if signal {
+        (state.revenue_cents, state.payout_cents)
+    } else {
+        (0, 0)
+    };
     InvocaRow {
         transaction_id: if correction {
-            transaction_id(at_ms, facts.index, state.stage)
+            transaction_id(at_ms, facts.index, stage)
+        } else if signal {
+            signal_id()
         } else {
-            original_id.clone()
+            transaction_id(facts.completed_ms, facts.index, Stage::Completed)
         },
-        transaction_type: "Call",
+        transaction_type: if signal { "Signal" } else { "Call" },
+        signal_name: if signal { "Sale" } else { "" },
+        signal_occurred_at: signal.then(|| {
+            row_ms(facts, Stage::ConversionPosted)
+                .unwrap_or(facts.completed_ms)
+                .div_euclid(1000)
+        }),
+        signal_partner_unique_id: signal.then(|| format!("sale-{}", facts.index)),
+        revenue: signal.then(|| money_string(revenue_cents)),
         complete_call_id: (facts.bad != Some(BadRecordKind::MissingId))
             .then(|| complete_call_id(facts)),
-        corrects_transaction_id: correction.then_some(original_id),
+        corrects_transaction_id: correction.then(signal_id),
         corrected_at: correction.then(|| iso_local(at_ms, offset, true)),
         calling_phone_number: dashed(facts.caller_national),
         destination_phone_number: routed.then(|| dashed(buyer_number)),
@@ -395,19 +578,23 @@ fn row(account: &Account, facts: &CallFacts, state: &CallState) -> InvocaRow {
         affiliate_id: 5_000 + facts.publisher as u64,
         affiliate_id_from_network: format!("AFF-{}", facts.publisher + 1),
         affiliate_name: PUBLISHERS[facts.publisher],
-        advertiser_payin_localized: money_string(state.revenue_cents),
-        affiliate_payout_localized: money_string(state.payout_cents),
-        margin_localized: money_string(state.revenue_cents - state.payout_cents),
-        call_fee_localized: money_string(fee_cents),
-        advertiser_call_fee_localized: money_string(0),
+        advertiser_payin_localized: money_localized(revenue_cents, comma),
+        affiliate_payout_localized: money_localized(payout_cents, comma),
+        margin_localized: money_localized(revenue_cents - payout_cents, comma),
+        call_fee_localized: money_localized(fee_cents, comma),
+        advertiser_call_fee_localized: money_localized(0, comma),
         call_result_description_detail: result_description(facts),
         hangup_cause: if answered {
             "Caller Hang Up"
         } else {
             "Not Answered"
         },
-        payin_conditions: if state.converted { "Converted" } else { "" },
-        payout_conditions: if state.payout_cents > 0 { "Paid" } else { "" },
+        payin_conditions: if signal && state.converted {
+            "Converted"
+        } else {
+            ""
+        },
+        payout_conditions: if payout_cents > 0 { "Paid" } else { "" },
         recording: (answered && facts.id_words[1] & 0x8 == 0).then(|| {
             format!(
                 "https://invoca.example/recordings/{}",

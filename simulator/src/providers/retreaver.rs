@@ -400,6 +400,15 @@ struct V2Fields {
 
 const KEYS_PRESSED: [&[&str]; 5] = [&[], &["1"], &["1", "2"], &["2"], &["1", "1"]];
 
+/// The call as the v2 API serves it (inside its `{"call": ...}` wrapper), for webhooks.
+pub(crate) fn record_json(
+    account: &Account,
+    facts: &CallFacts,
+    state: &CallState,
+) -> serde_json::Value {
+    serde_json::to_value(record(account, facts, state, ApiVersion::V2)).unwrap_or_default()
+}
+
 fn record(
     account: &Account,
     facts: &CallFacts,

@@ -293,6 +293,11 @@ fn short_id(prefix: &str, word: u64) -> String {
     prefixed_hex(prefix, word, mix(word, 0x5151))
 }
 
+/// The call as the call-logs API serves it, for webhooks.
+pub(crate) fn record_json(facts: &CallFacts, state: &CallState) -> serde_json::Value {
+    serde_json::to_value(record(facts, state)).unwrap_or_default()
+}
+
 fn record(facts: &CallFacts, state: &CallState) -> RingbaRecord {
     let ended = state.stage != Stage::Created;
     let connected = ended && facts.answered();
@@ -305,7 +310,7 @@ fn record(facts: &CallFacts, state: &CallState) -> RingbaRecord {
         EpochMillis::Number(facts.created_ms)
     };
     let has_recording = connected && facts.id_words[1] & 0x8 == 0;
-    let adjusted = state.stage == Stage::RevenueAdjusted;
+    let adjusted = state.stage >= Stage::RevenueAdjusted;
     let profit_gross = state.revenue_cents - state.payout_cents;
     RingbaRecord {
         inbound_call_id: if facts.bad == Some(BadRecordKind::MissingId) {

@@ -130,10 +130,15 @@ fn build_page(state: &SimState, account: &Account, params: &QueryParams) -> Resu
     };
     let from_ms = time("created_at_from")?.unwrap_or(i64::MIN);
     let to_ms = time("created_at_to")?.map_or(i64::MAX, |to| to.saturating_add(1));
+    // documented values are column names (`order=created_at`); `asc`/`desc` are not
     let descending = match params.get("order") {
-        None | Some("desc") | Some("-created_at") => true,
-        Some("asc") | Some("created_at") => false,
-        Some(other) => return Err(ApiError::BadRequest(format!("unsupported order {other}"))),
+        None | Some("-created_at") => true,
+        Some("created_at") => false,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "order {other:?} is not a column to sort by (e.g. order=created_at)"
+            )))
+        }
     };
     let range = account.index_range(from_ms, to_ms, now_ms);
     let total = range.end - range.start;
@@ -284,6 +289,15 @@ struct TrackDriveCall {
     call_sid: String,
     provider: &'static str,
     outgoing_webhooks_count: u32,
+}
+
+/// The call as the calls API serves it, for webhooks.
+pub(crate) fn record_json(
+    account: &Account,
+    facts: &CallFacts,
+    state: &CallState,
+) -> serde_json::Value {
+    serde_json::to_value(record(account, facts, state)).unwrap_or_default()
 }
 
 fn record(account: &Account, facts: &CallFacts, state: &CallState) -> TrackDriveCall {

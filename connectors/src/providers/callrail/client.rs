@@ -9,7 +9,8 @@ use crate::error::ClientError;
 use crate::http::{HttpResponse, ProviderHttp};
 use crate::mapping::{parse_timestamp, MapContext, MappingError};
 use crate::providers::{
-    bad_token, keep_in_window, peek_field, Page, PageRequest, PageToken, ProviderClient,
+    bad_token, covering_dates, keep_in_window, peek_field, same_origin_link, Page, PageRequest,
+    PageToken, ProviderClient, DATE_FILTER_MIN_WINDOW,
 };
 
 /// Extra fields asked for with `fields=` (the defaults lack them).
@@ -30,27 +31,33 @@ struct Envelope {
     total_pages: Option<u64>,
     #[serde(default)]
     has_next_page: Option<bool>,
+    #[serde(default)]
+    next_page: Option<String>,
 }
 
 fn start_time(raw: &RawValue) -> Option<DateTime<Utc>> {
     peek_field(raw, &["start_time"]).and_then(|s| parse_timestamp(&s, chrono_tz::UTC))
 }
 
-/// How a CallRail page was asked for: `page` number (from 1) or, with relative pagination,
-/// `offset` (from 0).
+/// How a CallRail page was asked for: `page` number (from 1), or with relative pagination
+/// the first page (the following ones are the `next_page` links CallRail gives).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallRailPosition {
     pub per_page: u32,
     pub relative: bool,
+    /// The page number (offset style).
     pub position: u64,
 }
 
 /// One calls response to its records in the window and the next page token; an error is a
-/// malformed body (retried).
+/// malformed body (retried). Relative pagination follows `next_page` exactly as CallRail
+/// gives it (its offset is opaque, and pages shift if it is rebuilt), so `base_url` is needed
+/// to check that the link stays on CallRail's host.
 pub(crate) fn read_page(
     resp: &HttpResponse,
     req: &PageRequest,
     at: CallRailPosition,
+    base_url: &str,
 ) -> Result<Page, String> {
     let CallRailPosition {
         per_page,
@@ -60,18 +67,25 @@ pub(crate) fn read_page(
     let env = serde_json::from_slice::<Envelope>(&resp.body)
         .map_err(|e| format!("expected {{\"calls\": [...], ...}}: {e}"))?;
     let fetched = env.calls.len();
-    let next = if fetched == 0 {
+    let next = if relative {
+        match (env.has_next_page, env.next_page) {
+            (Some(false), _) => None,
+            (_, Some(link)) if !link.trim().is_empty() && fetched > 0 => Some(PageToken::NextLink(
+                same_origin_link(base_url, link.trim())?,
+            )),
+            (Some(true), _) if fetched > 0 => {
+                return Err("has_next_page is true but next_page is missing".to_string())
+            }
+            _ => None,
+        }
+    } else if fetched == 0 {
         None
-    } else if relative {
-        env.has_next_page
-            .unwrap_or(fetched >= per_page as usize)
-            .then(|| PageToken::Offset(position + fetched as u64))
     } else {
         let more = match env.total_pages {
             Some(total) => position < total,
             None => fetched >= per_page as usize,
         };
-        more.then(|| PageToken::Page(position as u32 + 1))
+        more.then(|| PageToken::Page(u32::try_from(position + 1).unwrap_or(u32::MAX)))
     };
     let records = keep_in_window(env.calls, req.start, req.end, start_time);
     Ok(Page {
@@ -109,6 +123,10 @@ impl ProviderClient for CallRailClient {
         &self.http
     }
 
+    fn min_backfill_window(&self) -> std::time::Duration {
+        DATE_FILTER_MIN_WINDOW
+    }
+
     async fn fetch_page(&self, req: &PageRequest) -> Result<Page, ClientError> {
         let per_page = self.account.per_page.clamp(1, 250);
         let url = format!(
@@ -116,32 +134,26 @@ impl ProviderClient for CallRailClient {
             self.account.base_url.trim_end_matches('/'),
             self.account.account
         );
-        // dates are inclusive, in the account's zone; rows outside [start, end) are dropped
-        let from = req.start.with_timezone(&self.tz).date_naive();
-        let last = (req.end - chrono::Duration::microseconds(1))
-            .with_timezone(&self.tz)
-            .date_naive();
+        // whole dates in a zone we may not know: ask for the dates covering the window in
+        // any zone, keep [start, end) ourselves
+        let (from, last) = covering_dates(req.start, req.end);
         let mut query: Vec<(&str, String)> = vec![
             ("per_page", per_page.to_string()),
             ("start_date", from.format("%Y-%m-%d").to_string()),
-            ("end_date", last.max(from).format("%Y-%m-%d").to_string()),
+            ("end_date", last.format("%Y-%m-%d").to_string()),
             ("sort", "start_time".to_string()),
             ("order", "asc".to_string()),
             ("fields", EXTRA_FIELDS.to_string()),
         ];
         let relative = self.account.relative_pagination;
-        let position = match (&req.token, relative) {
-            (None, false) => 1,
-            (None, true) => 0,
-            (Some(PageToken::Page(n)), false) => u64::from(*n),
-            (Some(PageToken::Offset(n)), true) => *n,
+        let (position, link) = match (&req.token, relative) {
+            (None, _) => (1, None),
+            (Some(PageToken::Page(n)), false) => (u64::from(*n), None),
+            (Some(PageToken::NextLink(link)), true) => (0, Some(link.clone())),
             (Some(other), _) => return Err(bad_token(self, other)),
         };
         if relative {
             query.push(("relative_pagination", "true".to_string()));
-            if position > 0 {
-                query.push(("offset", position.to_string()));
-            }
         } else {
             query.push(("page", position.to_string()));
         }
@@ -151,16 +163,21 @@ impl ProviderClient for CallRailClient {
             relative,
             position,
         };
+        let base = self.account.base_url.clone();
         self.http
             .execute(
                 "calls",
                 |c| {
-                    c.get(&url)
-                        .query(&query)
+                    let request = match &link {
+                        // the next page exactly as CallRail gave it
+                        Some(link) => c.get(link),
+                        None => c.get(&url).query(&query),
+                    };
+                    request
                         .header("Authorization", &auth)
                         .header("Request-From", "callsync")
                 },
-                |resp| read_page(resp, req, at),
+                |resp| read_page(resp, req, at, &base),
             )
             .await
     }

@@ -8,8 +8,8 @@ use crate::error::ClientError;
 use crate::http::{HttpResponse, ProviderHttp};
 use crate::mapping::{MapContext, MappingError};
 use crate::providers::{
-    bad_token, keep_in_window, peek_field, split_array, Page, PageRequest, PageToken,
-    ProviderClient, Scan,
+    bad_token, covering_dates, keep_in_window, peek_field, split_array, Page, PageRequest,
+    PageToken, ProviderClient, Scan, DATE_FILTER_MIN_WINDOW,
 };
 
 /// Invoca's Transactions API client for one account.
@@ -81,6 +81,10 @@ impl ProviderClient for InvocaClient {
         Scan::Transactions
     }
 
+    fn min_backfill_window(&self) -> std::time::Duration {
+        DATE_FILTER_MIN_WINDOW
+    }
+
     async fn fetch_page(&self, req: &PageRequest) -> Result<Page, ClientError> {
         let after = match &req.token {
             None => None,
@@ -95,21 +99,19 @@ impl ProviderClient for InvocaClient {
             self.account.role.path(),
             self.account.role_id
         );
-        let mut query: Vec<(&str, String)> = vec![
-            ("limit", limit.to_string()),
-            ("transaction_type", "Call".to_string()),
-        ];
+        // every transaction type: conversions (Signal, Sale, Post Call Event) are their own
+        // rows, folded onto their call by the mapping
+        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
         if let Some(a) = &after {
             query.push(("start_after_transaction_id", a.clone()));
         }
         if req.scan != Scan::Transactions {
-            // inclusive dates in the API user's time zone; keep the range fixed while paging
-            let from = req.start.with_timezone(&self.tz).date_naive();
-            let last = (req.end - chrono::Duration::microseconds(1))
-                .with_timezone(&self.tz)
-                .date_naive();
+            // inclusive dates in the API user's time zone, which the configured zone may not
+            // be: the dates covering the window in any zone, the range fixed while paging;
+            // rows outside [start, end) are dropped by read_page
+            let (from, last) = covering_dates(req.start, req.end);
             query.push(("from", from.format("%Y-%m-%d").to_string()));
-            query.push(("to", last.max(from).format("%Y-%m-%d").to_string()));
+            query.push(("to", last.format("%Y-%m-%d").to_string()));
         }
         let token = self.account.token.expose().to_string();
         self.http

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::config::RingbaAccount;
 use crate::error::ClientError;
-use crate::http::{HttpResponse, ProviderHttp};
+use crate::http::{BodyProblem, HttpResponse, ProviderHttp};
 use crate::mapping::{MapContext, MappingError};
 use crate::providers::{
     bad_token, keep_in_window, peek_field, Page, PageRequest, PageToken, ProviderClient,
@@ -16,6 +16,7 @@ use crate::providers::{
 #[derive(Debug)]
 pub struct RingbaClient {
     account: RingbaAccount,
+    tz: chrono_tz::Tz,
     http: ProviderHttp,
 }
 
@@ -40,17 +41,20 @@ fn call_time(raw: &RawValue) -> Option<DateTime<Utc>> {
 }
 
 /// One call-logs response (asked at `offset` with page `size`) to its records in the window
-/// and the next page token; an error is a malformed body (retried).
+/// and the next page token. A body with `isRateLimited: true` (Ringba may throttle with a
+/// 2xx) is a rate-limited answer; any other unreadable body is malformed (retried).
 pub(crate) fn read_page(
     resp: &HttpResponse,
     req: &PageRequest,
     offset: u64,
     size: u64,
-) -> Result<Page, String> {
+) -> Result<Page, BodyProblem> {
     let env: Envelope = serde_json::from_slice(&resp.body)
         .map_err(|e| format!("expected {{\"report\": {{\"records\": [...]}}}}: {e}"))?;
     if env.is_rate_limited {
-        return Err("rate limited (isRateLimited in a 2xx body)".to_string());
+        return Err(BodyProblem::RateLimited(
+            "isRateLimited in a 2xx body".to_string(),
+        ));
     }
     let report = env
         .report
@@ -68,8 +72,15 @@ pub(crate) fn read_page(
 }
 
 impl RingbaClient {
-    pub fn new(account: RingbaAccount, http: ProviderHttp) -> Self {
-        RingbaClient { account, http }
+    /// Fails when `time_zone` is not an IANA zone name.
+    pub fn new(account: RingbaAccount, http: ProviderHttp) -> Result<Self, String> {
+        let tz = match &account.time_zone {
+            None => chrono_tz::UTC,
+            Some(name) => name
+                .parse::<chrono_tz::Tz>()
+                .map_err(|e| format!("time_zone {name:?}: {e}"))?,
+        };
+        Ok(RingbaClient { account, tz, http })
     }
 }
 
@@ -121,6 +132,7 @@ impl ProviderClient for RingbaClient {
 
     fn map_context(&self, source: RecordSource) -> MapContext {
         let mut ctx = MapContext::new(Provider::Ringba, &self.account.account, source);
+        ctx.time_zone = self.tz;
         if let Some(c) = &self.account.currency {
             ctx.currency = Some(c.clone());
         }

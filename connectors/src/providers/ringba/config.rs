@@ -16,6 +16,10 @@ pub struct RingbaAccount {
     /// Rows per request (max 1000).
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// The account's time zone (IANA): pixel tokens render local times without an offset
+    /// (`11/26/2025 9:48:06 PM`), read in this zone. Default UTC.
+    #[serde(default)]
+    pub time_zone: Option<String>,
     #[serde(default)]
     pub currency: Option<String>,
     #[serde(default)]

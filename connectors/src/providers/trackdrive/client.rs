@@ -105,7 +105,8 @@ impl ProviderClient for TrackDriveClient {
             ("per_page", self.account.per_page.to_string()),
             ("created_at_from", filter_time(req.start)),
             ("created_at_to", filter_time(end)),
-            ("order", "asc".to_string()),
+            // the documented form names a column; the cursor keeps paging stable either way
+            ("order", "created_at".to_string()),
         ];
         let auth = format!(
             "Basic {}",

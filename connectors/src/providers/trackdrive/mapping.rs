@@ -86,5 +86,6 @@ pub fn map_call(raw: &RawValue, ctx: &MapContext) -> Result<CallRecord, MappingE
         observed_at: ctx.observed_at,
         provider_updated_at: updated,
         raw: Some(raw_bytes(raw)),
+        present_fields: None,
     })
 }
