@@ -36,7 +36,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use callsync_runtime::metrics::RECORDS_TOTAL;
 use callsync_runtime::KafkaSettings;
-use callsync_schemas::{CallRecord, Provider, WireFormat};
+use callsync_schemas::{CallField, CallRecord, Provider, WireFormat};
 use chrono::{DateTime, TimeZone, Utc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -362,7 +362,9 @@ async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<axum::bo
     }
 }
 
-/// The times of a webhook's record must be plausible call times (2000 to now + 1 day).
+/// The times of a webhook's record must be plausible call times (2000 to now + 1 day). A
+/// partial record's start is checked only when it carries one (a conversion postback or a
+/// CallRail call-modified body may not; its placeholder is the epoch).
 fn check_times(record: &CallRecord, now: DateTime<Utc>) -> Result<(), String> {
     let earliest = Utc
         .with_ymd_and_hms(EARLIEST_CALL_YEAR, 1, 1, 0, 0, 0)
@@ -372,7 +374,12 @@ fn check_times(record: &CallRecord, now: DateTime<Utc>) -> Result<(), String> {
         .checked_add_signed(MAX_FUTURE_SKEW)
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let times = [
-        ("started_at", Some(record.started_at)),
+        (
+            "started_at",
+            record
+                .carries(CallField::StartedAt)
+                .then_some(record.started_at),
+        ),
         ("answered_at", record.answered_at),
         ("ended_at", record.ended_at),
         ("provider_updated_at", record.provider_updated_at),
@@ -600,5 +607,62 @@ mod tests {
             .client_properties
             .insert("message.max.bytes".into(), "20000".into());
         assert_eq!(kafka_message_max_bytes(&settings), 20_000);
+    }
+}
+
+#[cfg(test)]
+mod time_check_tests {
+    use callsync_schemas::{CallField, CallRecord, FieldSet, Provider, RecordSource};
+    use chrono::{DateTime, Utc};
+
+    use super::check_times;
+
+    fn record(started_at: DateTime<Utc>) -> CallRecord {
+        let now = Utc::now();
+        CallRecord {
+            provider: Provider::Retreaver,
+            account_id: "A1".into(),
+            call_id: "c-1".into(),
+            version: now.timestamp_micros(),
+            started_at,
+            answered_at: None,
+            ended_at: None,
+            duration_secs: None,
+            billable_secs: None,
+            caller_number: None,
+            tracking_number: None,
+            destination_number: None,
+            campaign_id: None,
+            campaign_name: None,
+            publisher_id: None,
+            publisher_name: None,
+            buyer_id: None,
+            buyer_name: None,
+            status: callsync_schemas::CallStatus::Unknown,
+            provider_status: None,
+            converted: None,
+            revenue: None,
+            payout: None,
+            currency: None,
+            recording_url: None,
+            tags: Default::default(),
+            source: RecordSource::Webhook,
+            observed_at: now,
+            provider_updated_at: None,
+            raw: None,
+            present_fields: None,
+        }
+    }
+
+    /// A webhook that carries no start (only a conversion, say) was answered 400 "started_at
+    /// 1970-01-01 is outside 2000-01-01 .. now + 1 day": its placeholder start was checked.
+    #[test]
+    fn a_partial_record_without_a_start_passes_and_a_carried_bad_start_does_not() {
+        let epoch = DateTime::<Utc>::UNIX_EPOCH;
+        let partial = record(epoch).into_partial(FieldSet::EMPTY.with(CallField::Revenue));
+        assert_eq!(check_times(&partial, Utc::now()), Ok(()));
+        assert!(check_times(&record(epoch), Utc::now()).is_err());
+        let carried = record(epoch).into_partial(FieldSet::EMPTY.with(CallField::StartedAt));
+        assert!(check_times(&carried, Utc::now()).is_err());
     }
 }
