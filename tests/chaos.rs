@@ -41,8 +41,8 @@ use callsync_runtime::{
     Shutdown,
 };
 use callsync_schemas::{
-    decode_call_record, encode_to_vec, CallRecord, Provider, RecordSource, SyncMode, SyncRequest,
-    WireFormat,
+    decode_call_record, encode_to_vec, CallField, CallRecord, ContentFingerprint, Provider,
+    RecordSource, SyncMode, SyncRequest, WireFormat,
 };
 use callsync_simulator::{
     record_checksum, AccountConfig, BadRecordKind, FaultConfig, RateLimitRule, RunningSimulator,
@@ -50,9 +50,12 @@ use callsync_simulator::{
 };
 use callsync_sinks::{CallStore, PgStore, StoredCall};
 use callsync_testkit::{PgServer, PgStopMode, RealKafka, TestDatabase};
-use chaos_support::compare::{self, CallsIndex, ColumnReport, ReadRules, ReferenceCheck};
+use chaos_support::compare::{
+    self, CallsEntry, CallsIndex, ColumnReport, ReadRules, ReferenceCheck, RowOrigin,
+};
 use chaos_support::docs::{scaling_run_line, DatabaseMove};
 use chaos_support::roles::{Fleet, Launcher, RoleProcess};
+use chaos_support::webhooks::{self as hooks, WebhookTraffic};
 use chaos_support::{reference, SeededRng, Timeline};
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -75,7 +78,12 @@ const HISTORY_DAYS: u64 = 3;
 const PARTITIONS: i32 = 6;
 /// Share of calls the simulator serves broken on purpose (they must land in the DLQ).
 const BAD_SHARE: f64 = 0.0005;
-const ROLES: [&str; 3] = ["connector", "processor", "sink"];
+const ROLES: [&str; 4] = ["connector", "processor", "sink", "api"];
+/// Share of calls whose changes the providers also send as webhooks.
+const WEBHOOK_SHARE: f64 = 0.5;
+/// The longest window of simulated time sent as webhooks at once (the late hours go out in
+/// slices of it, spread over the late phase).
+const WEBHOOK_SLICE: chrono::TimeDelta = chrono::TimeDelta::minutes(3);
 /// Processes per role when the pipeline runs at full size.
 const PER_ROLE: usize = 3;
 /// SIGKILLs per role during the backfill, and during the late phase.
@@ -162,6 +170,7 @@ struct Run {
     unclean_stops: std::sync::Mutex<Vec<String>>,
     injected: std::sync::Mutex<ExpectedDlq>,
     calls: u64,
+    webhooks: WebhookTraffic,
 }
 
 impl Run {
@@ -236,10 +245,7 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
 
     let sim = start_simulator(seed, calls).await;
     let clock_start = sim.now();
-    let accounts: Vec<(Provider, String)> = Provider::ALL
-        .iter()
-        .flat_map(|&p| sim.accounts(p).into_iter().map(move |a| (p, a)))
-        .collect();
+    let accounts = run_accounts(&sim);
 
     // one config file for every process
     let work = tempfile::Builder::new()
@@ -250,6 +256,9 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
     let processor_group = format!("{prefix}processor");
     let sink_group = format!("{prefix}sink");
     let config_path = work.join("callsync.toml");
+    // the api processes' listeners: a port pair each (one host; in production, one address
+    // behind a load balancer)
+    let api_ports: Vec<(u16, u16)> = (0..PER_ROLE).map(|_| (free_port(), free_port())).collect();
     let connectors = write_config(
         &config_path,
         &sim,
@@ -258,6 +267,7 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
         &old_db.url,
         &processor_group,
         &sink_group,
+        api_ports[0],
     );
     let launcher = Launcher::new(
         Path::new(env!("CARGO_BIN_EXE_callsync")),
@@ -281,11 +291,27 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
     );
     fleet.start("processor", &scaling_run_line("processor"), &launcher, 1);
     fleet.start("sink", &scaling_run_line("sink"), &launcher, 1);
+    for (webhooks_port, api_port) in &api_ports {
+        fleet.start(
+            "api",
+            &format!(
+                "CALLSYNC__WEBHOOKS__LISTEN=127.0.0.1:{webhooks_port} CALLSYNC__API__LISTEN=127.0.0.1:{api_port} {}",
+                scaling_run_line("api")
+            ),
+            &launcher,
+            1,
+        );
+    }
     timeline.note(format!(
-        "started with one config file: {PER_ROLE} connectors, 1 processor, 1 sink (`{}`; logs in {})",
+        "started with one config file: {PER_ROLE} connectors, 1 processor, 1 sink, {PER_ROLE} api (webhooks on ports {:?}) (`{}`; logs in {})",
+        api_ports.iter().map(|p| p.0).collect::<Vec<_>>(),
         scaling_run_line("processor"),
         work.display()
     ));
+    let webhooks = WebhookTraffic::new(
+        &accounts,
+        &api_ports.iter().map(|p| p.0).collect::<Vec<_>>(),
+    );
 
     // sync status, as the API would see it
     let status = SyncStatusStore::new(10_000);
@@ -331,6 +357,7 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
         unclean_stops: std::sync::Mutex::new(Vec::new()),
         injected: std::sync::Mutex::new(Vec::new()),
         calls,
+        webhooks,
     });
 
     // restart a process that stops by itself (as a supervisor would)
@@ -342,6 +369,14 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
     let backfill_events = backfill_schedule(&mut rng);
     let late_events = late_schedule(&mut rng);
     let budget = Duration::from_secs(420 + calls / 150);
+    let late_phase = Arc::new(AtomicBool::new(false));
+    let webhooks_stop = Arc::new(AtomicBool::new(false));
+    let webhook_flow = tokio::spawn(send_webhooks(
+        Arc::clone(&run),
+        clock_start,
+        Arc::clone(&late_phase),
+        Arc::clone(&webhooks_stop),
+    ));
     let main_flow = async {
         // 1. backfill of the whole history, the clock running; the backfill's events are
         //    spread over the filling of the calls table
@@ -396,6 +431,7 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
         // 2. the late hours: late conversions, adjustments, corrections, new calls, picked
         //    up by an incremental sync while kills and bursts go on
         run.sim.clock().set_speed(0.0);
+        late_phase.store(true, Ordering::SeqCst);
         if run.sim.now() < late_instant {
             run.sim.clock().set(late_instant);
         }
@@ -424,6 +460,11 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
             &late_done,
         );
         tokio::join!(syncs, faults);
+        // the webhooks of the late hours not sent yet go out now
+        webhooks_stop.store(true, Ordering::SeqCst);
+        webhook_flow.await.expect("webhook traffic");
+        run.timeline
+            .note(format!("webhooks sent: {:?}", run.webhooks.figures()));
     };
     tokio::time::timeout(budget, main_flow)
         .await
@@ -508,7 +549,11 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
     let rules = ReadRules {
         observed_from: run_started,
         observed_to: Utc::now(),
-        sources: vec![RecordSource::Backfill, RecordSource::Poll],
+        sources: vec![
+            RecordSource::Backfill,
+            RecordSource::Poll,
+            RecordSource::Webhook,
+        ],
         calls_topic: run.settings.topic(names::CALLS),
     };
     let columns = compare::compare_rows(&rows, &reference, &calls_topic.index, &rules);
@@ -530,6 +575,12 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
         move_facts: move_facts.as_ref(),
         old_after: old_after.as_ref(),
         unclean_stops: &unclean,
+        webhooks: &run.webhooks.figures(),
+        webhook_records: calls_topic.webhook_records,
+        rows_from_webhooks: rows
+            .iter()
+            .filter(|r| r.record.source == RecordSource::Webhook)
+            .count() as u64,
     });
     let fleet = run.fleet.lock().await;
     let figures = fleet.figures();
@@ -603,6 +654,7 @@ async fn start_simulator(seed: u64, calls: u64) -> RunningSimulator {
     for provider in Provider::ALL {
         let p = config.provider_mut(provider);
         p.rate_limits = vec![GENEROUS_LIMIT];
+        p.webhooks.share = WEBHOOK_SHARE;
         p.accounts = vec![AccountConfig {
             calls: per_provider,
             future_calls: (per_provider / 20).max(1),
@@ -612,6 +664,62 @@ async fn start_simulator(seed: u64, calls: u64) -> RunningSimulator {
         }];
     }
     Simulator::start(config).await.expect("simulator")
+}
+
+/// Every account of the simulator, by provider.
+fn run_accounts(sim: &RunningSimulator) -> Vec<(Provider, String)> {
+    Provider::ALL
+        .iter()
+        .flat_map(|&p| sim.accounts(p).into_iter().map(move |a| (p, a)))
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The providers' webhooks for the changes of simulated time as it passes, from `from` on:
+/// every second the window since the last one (at most [`WEBHOOK_SLICE`] at once, so the
+/// late hours go out spread over the late phase), every fifth window a second time. Once
+/// `stop` is set it sends what is left up to the (stopped) clock and returns.
+async fn send_webhooks(
+    run: Arc<Run>,
+    from: DateTime<Utc>,
+    late_phase: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut last = from;
+    let mut windows = 0u64;
+    let mut previous = None;
+    loop {
+        let now = run.sim.now();
+        let phase = if late_phase.load(Ordering::SeqCst) {
+            "late phase"
+        } else {
+            "backfill"
+        };
+        if now > last {
+            let to = (last + WEBHOOK_SLICE).min(now);
+            run.webhooks.send(&run.sim, phase, last, to, false).await;
+            windows += 1;
+            if windows % 5 == 0 {
+                if let Some((a, b)) = previous {
+                    run.webhooks.send(&run.sim, phase, a, b, true).await;
+                }
+            }
+            previous = Some((last, to));
+            last = to;
+            if last < now {
+                continue;
+            }
+        } else if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Freezes the simulated clock when it reaches `at` (a slow backfill would otherwise run it
@@ -630,6 +738,7 @@ async fn stop_clock_at(run: Arc<Run>, at: DateTime<Utc>, stop: Arc<AtomicBool>) 
 
 /// Writes the one config file of every process; returns its `[connectors]` section (the
 /// reference read uses it too).
+#[allow(clippy::too_many_arguments)]
 fn write_config(
     path: &Path,
     sim: &RunningSimulator,
@@ -638,6 +747,7 @@ fn write_config(
     database_url: &str,
     processor_group: &str,
     sink_group: &str,
+    (webhooks_port, api_port): (u16, u16),
 ) -> serde_json::Value {
     let mut connectors = callsync::cli::connectors_for_simulator(sim, &Provider::ALL, 600_000.0);
     connectors["sync"] = json!({
@@ -664,6 +774,17 @@ fn write_config(
         "processor": {"group_id": processor_group, "batch_max_time_ms": 100},
         "sink": {"database_url": database_url, "group": sink_group, "batch_max_ms": 200},
         "connectors": connectors,
+        // webhooks from every account; the api processes override the listeners' ports
+        "webhooks": {
+            "listen": format!("127.0.0.1:{webhooks_port}"),
+            "accounts": run_accounts(sim).iter().map(|(p, a)| hooks::account_config(*p, a)).collect::<Vec<_>>(),
+            // the simulator posts every account from one address, in bursts
+            "per_client_requests_per_second": 5000,
+            "per_client_burst": 10000,
+            "requests_per_second": 2000,
+            "burst": 4000,
+        },
+        "api": {"listen": format!("127.0.0.1:{api_port}"), "lag_interval_secs": 0},
         "workers": {
             "group_id": format!("{prefix}workers"),
             "max_concurrent": Provider::ALL.len(),
@@ -1400,25 +1521,38 @@ async fn read_dlq(run: &Run) -> Vec<DlqEntry> {
 struct CallsTopic {
     index: CallsIndex,
     duplicates: u64,
+    /// Records that came from a webhook (partial records).
+    webhook_records: u64,
 }
 
 async fn read_calls_topic(run: &Run) -> CallsTopic {
     let factory = run.factory.clone();
     let topic = run.settings.topic(names::CALLS);
     tokio::task::spawn_blocking(move || {
-        let mut seen: HashSet<(String, i64)> = HashSet::new();
+        // exactly once: a (key, version, content) twice; one version may carry two contents
+        // (a webhook's partial record and a poll's complete one), ordered by fingerprint
+        let mut seen: HashSet<(String, i64, ContentFingerprint)> = HashSet::new();
         let mut index = CallsIndex::new();
         let mut duplicates = 0u64;
+        let mut webhook_records = 0u64;
         read_topic_to_end(&factory, &topic, |m| {
             let record: CallRecord = decode_call_record(m.payload().unwrap_or_default())
                 .expect("a calls record decodes");
-            let key = record.key().into_string();
-            index.insert((m.partition(), m.offset()), (key.clone(), record.version));
-            if !seen.insert((key, record.version)) {
+            let entry = CallsEntry::of(&record);
+            if record.source == RecordSource::Webhook {
+                webhook_records += 1;
+            }
+            let first = seen.insert((entry.key.clone(), entry.version, entry.fingerprint));
+            index.insert((m.partition(), m.offset()), entry);
+            if !first {
                 duplicates += 1;
             }
         });
-        CallsTopic { index, duplicates }
+        CallsTopic {
+            index,
+            duplicates,
+            webhook_records,
+        }
     })
     .await
     .expect("calls task")
@@ -1437,6 +1571,10 @@ struct Judged<'a> {
     move_facts: Option<&'a MoveFacts>,
     old_after: Option<&'a Table>,
     unclean_stops: &'a [String],
+    webhooks: &'a BTreeMap<&'static str, hooks::Sent>,
+    webhook_records: u64,
+    /// Rows whose last record was a webhook's.
+    rows_from_webhooks: u64,
 }
 
 /// The comparison, and what failed.
@@ -1571,7 +1709,7 @@ impl Verdict {
             j.columns
                 .examples
                 .iter()
-                .take(8)
+                .take(40)
                 .map(|e| format!("row vs reference: {e}")),
         );
         examples.extend(j.unclean_stops.iter().cloned());
@@ -1654,6 +1792,17 @@ impl Verdict {
             ),
             _ => check(false, "the database move did not happen".into()),
         }
+        for phase in ["backfill", "late phase"] {
+            let delivered = j.webhooks.get(phase).map_or(0, |w| w.first.delivered);
+            check(
+                delivered > 0,
+                format!("no webhook was delivered in the {phase}"),
+            );
+        }
+        check(
+            j.webhook_records > 0,
+            "no webhook record reached `calls`".into(),
+        );
         check(
             j.unclean_stops.is_empty(),
             format!(
@@ -1719,7 +1868,7 @@ impl Verdict {
         }
         rows.extend([
             (
-                "duplicated (same key and version twice in `calls`)".into(),
+                "duplicated (same key, version and content twice in `calls`)".into(),
                 n(0),
                 n(j.duplicates),
             ),
@@ -1752,6 +1901,36 @@ impl Verdict {
                 format!("{:?}", m.states_after),
             ));
         }
+        for (phase, w) in j.webhooks {
+            rows.push((
+                format!(
+                    "webhooks, {phase}: windows of simulated time sent; webhooks due / delivered / failed (attempts)"
+                ),
+                "-".into(),
+                format!(
+                    "{}; {} / {} / {} ({})",
+                    w.windows, w.first.events, w.first.delivered, w.first.failed, w.first.attempts
+                ),
+            ));
+            rows.push((
+                format!("webhooks, {phase}: sent a second time, due / delivered / failed"),
+                "-".into(),
+                format!(
+                    "{} / {} / {}",
+                    w.again.events, w.again.delivered, w.again.failed
+                ),
+            ));
+        }
+        rows.push((
+            "webhook records in `calls` (partial records)".into(),
+            "> 0".into(),
+            n(j.webhook_records),
+        ));
+        rows.push((
+            "rows last applied from a webhook (compared like the others)".into(),
+            "-".into(),
+            n(j.rows_from_webhooks),
+        ));
         rows.push((
             "processes stopped by SIGTERM that did not exit 0".into(),
             n(0),
@@ -1845,25 +2024,45 @@ fn a_row_differing_in_any_one_column_is_reported_in_that_column() {
         observed_at: observed,
         provider_updated_at: Some("2026-01-01T10:03:00Z".parse().expect("time")),
         raw: Some(br#"{"uuid":"call-1"}"#.to_vec()),
+        present_fields: None,
     };
-    let key = reference.key().into_string();
     let topic = "chaos.calls";
     let mut calls = CallsIndex::new();
-    calls.insert((2, 40), (key.clone(), reference.version));
-    calls.insert((2, 41), (key.clone(), reference.version - 1));
+    let entry = CallsEntry::of;
+    calls.insert((2, 40), entry(&reference));
+    let mut older = reference.clone();
+    older.version -= 1;
+    older.revenue = None;
+    calls.insert((2, 41), entry(&older));
+    // a row applied last from a webhook (a partial record of a newer version): that record's
+    // version and body, the fields merged from every record still the provider's
+    let mut hook = reference.clone();
+    hook.version += 1_000_000;
+    hook.source = RecordSource::Webhook;
+    hook.raw = Some(br#"{"call_id":"call-1","status":"completed"}"#.to_vec());
+    let hook = hook.into_partial(callsync_schemas::FieldSet::EMPTY.with(CallField::Raw));
+    calls.insert((2, 42), entry(&hook));
+    let at = |partition: i32, offset: i64| RowOrigin {
+        topic,
+        partition,
+        offset,
+        fingerprint: calls
+            .get(&(partition, offset))
+            .map_or(ContentFingerprint::of(&reference), |e| e.fingerprint),
+    };
     let rules = ReadRules {
         observed_from: observed - chrono::Duration::hours(1),
         observed_to: observed + chrono::Duration::hours(1),
         sources: vec![RecordSource::Backfill, RecordSource::Poll],
         calls_topic: topic.into(),
     };
-    let found = |row: &CallRecord, at: (&str, i32, i64)| -> Vec<&'static str> {
-        compare::row_differences(row, at, &reference, &calls, &rules)
+    let found = |row: &CallRecord, origin: RowOrigin<'_>| -> Vec<&'static str> {
+        compare::row_differences(row, origin, &reference, &calls, &rules)
             .into_iter()
             .map(|(column, _)| column)
             .collect()
     };
-    assert_eq!(found(&reference, (topic, 2, 40)), Vec::<&str>::new());
+    assert_eq!(found(&reference, at(2, 40)), Vec::<&str>::new());
 
     type Change = fn(&mut CallRecord);
     let changes: Vec<(&str, Change)> = vec![
@@ -1906,7 +2105,7 @@ fn a_row_differing_in_any_one_column_is_reported_in_that_column() {
         exercised.insert(column);
         let mut row = reference.clone();
         change(&mut row);
-        let mut got = found(&row, (topic, 2, 40));
+        let mut got = found(&row, at(2, 40));
         // a changed key no longer matches the record its Kafka coordinates point at
         got.retain(|c| *c != "kafka_topic, kafka_partition, kafka_offset");
         assert_eq!(got, vec![column], "a row changed in {column}");
@@ -1914,24 +2113,78 @@ fn a_row_differing_in_any_one_column_is_reported_in_that_column() {
     // the version: another version, and coordinates of another record or topic
     let mut row = reference.clone();
     row.version -= 1;
+    assert_eq!(found(&row, at(2, 41)), vec!["version"], "another version");
     assert_eq!(
-        found(&row, (topic, 2, 41)),
-        vec!["version"],
-        "another version"
-    );
-    assert_eq!(
-        found(&reference, (topic, 2, 41)),
+        found(&reference, at(2, 41)),
         vec!["kafka_topic, kafka_partition, kafka_offset"]
     );
     assert_eq!(
-        found(&reference, (topic, 3, 40)),
+        found(&reference, at(3, 40)),
         vec!["kafka_topic, kafka_partition, kafka_offset"]
     );
     assert_eq!(
-        found(&reference, ("other.calls", 2, 40)),
+        found(
+            &reference,
+            RowOrigin {
+                topic: "other.calls",
+                ..at(2, 40)
+            }
+        ),
         vec!["kafka_topic, kafka_partition, kafka_offset"]
     );
-    exercised.extend(["version", "kafka_topic, kafka_partition, kafka_offset"]);
+    // the fingerprint of another record than the one at the row's coordinates
+    assert_eq!(
+        found(
+            &reference,
+            RowOrigin {
+                fingerprint: ContentFingerprint::of(&older),
+                ..at(2, 40)
+            }
+        ),
+        vec!["fingerprint"]
+    );
+    // a partial row (no record has carried its start yet)
+    let mut row = reference.clone();
+    row.present_fields = Some(callsync_schemas::FieldSet::ALL);
+    assert_eq!(
+        found(&row, at(2, 40)),
+        vec!["present_fields (none: a complete row)"]
+    );
+    exercised.extend([
+        "version",
+        "kafka_topic, kafka_partition, kafka_offset",
+        "fingerprint",
+        "present_fields (none: a complete row)",
+    ]);
+    let mut row = reference.clone();
+    row.version = hook.version;
+    row.source = RecordSource::Webhook;
+    row.raw.clone_from(&hook.raw);
+    let webhook_rules = ReadRules {
+        sources: vec![RecordSource::Poll, RecordSource::Webhook],
+        ..rules.clone()
+    };
+    let from_hook = |row: &CallRecord| -> Vec<&'static str> {
+        compare::row_differences(row, at(2, 42), &reference, &calls, &webhook_rules)
+            .into_iter()
+            .map(|(column, _)| column)
+            .collect()
+    };
+    assert_eq!(from_hook(&row), Vec::<&str>::new());
+    let mut other_body = row.clone();
+    other_body.raw = reference.raw.clone();
+    assert_eq!(
+        from_hook(&other_body),
+        vec!["raw"],
+        "not the webhook's body"
+    );
+    let mut merged_wrong = row.clone();
+    merged_wrong.buyer_id = None;
+    assert_eq!(
+        from_hook(&merged_wrong),
+        vec!["buyer_id"],
+        "a field the webhook did not carry, lost"
+    );
     // a provider whose version is the time it read the call: the version must be observed_at
     let ringba = CallRecord {
         provider: Provider::Ringba,
@@ -1939,8 +2192,13 @@ fn a_row_differing_in_any_one_column_is_reported_in_that_column() {
         ..reference.clone()
     };
     let mut calls = CallsIndex::new();
-    calls.insert((0, 7), (ringba.key().into_string(), ringba.version));
-    let at = (topic, 0, 7);
+    calls.insert((0, 7), entry(&ringba));
+    let at = RowOrigin {
+        topic,
+        partition: 0,
+        offset: 7,
+        fingerprint: ContentFingerprint::of(&ringba),
+    };
     assert!(compare::row_differences(&ringba, at, &ringba, &calls, &rules).is_empty());
     let mut row = ringba.clone();
     row.observed_at += chrono::Duration::milliseconds(1);

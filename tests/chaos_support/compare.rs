@@ -8,8 +8,12 @@
 //!   of that call. The columns that depend on when a call was read rather than on what it is
 //!   follow rules instead: `observed_at` lies within the run, `source` is one the run's
 //!   traffic produces, a version that is an observation time (Ringba, CallRail) equals
-//!   `observed_at`, and the Kafka coordinates point at the record of `calls` the row came
-//!   from (same key and version).
+//!   `observed_at`, the Kafka coordinates point at the record of `calls` the row came
+//!   from (same key, version and fingerprint), and the row is complete (`present_fields`
+//!   none: some record has told its start). A row whose last record was a webhook (a
+//!   partial record) holds that record's version and `raw` (the webhook's body), a version
+//!   never below the provider's; its fields, merged from every record, are still the
+//!   provider's current data.
 //!
 //! A `CallRecord` field added later fails to compile in [`row_differences`] until it is
 //! compared here.
@@ -17,12 +21,54 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 
-use callsync_schemas::{CallRecord, Provider, RecordSource};
+use callsync_schemas::{CallRecord, ContentFingerprint, Provider, RecordSource};
 use callsync_simulator::{provider_has_versions, TruthRecord};
 use chrono::{DateTime, Utc};
 
-/// `(partition, offset)` of a record in `calls` -> its key and version.
-pub type CallsIndex = HashMap<(i32, i64), (String, i64)>;
+/// A committed record of `calls`: its key, version, content fingerprint, source and a hash of
+/// its `raw` (a row applied last from a webhook carries the webhook's body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallsEntry {
+    pub key: String,
+    pub version: i64,
+    pub fingerprint: ContentFingerprint,
+    pub source: RecordSource,
+    pub raw: u64,
+}
+
+impl CallsEntry {
+    pub fn of(record: &CallRecord) -> Self {
+        CallsEntry {
+            key: record.key().into_string(),
+            version: record.version,
+            fingerprint: ContentFingerprint::of(record),
+            source: record.source,
+            raw: raw_hash(&record.raw),
+        }
+    }
+}
+
+/// A hash of a `raw` column (the index holds hashes, not the bodies).
+pub fn raw_hash(raw: &Option<Vec<u8>>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    raw.hash(&mut h);
+    h.finish()
+}
+
+/// `(partition, offset)` of a record in `calls` -> what it holds.
+pub type CallsIndex = HashMap<(i32, i64), CallsEntry>;
+
+/// Where a row says it came from: the record of `calls` it was applied from
+/// (`kafka_topic`, `kafka_partition`, `kafka_offset`) and that record's content fingerprint
+/// (`fingerprint`, the tie order the sink's guard keeps).
+#[derive(Debug, Clone, Copy)]
+pub struct RowOrigin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub fingerprint: ContentFingerprint,
+}
 
 /// Columns whose value depends on the read, and what they may hold.
 #[derive(Debug, Clone)]
@@ -104,17 +150,19 @@ pub const ROW_COLUMNS: &[&str] = &[
     "observed_at",
     "provider_updated_at",
     "raw",
+    "present_fields (none: a complete row)",
     "kafka_topic, kafka_partition, kafka_offset",
+    "fingerprint",
 ];
 
 fn differs<T: PartialEq + Debug>(got: &T, want: &T) -> Option<String> {
     (got != want).then(|| format!("{got:?} stored, {want:?} expected"))
 }
 
-/// What differs between the row `got` (with its Kafka coordinates) and the reference `want`.
+/// What differs between the row `got` (with its origin) and the reference `want`.
 pub fn row_differences(
     got: &CallRecord,
-    coordinates: (&str, i32, i64),
+    origin: RowOrigin<'_>,
     want: &CallRecord,
     calls: &CallsIndex,
     rules: &ReadRules,
@@ -151,7 +199,17 @@ pub fn row_differences(
         observed_at,
         provider_updated_at,
         raw,
+        present_fields,
     } = got;
+    let RowOrigin {
+        topic,
+        partition,
+        offset,
+        fingerprint,
+    } = origin;
+    let source_record = calls.get(&(partition, offset));
+    // the record last applied was a webhook: its version and body are the row's
+    let from_webhook = source_record.filter(|e| e.source == RecordSource::Webhook);
     let mut out = Vec::new();
     let mut check = |column: &'static str, difference: Option<String>| {
         if let Some(d) = difference {
@@ -163,7 +221,16 @@ pub fn row_differences(
     check("call_id", differs(call_id, &want.call_id));
     check(
         "version",
-        if provider_has_versions(*provider) {
+        if from_webhook.is_some() {
+            // the webhook's own version (the coordinates check says it is that record's);
+            // never below the provider's current one, or the poll would have won
+            (provider_has_versions(*provider) && *version < want.version).then(|| {
+                format!(
+                    "{version} from a webhook is below the provider's version {}",
+                    want.version
+                )
+            })
+        } else if provider_has_versions(*provider) {
             differs(version, &want.version)
         } else {
             // the version of a provider without update times is the time it was read
@@ -231,34 +298,55 @@ pub fn row_differences(
     );
     check(
         "raw",
-        (raw != &want.raw).then(|| {
-            let text = |r: &Option<Vec<u8>>| {
-                r.as_deref().map(|b| {
-                    String::from_utf8_lossy(b)
-                        .chars()
-                        .take(300)
-                        .collect::<String>()
-                })
-            };
-            format!("{:?} stored, {:?} expected", text(raw), text(&want.raw))
-        }),
+        if let Some(e) = from_webhook {
+            (raw_hash(raw) != e.raw).then(|| {
+                "the row's raw is not the body of the webhook record it was applied from".into()
+            })
+        } else {
+            (raw != &want.raw).then(|| {
+                let text = |r: &Option<Vec<u8>>| {
+                    r.as_deref().map(|b| {
+                        String::from_utf8_lossy(b)
+                            .chars()
+                            .take(300)
+                            .collect::<String>()
+                    })
+                };
+                format!("{:?} stored, {:?} expected", text(raw), text(&want.raw))
+            })
+        },
     );
-    let (topic, partition, offset) = coordinates;
+    // a stored row is partial only until some record tells the call's start
+    check(
+        "present_fields (none: a complete row)",
+        differs(present_fields, &None),
+    );
     let key = got.key().into_string();
     check(
         "kafka_topic, kafka_partition, kafka_offset",
         if topic != rules.calls_topic {
             Some(format!("topic {topic}, not {}", rules.calls_topic))
         } else {
-            match calls.get(&(partition, offset)) {
-                Some((k, v)) if *k == key && *v == *version => None,
-                Some((k, v)) => Some(format!(
-                    "{partition}/{offset} holds {k} version {v}, the row has version {version}"
+            match source_record {
+                Some(e) if e.key == key && e.version == *version => None,
+                Some(e) => Some(format!(
+                    "{partition}/{offset} holds {} version {}, the row has version {version}",
+                    e.key, e.version
                 )),
                 None => Some(format!(
                     "{partition}/{offset} is no committed record of {topic}"
                 )),
             }
+        },
+    );
+    check(
+        "fingerprint",
+        match source_record {
+            Some(e) if e.fingerprint != fingerprint => Some(format!(
+                "{fingerprint:?} stored, the record at {partition}/{offset} has {:?}",
+                e.fingerprint
+            )),
+            _ => None,
         },
     );
     out
@@ -279,12 +367,13 @@ pub fn compare_rows(
             continue;
         };
         report.compared += 1;
-        let coordinates = (
-            row.kafka_topic.as_str(),
-            row.kafka_partition,
-            row.kafka_offset,
-        );
-        for (column, what) in row_differences(&row.record, coordinates, want, calls, rules) {
+        let origin = RowOrigin {
+            topic: row.kafka_topic.as_str(),
+            partition: row.kafka_partition,
+            offset: row.kafka_offset,
+            fingerprint: row.fingerprint,
+        };
+        for (column, what) in row_differences(&row.record, origin, want, calls, rules) {
             report.note(&key, column, what);
         }
     }
@@ -320,7 +409,6 @@ pub const NOT_COMPARED: &[&str] = &[
     "Invoca buyer_name of unrouted calls (Invoca names the advertiser on every row)",
     "duration_secs of calls in progress (Ringba and TrackDrive report 0, the truth none)",
     "Invoca tracking_number (the simulator's Invoca rows carry no promo number)",
-    "Invoca converted (the Invoca connector on this branch maps no conversions)",
 ];
 
 /// What differs between a reference record and the simulator's truth of the call, leaving
@@ -359,12 +447,10 @@ pub fn truth_differences(got: &CallRecord, truth: &TruthRecord) -> Vec<(&'static
             differs(&got.provider_status, &truth.provider_status),
         );
     }
-    if !invoca {
-        check(
-            "converted",
-            differs(&got.converted.unwrap_or(false), &truth.converted),
-        );
-    }
+    check(
+        "converted",
+        differs(&got.converted.unwrap_or(false), &truth.converted),
+    );
     check("revenue", differs(&got.revenue, &truth.revenue));
     check("payout", differs(&got.payout, &truth.payout));
     check("currency", differs(&got.currency, &truth.currency));

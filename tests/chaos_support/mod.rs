@@ -7,6 +7,7 @@ pub mod compare;
 pub mod docs;
 pub mod reference;
 pub mod roles;
+pub mod webhooks;
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};

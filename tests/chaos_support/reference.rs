@@ -1,7 +1,8 @@
 //! The reference read: after the run, with the simulated clock frozen and no faults, every
 //! account is read once more by the connectors' own sync runner into memory (no Kafka, no
-//! processor, no sink). Its newest record per call is what every column of that call's row
-//! must hold: the provider's current data as the connector maps it. The simulator's ground
+//! processor, no sink). Its records of a call merged as the sink merges them (in
+//! (version, fingerprint) order, a partial record updating the fields it carries) are what
+//! every column of that call's row must hold: the provider's current data as the connector maps it. The simulator's ground
 //! truth checks the reference in turn (see `compare`).
 
 use std::collections::HashMap;
@@ -12,7 +13,7 @@ use callsync_connectors::store::MemorySyncStore;
 use callsync_connectors::{run_sync, Connectors, ConnectorsConfig, NoProgress, SyncDeps};
 use callsync_runtime::Shutdown;
 use callsync_schemas::{
-    decode_call_record, CallRecord, Provider, SyncMode, SyncRequest, WireFormat,
+    decode_call_record, CallRecord, Precedence, Provider, SyncMode, SyncRequest, WireFormat,
 };
 use chrono::{DateTime, Utc};
 
@@ -56,16 +57,29 @@ pub async fn read_all(
     for outcome in futures::future::join_all(syncs).await {
         outcome?;
     }
-    let mut newest: HashMap<String, CallRecord> = HashMap::new();
+    // every record of a call, applied in precedence order as the sink applies them (an
+    // Invoca call row and its conversion rows are partial records of one call)
+    let mut by_key: HashMap<String, Vec<CallRecord>> = HashMap::new();
     for out in store.snapshot().records {
         let record = decode_call_record(&out.value).context("a reference record decodes")?;
-        let key = record.key().into_string();
-        match newest.get(&key) {
-            Some(held) if held.version > record.version => {}
-            _ => {
-                newest.insert(key, record);
+        by_key
+            .entry(record.key().into_string())
+            .or_default()
+            .push(record);
+    }
+    let mut newest: HashMap<String, CallRecord> = HashMap::with_capacity(by_key.len());
+    for (key, mut records) in by_key {
+        records.sort_by_key(Precedence::of);
+        let mut records = records.into_iter();
+        let Some(mut merged) = records.next() else {
+            continue;
+        };
+        for record in records {
+            if Precedence::of(&record) > Precedence::of(&merged) {
+                merged.apply(&record);
             }
         }
+        newest.insert(key, merged);
     }
     Ok(newest)
 }
