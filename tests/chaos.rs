@@ -258,7 +258,8 @@ async fn chaos_backfill_with_kills_and_outages_equals_ground_truth() {
     let config_path = work.join("callsync.toml");
     // the api processes' listeners: a port pair each (one host; in production, one address
     // behind a load balancer)
-    let api_ports: Vec<(u16, u16)> = (0..PER_ROLE).map(|_| (free_port(), free_port())).collect();
+    let ports = free_ports(2 * PER_ROLE);
+    let api_ports: Vec<(u16, u16)> = ports.chunks(2).map(|p| (p[0], p[1])).collect();
     let connectors = write_config(
         &config_path,
         &sim,
@@ -674,11 +675,15 @@ fn run_accounts(sim: &RunningSimulator) -> Vec<(Provider, String)> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `n` distinct free ports (their listeners held open together, so none is handed out twice).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("its address").port())
+        .collect()
 }
 
 /// The providers' webhooks for the changes of simulated time as it passes, from `from` on:
