@@ -112,12 +112,16 @@ impl<T> Reply<T> {
         }
     }
 
-    /// The poller's wait; None (and the slot abandoned) after `timeout`.
+    /// The poller's wait; None (and the slot abandoned) after `timeout`, or at once when the
+    /// loop dropped its side unanswered.
     fn wait(&self, timeout: Duration) -> Option<T> {
         let (lock, ready) = &*self.slot;
         let deadline = Instant::now() + timeout;
         let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
+            if matches!(*state, ReplyState::Abandoned) {
+                return None;
+            }
             if matches!(*state, ReplyState::Answered(_)) {
                 return match std::mem::replace(&mut *state, ReplyState::Abandoned) {
                     ReplyState::Answered(value) => Some(value),
@@ -139,6 +143,21 @@ impl<T> Reply<T> {
     fn abandon(&self) {
         let (lock, _) = &*self.slot;
         *lock.lock().unwrap_or_else(PoisonError::into_inner) = ReplyState::Abandoned;
+    }
+}
+
+/// A side dropped while the other still waits abandons the slot and wakes the waiter: a
+/// loop that stops (SIGTERM) with a handshake still queued must not keep the poller waiting
+/// out the whole handshake timeout in a rebalance callback (the process then outlived its
+/// shutdown grace period).
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        let (lock, ready) = &*self.slot;
+        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*state, ReplyState::Waiting) {
+            *state = ReplyState::Abandoned;
+            ready.notify_all();
+        }
     }
 }
 
@@ -625,7 +644,34 @@ pub fn send_command(commands: &SyncSender<PollerCommand>, command: PollerCommand
 
 #[cfg(test)]
 mod tests {
-    use super::KafkaCommits;
+    use std::time::{Duration, Instant};
+
+    use super::{KafkaCommits, Reply};
+
+    /// A sink SIGTERMed right after an assignment was queued to its loop: the loop stopped
+    /// without answering, and the poller waited out the 30 s handshake timeout (the chaos
+    /// test saw a sink outlive its 30 s grace period). The loop's side, dropped unanswered,
+    /// now ends the wait at once. Fails before the change (the wait runs to its timeout).
+    #[test]
+    fn a_handshake_the_loop_drops_unanswered_ends_the_wait() {
+        let (mine, theirs) = Reply::<u32>::new();
+        let started = Instant::now();
+        let dropper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(theirs);
+        });
+        assert_eq!(mine.wait(Duration::from_secs(10)), None);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        dropper.join().expect("dropper");
+        // an answer still arrives as before
+        let (mine, theirs) = Reply::<u32>::new();
+        assert_eq!(theirs.answer(7), Ok(()));
+        assert_eq!(mine.wait(Duration::from_secs(1)), Some(7));
+    }
 
     /// A commit Kafka did not confirm (it failed during a rebalance) stays due until a later
     /// one is confirmed; a partition given up is the new owner's to commit.
