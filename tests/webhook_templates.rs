@@ -39,7 +39,8 @@ const TEMPLATED: [Provider; 4] = [
     Provider::TrackDrive,
 ];
 
-/// Where webhooks are posted: the public `[webhooks] listen`, apart from the control API's.
+/// Where webhooks are posted: the public `[webhooks] listen` (the private API listener
+/// answers 401 to anything without a bearer token).
 fn webhook_url(service: &Callsync, provider: Provider, account: &str) -> String {
     format!(
         "{}/webhooks/{}/{account}",
@@ -65,7 +66,7 @@ fn documented_templates() -> BTreeMap<Provider, String> {
 /// A `callsync run` process; killed on drop (a failing test leaves none behind).
 struct Callsync {
     child: Option<Child>,
-    api: String,
+    /// The public webhook listener's base URL.
     webhooks: String,
     config: PathBuf,
     log: PathBuf,
@@ -107,7 +108,6 @@ fn config_text(
     db: &TestDatabase,
     sim: &RunningSimulator,
     port: u16,
-    webhooks_port: u16,
 ) -> String {
     let providers = Provider::ALL.to_vec();
     let mut connectors = callsync::cli::connectors_for_simulator(sim, &providers, 60_000.0);
@@ -133,13 +133,13 @@ fn config_text(
         "kafka": {"bootstrap_servers": kafka.bootstrap(), "topic_prefix": prefix},
         "topics": {"call_partitions": 3},
         "log": {"filter": "warn"},
-        "api": {"listen": format!("127.0.0.1:{port}"), "lag_interval_secs": 0},
+        "api": {"listen": "127.0.0.1:0", "lag_interval_secs": 0},
         "processor": {"group_id": format!("{prefix}processor"), "batch_max_time_ms": 50},
         "sink": {"database_url": db.url, "group": format!("{prefix}sink"), "batch_max_ms": 100, "max_connections": 2},
         "workers": {"group_id": format!("{prefix}workers")},
         "connectors": connectors,
         "scheduler": {"accounts": schedule},
-        "webhooks": {"listen": format!("127.0.0.1:{webhooks_port}"), "accounts": webhook_accounts},
+        "webhooks": {"listen": format!("127.0.0.1:{port}"), "accounts": webhook_accounts},
     });
     toml::to_string(&value).expect("the config as TOML")
 }
@@ -166,13 +166,8 @@ async fn start(
     .expect("topics");
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let webhooks_port = free_port();
     let config = dir.path().join("callsync.toml");
-    std::fs::write(
-        &config,
-        config_text(kafka, &prefix, db, sim, port, webhooks_port),
-    )
-    .expect("config");
+    std::fs::write(&config, config_text(kafka, &prefix, db, sim, port)).expect("config");
     let log = dir.path().join("callsync.log");
     let child = callsync_command()
         .arg("--config")
@@ -185,8 +180,7 @@ async fn start(
         .expect("start callsync run");
     let mut service = Callsync {
         child: Some(child),
-        api: format!("http://127.0.0.1:{port}"),
-        webhooks: format!("http://127.0.0.1:{webhooks_port}"),
+        webhooks: format!("http://127.0.0.1:{port}"),
         config,
         log,
         _dir: dir,
@@ -195,7 +189,11 @@ async fn start(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         service.assert_running();
-        if let Ok(r) = http.get(format!("{}/healthz", service.api)).send().await {
+        if let Ok(r) = http
+            .get(format!("{}/healthz", service.webhooks))
+            .send()
+            .await
+        {
             if r.status().is_success() {
                 return service;
             }
@@ -460,8 +458,8 @@ async fn webhooks_and_polls_interleave_without_losing_fields() {
     let (status, answer) = post(&service, provider, &account, render(before_poll).as_bytes()).await;
     assert_eq!(status, 202, "{answer}");
     rows(&db, std::slice::from_ref(&before_poll.call_key), |_| true).await;
-    // 3. a duplicate webhook: twice the same body (the second answered by the replay cache,
-    //    docs/security.md: 200 `{"duplicate": true}`, nothing produced)
+    // 3. a duplicate webhook: twice the same body
+    // the second delivery of the same body is a replay: 200, nothing produced
     for expected in [202, 200] {
         let (status, answer) =
             post(&service, provider, &account, render(duplicate).as_bytes()).await;

@@ -118,6 +118,7 @@ fn value_schema() -> Value {
             field("account_id", "string", false),
             field("call_id", "string", false),
             field("version", "int64", false),
+            field("fingerprint", "int64", false),
             zoned("started_at", false),
             zoned("answered_at", true),
             zoned("ended_at", true),
@@ -193,6 +194,10 @@ fn payloads(r: &CallRecord, topic: &str, partition: i32, offset: i64) -> (Value,
     v.insert("account_id".into(), r.account_id.clone().into());
     v.insert("call_id".into(), r.call_id.clone().into());
     v.insert("version".into(), r.version.into());
+    v.insert(
+        "fingerprint".into(),
+        callsync_schemas::ContentFingerprint::of(r).as_i64().into(),
+    );
     v.insert("started_at".into(), timestamp(&r.started_at));
     v.insert("answered_at".into(), opt(&r.answered_at, timestamp));
     v.insert("ended_at".into(), opt(&r.ended_at, timestamp));

@@ -362,9 +362,7 @@ async fn read_body(body: Body, max: usize, timeout: Duration) -> Result<axum::bo
     }
 }
 
-/// The times of a webhook's record must be plausible call times (2000 to now + 1 day). A
-/// partial record's start is checked only when it carries one (a conversion postback or a
-/// CallRail call-modified body may not; its placeholder is the epoch).
+/// The times of a webhook's record must be plausible call times (2000 to now + 1 day).
 fn check_times(record: &CallRecord, now: DateTime<Utc>) -> Result<(), String> {
     let earliest = Utc
         .with_ymd_and_hms(EARLIEST_CALL_YEAR, 1, 1, 0, 0, 0)
@@ -374,6 +372,7 @@ fn check_times(record: &CallRecord, now: DateTime<Utc>) -> Result<(), String> {
         .checked_add_signed(MAX_FUTURE_SKEW)
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let times = [
+        // a partial record's uncarried started_at is a placeholder, not a time it claims
         (
             "started_at",
             record
