@@ -607,19 +607,13 @@ mod tests {
             .insert("message.max.bytes".into(), "20000".into());
         assert_eq!(kafka_message_max_bytes(&settings), 20_000);
     }
-}
 
-#[cfg(test)]
-mod time_check_tests {
-    use callsync_schemas::{CallField, CallRecord, FieldSet, Provider, RecordSource};
-    use chrono::{DateTime, Utc};
-
-    use super::check_times;
-
-    fn record(started_at: DateTime<Utc>) -> CallRecord {
-        let now = Utc::now();
-        CallRecord {
-            provider: Provider::Retreaver,
+    fn time_check_record(
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> callsync_schemas::CallRecord {
+        let now = chrono::Utc::now();
+        callsync_schemas::CallRecord {
+            provider: callsync_schemas::Provider::Retreaver,
             account_id: "A1".into(),
             call_id: "c-1".into(),
             version: now.timestamp_micros(),
@@ -645,7 +639,7 @@ mod time_check_tests {
             currency: None,
             recording_url: None,
             tags: Default::default(),
-            source: RecordSource::Webhook,
+            source: callsync_schemas::RecordSource::Webhook,
             observed_at: now,
             provider_updated_at: None,
             raw: None,
@@ -657,11 +651,15 @@ mod time_check_tests {
     /// 1970-01-01 is outside 2000-01-01 .. now + 1 day": its placeholder start was checked.
     #[test]
     fn a_partial_record_without_a_start_passes_and_a_carried_bad_start_does_not() {
-        let epoch = DateTime::<Utc>::UNIX_EPOCH;
-        let partial = record(epoch).into_partial(FieldSet::EMPTY.with(CallField::Revenue));
+        use callsync_schemas::{CallField, FieldSet};
+        use chrono::Utc;
+        let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
+        let partial =
+            time_check_record(epoch).into_partial(FieldSet::EMPTY.with(CallField::Revenue));
         assert_eq!(check_times(&partial, Utc::now()), Ok(()));
-        assert!(check_times(&record(epoch), Utc::now()).is_err());
-        let carried = record(epoch).into_partial(FieldSet::EMPTY.with(CallField::StartedAt));
+        assert!(check_times(&time_check_record(epoch), Utc::now()).is_err());
+        let carried =
+            time_check_record(epoch).into_partial(FieldSet::EMPTY.with(CallField::StartedAt));
         assert!(check_times(&carried, Utc::now()).is_err());
     }
 }
