@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
@@ -126,12 +126,16 @@ impl<T> Reply<T> {
         }
     }
 
-    /// The poller's wait; None (and the slot abandoned) after `timeout`.
+    /// The poller's wait; None (and the slot abandoned) after `timeout`, or at once when the
+    /// loop dropped its side unanswered.
     fn wait(&self, timeout: Duration) -> Option<T> {
         let (lock, ready) = &*self.slot;
         let deadline = Instant::now() + timeout;
         let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
+            if matches!(*state, ReplyState::Abandoned) {
+                return None;
+            }
             if matches!(*state, ReplyState::Answered(_)) {
                 return match std::mem::replace(&mut *state, ReplyState::Abandoned) {
                     ReplyState::Answered(value) => Some(value),
@@ -153,6 +157,21 @@ impl<T> Reply<T> {
     fn abandon(&self) {
         let (lock, _) = &*self.slot;
         *lock.lock().unwrap_or_else(PoisonError::into_inner) = ReplyState::Abandoned;
+    }
+}
+
+/// A side dropped while the other still waits abandons the slot and wakes the waiter: a
+/// loop that stops (SIGTERM) with a handshake still queued must not keep the poller waiting
+/// out the whole handshake timeout in a rebalance callback (the process then outlived its
+/// shutdown grace period).
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        let (lock, ready) = &*self.slot;
+        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*state, ReplyState::Waiting) {
+            *state = ReplyState::Abandoned;
+            ready.notify_all();
+        }
     }
 }
 
@@ -245,6 +264,53 @@ struct Chunk {
     bytes: usize,
 }
 
+/// How long the poller waits before committing again offsets Kafka has not confirmed.
+const COMMIT_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The offsets the loop asked the poller to commit to Kafka and those Kafka confirmed, per
+/// partition this consumer owns. An asynchronous commit can fail (a rebalance in progress,
+/// the coordinator moving or down), and on a partition without new records nothing else
+/// would commit again: lag tools and `callsync status` would show records left for good
+/// although the database holds them. The poller commits the unconfirmed ones again.
+#[derive(Debug, Default)]
+pub struct KafkaCommits {
+    wanted: BTreeMap<i32, i64>,
+    confirmed: BTreeMap<i32, i64>,
+}
+
+impl KafkaCommits {
+    /// The loop asks for `next` to be committed for `partition`.
+    pub fn want(&mut self, partition: i32, next: i64) {
+        let entry = self.wanted.entry(partition).or_insert(next);
+        *entry = (*entry).max(next);
+    }
+
+    /// Kafka confirmed `next` for `partition`.
+    pub fn confirm(&mut self, partition: i32, next: i64) {
+        let entry = self.confirmed.entry(partition).or_insert(next);
+        *entry = (*entry).max(next);
+    }
+
+    /// The partitions are no longer ours: their commits are the new owner's.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.wanted.remove(p);
+            self.confirmed.remove(p);
+        }
+    }
+
+    /// The wanted offsets Kafka has not confirmed, of the partitions in `assigned`.
+    pub fn unconfirmed(&self, assigned: &[i32]) -> Vec<(i32, i64)> {
+        self.wanted
+            .iter()
+            .filter(|(p, next)| {
+                assigned.contains(p) && self.confirmed.get(p).is_none_or(|c| c < next)
+            })
+            .map(|(p, next)| (*p, *next))
+            .collect()
+    }
+}
+
 /// The consumer context: the rebalance handshake with the sink loop.
 pub struct SinkConsumerContext {
     topic: String,
@@ -257,6 +323,8 @@ pub struct SinkConsumerContext {
     seeks: Arc<SeekBoard>,
     closing: Arc<AtomicBool>,
     handshake_timeout: Duration,
+    kafka_commits: Mutex<KafkaCommits>,
+    last_commit: Mutex<Option<Instant>>,
 }
 
 impl SinkConsumerContext {
@@ -278,6 +346,53 @@ impl SinkConsumerContext {
             seeks,
             closing,
             handshake_timeout,
+            kafka_commits: Mutex::new(KafkaCommits::default()),
+            last_commit: Mutex::new(None),
+        }
+    }
+
+    fn commits(&self) -> std::sync::MutexGuard<'_, KafkaCommits> {
+        self.kafka_commits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn commit_async(&self, consumer: &BaseConsumer<SinkConsumerContext>, offsets: &[(i32, i64)]) {
+        let mut tpl = TopicPartitionList::new();
+        for &(partition, next) in offsets {
+            let _ = tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+        }
+        *self
+            .last_commit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "committing offsets to Kafka (advisory) failed");
+        }
+    }
+
+    /// Commit again the offsets Kafka has not confirmed, at most every
+    /// [`COMMIT_RETRY_INTERVAL`] (see [`KafkaCommits`]).
+    fn retry_commits(&self, consumer: &BaseConsumer<SinkConsumerContext>) {
+        let due = self
+            .last_commit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|at| at.elapsed() >= COMMIT_RETRY_INTERVAL);
+        if !due {
+            return;
+        }
+        let assigned = consumer
+            .assignment()
+            .map(|tpl| self.partitions(&tpl))
+            .unwrap_or_default();
+        let unconfirmed = self.commits().unconfirmed(&assigned);
+        if !unconfirmed.is_empty() {
+            tracing::debug!(
+                ?unconfirmed,
+                "committing unconfirmed offsets to Kafka again"
+            );
+            self.commit_async(consumer, &unconfirmed);
         }
     }
 
@@ -339,14 +454,13 @@ impl SinkConsumerContext {
         while let Ok(command) = commands.try_recv() {
             match command {
                 PollerCommand::Commit(offsets) => {
-                    let mut tpl = TopicPartitionList::new();
-                    for (partition, next) in offsets {
-                        let _ =
-                            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next));
+                    {
+                        let mut commits = self.commits();
+                        for &(partition, next) in &offsets {
+                            commits.want(partition, next);
+                        }
                     }
-                    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                        tracing::debug!(error = %e, "committing offsets to Kafka (advisory) failed");
-                    }
+                    self.commit_async(consumer, &offsets);
                 }
                 PollerCommand::Pause(partitions) => {
                     let assigned = consumer
@@ -403,6 +517,19 @@ impl SinkConsumerContext {
 impl ClientContext for SinkConsumerContext {}
 
 impl ConsumerContext for SinkConsumerContext {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "a Kafka commit failed; committed again soon");
+            return;
+        }
+        let mut commits = self.commits();
+        for element in offsets.elements_for_topic(&self.topic) {
+            if let (Ok(()), Offset::Offset(next)) = (element.error(), element.offset()) {
+                commits.confirm(element.partition(), next);
+            }
+        }
+    }
+
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -468,9 +595,13 @@ impl ConsumerContext for SinkConsumerContext {
                     lost = consumer.assignment_lost(),
                     "partitions revoked"
                 );
-                let _ = self.handshake(|reply| PollerEvent::Revoked { partitions, reply });
+                let _ = self.handshake(|reply| PollerEvent::Revoked {
+                    partitions: partitions.clone(),
+                    reply,
+                });
                 // commit what the loop finished while we still own the partitions
                 self.run_commands(consumer);
+                self.commits().forget(&partitions);
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -504,6 +635,7 @@ pub fn poll_until_stopped(
     let mut read_since_idle = false;
     'polling: while !stop.load(Ordering::SeqCst) {
         context.run_commands(&consumer);
+        context.retry_commits(&consumer);
         let mut polled = consumer.poll(poll_timeout);
         if polled.is_none() {
             poll_timeout = idle.catching_up;
@@ -564,5 +696,57 @@ pub fn poll_until_stopped(
 pub fn send_command(commands: &SyncSender<PollerCommand>, command: PollerCommand) {
     if let Err(TrySendError::Full(c)) = commands.try_send(command) {
         tracing::debug!(command = ?c, "poller command queue full; dropped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{KafkaCommits, Reply};
+
+    /// A sink SIGTERMed right after an assignment was queued to its loop: the loop stopped
+    /// without answering, and the poller waited out the 30 s handshake timeout (the chaos
+    /// test saw a sink outlive its 30 s grace period). The loop's side, dropped unanswered,
+    /// now ends the wait at once. Fails before the change (the wait runs to its timeout).
+    #[test]
+    fn a_handshake_the_loop_drops_unanswered_ends_the_wait() {
+        let (mine, theirs) = Reply::<u32>::new();
+        let started = Instant::now();
+        let dropper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(theirs);
+        });
+        assert_eq!(mine.wait(Duration::from_secs(10)), None);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        dropper.join().expect("dropper");
+        // an answer still arrives as before
+        let (mine, theirs) = Reply::<u32>::new();
+        assert_eq!(theirs.answer(7), Ok(()));
+        assert_eq!(mine.wait(Duration::from_secs(1)), Some(7));
+    }
+
+    /// A commit Kafka did not confirm (it failed during a rebalance) stays due until a later
+    /// one is confirmed; a partition given up is the new owner's to commit.
+    #[test]
+    fn unconfirmed_commits_stay_due_until_confirmed() {
+        let mut commits = KafkaCommits::default();
+        commits.want(2, 899);
+        commits.confirm(2, 899);
+        commits.want(2, 952);
+        commits.want(4, 987);
+        assert_eq!(commits.unconfirmed(&[2, 4]), vec![(2, 952), (4, 987)]);
+        // only partitions still assigned
+        assert_eq!(commits.unconfirmed(&[4]), vec![(4, 987)]);
+        // an older want never lowers the offset asked for
+        commits.want(2, 900);
+        commits.confirm(4, 987);
+        assert_eq!(commits.unconfirmed(&[2, 4]), vec![(2, 952)]);
+        commits.forget(&[2]);
+        assert!(commits.unconfirmed(&[2, 4]).is_empty());
     }
 }

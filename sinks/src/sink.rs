@@ -426,16 +426,25 @@ impl SinkLoop {
             PartitionStart::Resume {
                 next_offset,
                 backfill_until,
-            } => (
-                PartitionState {
-                    stored: Some(next_offset),
-                    accept_from: next_offset,
-                    verified: true,
-                    backfill_until,
-                    stopped: false,
-                },
-                StartAt::Offset(next_offset),
-            ),
+            } => {
+                // Kafka's copy of the offset (for lag tools) may trail the database's when
+                // the process that applied the last batch died before committing it there;
+                // without a new record on the partition nothing else would correct it
+                send_command(
+                    &self.commands,
+                    PollerCommand::Commit(vec![(partition, next_offset)]),
+                );
+                (
+                    PartitionState {
+                        stored: Some(next_offset),
+                        accept_from: next_offset,
+                        verified: true,
+                        backfill_until,
+                        stopped: false,
+                    },
+                    StartAt::Offset(next_offset),
+                )
+            }
             PartitionStart::Backfill { from, until } => {
                 tracing::info!(
                     topic = %self.topic,

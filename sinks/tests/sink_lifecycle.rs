@@ -221,6 +221,84 @@ async fn a_new_database_behind_a_group_that_has_read_everything_is_filled_comple
     }
 }
 
+/// The group's offsets in Kafka, per partition of `topic` (`None`: nothing committed).
+fn kafka_committed(kafka: &RealKafka, group: &str, topic: &str) -> BTreeMap<i32, Option<i64>> {
+    let consumer: BaseConsumer = factory(kafka)
+        .create(
+            "offset reader",
+            &factory(kafka).consumer_config(group, Isolation::ReadCommitted),
+        )
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets")
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => (e.partition(), Some(o)),
+            _ => (e.partition(), None),
+        })
+        .collect()
+}
+
+/// A partition resumed from the database's offset gets that offset in Kafka too, at once.
+/// The process that applied the last batch may have died before its asynchronous commit to
+/// Kafka (a SIGKILL); with no new record on the partition nothing else corrected Kafka's
+/// copy, and lag tools (`callsync status`, the lag metric) showed records left for good.
+/// Fails on the code before this change (Kafka's offsets stay where the test put them); found
+/// by the chaos test (a sink group with lag 21 and every row applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_partition_puts_the_database_offset_in_kafka_for_lag_tools() {
+    let kafka = callsync_testkit::skip_unless_kafka!();
+    let db = callsync_testkit::skip_unless_postgres!();
+    let topic = topic(&kafka, "sink-resume-commit").await;
+    let records = dataset(300, "r");
+    produce(&kafka, &topic, &records).await;
+    let group = kafka.unique_group("sink-resume-commit");
+    let store = PgStore::connect(&db.url, 4, 500).await.unwrap();
+    store.migrate().await.unwrap();
+    let store: Arc<dyn CallStore> = Arc::new(store);
+    let sink = start_sink(&kafka, config(&db.url, &topic, &group), store.clone());
+    wait_for_rows(store.as_ref(), records.len(), Duration::from_secs(30)).await;
+    sink.stop().await;
+
+    // Kafka's copy back at the start of every partition, as a killed sink can leave it
+    let consumer: BaseConsumer = factory(&kafka)
+        .create(
+            "group rewinder",
+            &factory(&kafka).consumer_config(&group, Isolation::ReadCommitted),
+        )
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(&topic, p, Offset::Offset(0))
+            .expect("tpl");
+    }
+    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+    drop(consumer);
+
+    let ends: BTreeMap<i32, Option<i64>> = watermarks(&kafka, &topic)
+        .into_iter()
+        .map(|(p, (_, high))| (p, Some(high)))
+        .collect();
+    let sink = start_sink(&kafka, config(&db.url, &topic, &group), store.clone());
+    let started = Instant::now();
+    let mut committed = kafka_committed(&kafka, &group, &topic);
+    while committed != ends && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        committed = kafka_committed(&kafka, &group, &topic);
+    }
+    sink.stop().await;
+    assert_eq!(
+        committed, ends,
+        "the group's Kafka offsets after the sink resumed (nothing new to read)"
+    );
+}
+
 /// A store whose first `load_partition_offsets` takes `delay` (longer than the sink's
 /// rebalance timeout: the loop answers its first assignment after the poller gave up
 /// waiting), or fails when `fail` is set (the database is away at the assignment).

@@ -607,4 +607,59 @@ mod tests {
             .insert("message.max.bytes".into(), "20000".into());
         assert_eq!(kafka_message_max_bytes(&settings), 20_000);
     }
+
+    fn time_check_record(
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) -> callsync_schemas::CallRecord {
+        let now = chrono::Utc::now();
+        callsync_schemas::CallRecord {
+            provider: callsync_schemas::Provider::Retreaver,
+            account_id: "A1".into(),
+            call_id: "c-1".into(),
+            version: now.timestamp_micros(),
+            started_at,
+            answered_at: None,
+            ended_at: None,
+            duration_secs: None,
+            billable_secs: None,
+            caller_number: None,
+            tracking_number: None,
+            destination_number: None,
+            campaign_id: None,
+            campaign_name: None,
+            publisher_id: None,
+            publisher_name: None,
+            buyer_id: None,
+            buyer_name: None,
+            status: callsync_schemas::CallStatus::Unknown,
+            provider_status: None,
+            converted: None,
+            revenue: None,
+            payout: None,
+            currency: None,
+            recording_url: None,
+            tags: Default::default(),
+            source: callsync_schemas::RecordSource::Webhook,
+            observed_at: now,
+            provider_updated_at: None,
+            raw: None,
+            present_fields: None,
+        }
+    }
+
+    /// A webhook that carries no start (only a conversion, say) was answered 400 "started_at
+    /// 1970-01-01 is outside 2000-01-01 .. now + 1 day": its placeholder start was checked.
+    #[test]
+    fn a_partial_record_without_a_start_passes_and_a_carried_bad_start_does_not() {
+        use callsync_schemas::{CallField, FieldSet};
+        use chrono::Utc;
+        let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
+        let partial =
+            time_check_record(epoch).into_partial(FieldSet::EMPTY.with(CallField::Revenue));
+        assert_eq!(check_times(&partial, Utc::now()), Ok(()));
+        assert!(check_times(&time_check_record(epoch), Utc::now()).is_err());
+        let carried =
+            time_check_record(epoch).into_partial(FieldSet::EMPTY.with(CallField::StartedAt));
+        assert!(check_times(&carried, Utc::now()).is_err());
+    }
 }

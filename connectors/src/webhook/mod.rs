@@ -17,8 +17,9 @@
 //! (`present_fields`) carrying exactly the fields its body has; the processor and the sink
 //! update only those. Its version comes from the payload's own times (update, end, send
 //! time), never later than the receipt time; the receipt time only when the payload has no
-//! time at all ([`values::webhook_version`]). So a later poll versioned by the provider's
-//! `updated_at` is never shadowed by a webhook.
+//! time at all ([`values::webhook_version`]); Invoca's just below the call's start, the
+//! version of the Call transaction it reports. So a later poll versioned by the provider's
+//! `updated_at`, or Invoca's Call transaction, is never shadowed by a webhook.
 
 pub mod callrail;
 pub mod template;

@@ -238,12 +238,18 @@ pub fn parse(
             carried.insert(field);
         }
     }
-    let version = webhook_version(
-        [updated_at, ended_at, answered_at, started_at]
-            .into_iter()
-            .flatten(),
-        received_at,
-    );
+    let version = match (provider, started_at) {
+        // Invoca versions a call by its place in the call's history (the Call transaction
+        // at its start, conversions and corrections after): the webhook reports what the
+        // Call transaction reports, so it ranks just below it and never shadows it
+        (Provider::Invoca, Some(start)) => webhook_version([start], received_at).saturating_sub(1),
+        _ => webhook_version(
+            [updated_at, ended_at, answered_at, started_at]
+                .into_iter()
+                .flatten(),
+            received_at,
+        ),
+    };
     let record = CallRecord {
         provider,
         account_id: ctx.account_id.clone(),
