@@ -193,8 +193,10 @@ async fn mark_redriven(
     Ok(marked == marks.ids.len() as u64)
 }
 
+/// A time column stored as RFC 3339 text; `key` names the row in the error.
 fn parse_time(
     column: &'static str,
+    key: &str,
     text: Option<String>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
     text.map(|t| {
@@ -202,7 +204,7 @@ fn parse_time(
             .map(|t| t.with_timezone(&Utc))
             .map_err(|e| StoreError::Decode {
                 column,
-                key: "dead letter".to_string(),
+                key: key.to_string(),
                 message: e.to_string(),
             })
     })
@@ -298,19 +300,7 @@ fn stored_call(row: &SqliteRow) -> Result<StoredCall, StoreError> {
     let account_id: String = col!("account_id");
     let call_id: String = col!("call_id");
     let key = format!("{provider}:{account_id}:{call_id}");
-    let time =
-        |column: &'static str, text: Option<String>| -> Result<Option<DateTime<Utc>>, StoreError> {
-            text.map(|t| {
-                DateTime::parse_from_rfc3339(&t)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| StoreError::Decode {
-                        column,
-                        key: key.clone(),
-                        message: e.to_string(),
-                    })
-            })
-            .transpose()
-        };
+    let time = |column: &'static str, text: Option<String>| parse_time(column, &key, text);
     let required = |column: &'static str, v: Option<DateTime<Utc>>| {
         v.ok_or_else(|| StoreError::Decode {
             column,
@@ -540,11 +530,12 @@ impl CallStore for SqliteStore {
                     value: col!("value"),
                     reason: col!("reason"),
                     message: col!("message"),
-                    created_at: parse_time("created_at", created_at)?.unwrap_or_default(),
-                    published_at: parse_time("published_at", col!("published_at"))?,
+                    created_at: parse_time("created_at", "dead letter", created_at)?
+                        .unwrap_or_default(),
+                    published_at: parse_time("published_at", "dead letter", col!("published_at"))?,
                     redrive_attempts: col!("redrive_attempts"),
                     last_redrive_error: col!("last_redrive_error"),
-                    redriven_at: parse_time("redriven_at", col!("redriven_at"))?,
+                    redriven_at: parse_time("redriven_at", "dead letter", col!("redriven_at"))?,
                 })
             })
             .collect()
