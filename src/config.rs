@@ -866,6 +866,21 @@ mod tests {
         callsync_connectors::Connectors::from_config(&cfg.connectors, &shutdown).unwrap();
     }
 
+    /// The configuration block of README.md, as written, loads and keeps the control API
+    /// private and the webhook listener public.
+    #[test]
+    fn the_readme_config_block_loads_as_written() {
+        let readme = include_str!("../README.md");
+        let blocks = callsync_testkit::markdown::code_blocks(readme, "toml");
+        assert_eq!(blocks.len(), 1, "README.md's toml blocks: {blocks:?}");
+        let f = write(&blocks[0].1);
+        let cfg = CallsyncConfig::load_with_env(Some(f.path()), no_env()).unwrap();
+        assert_eq!(cfg.webhooks.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(cfg.api.listen.to_string(), "127.0.0.1:8081");
+        assert!(cfg.api.tokens.is_empty());
+        assert_eq!(cfg.topics.call_partitions, 12);
+    }
+
     #[test]
     fn encrypted_values_are_decrypted_and_a_bad_one_is_named() {
         const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
